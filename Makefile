@@ -1,0 +1,52 @@
+# scopewatch: build, test and demo targets. `make demo` and `make test` are the
+# two commands a new user needs (see README.md); both install prerequisites first.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/scopewatch
+DEMO_DIR ?= out/demo
+DEMO_SEED ?= 7001
+MODEL ?= models/default
+
+export CGO_ENABLED := 1
+
+.PHONY: setup build test test-short demo model bench fuzz vet clean
+
+setup:
+	./.ci/setup.sh
+
+build: setup
+	$(GO) build -o $(BIN) ./cmd/scopewatch
+
+# The full test suite: real ONNX Runtime, OpenCV, SQLite and mosquitto.
+test: setup
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+# Pure-Go packages only (no cgo): quick feedback while editing.
+test-short:
+	$(GO) test -count=1 ./drift/... ./tuning/... ./internal/synth/...
+
+# Generate a synthetic slide set from slides never used in training,
+# classify it with the shipped default model and print the summary.
+demo: build
+	rm -rf $(DEMO_DIR)
+	$(BIN) synth cells --out $(DEMO_DIR)/cells --n 400 --seed $(DEMO_SEED)
+	$(BIN) classify --model $(MODEL) --format csv $(DEMO_DIR)/cells > $(DEMO_DIR)/results.csv
+	@echo "per-image results: $(DEMO_DIR)/results.csv"
+
+bench: build
+	$(BIN) synth cells --out out/bench --n 512 --seed 9001
+	$(BIN) bench --model $(MODEL) --data out/bench
+
+# Retrain the default bundle (needs python3-torch; never needed by the product).
+model: build
+	$(MAKE) -C models/recipe
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./inference/
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin out
