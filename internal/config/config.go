@@ -1,0 +1,693 @@
+// Package config owns the daemon's YAML configuration: its schema, the
+// default of every field, strict decoding (an unknown key is an error naming
+// its path and the accepted keys), validation that names the bad field and
+// the accepted values, and environment overrides for secrets.
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration file. Field order is the order of the
+// commented default (DefaultYAML).
+type Config struct {
+	Site     string   `yaml:"site"`
+	Device   string   `yaml:"device"`
+	StateDir string   `yaml:"state_dir"`
+	Database string   `yaml:"database"`
+	Log      Log      `yaml:"log"`
+	Model    Model    `yaml:"model"`
+	Images   Images   `yaml:"images"`
+	Inbox    Inbox    `yaml:"inbox"`
+	Slides   Slides   `yaml:"slides"`
+	HTTP     HTTP     `yaml:"http"`
+	MQTT     MQTT     `yaml:"mqtt"`
+	Camera   Camera   `yaml:"camera"`
+	Storage  Storage  `yaml:"storage"`
+	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// Log configures log/slog output (stderr; journald adds its own timestamps).
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Model says which bundle classifies cells and how ONNX Runtime runs it.
+type Model struct {
+	Path       string `yaml:"path"`
+	ORTLibrary string `yaml:"ort_library"`
+	Threads    int    `yaml:"threads"`
+	Batch      int    `yaml:"batch"`
+	// Threshold overrides the manifest's decision threshold when > 0.
+	Threshold float64 `yaml:"threshold"`
+}
+
+// Images bounds what the daemon accepts and says how it tells crops from
+// fields.
+type Images struct {
+	// Kind is crop, field or auto (by size: FieldMinSide).
+	Kind         string `yaml:"kind"`
+	FieldMinSide int    `yaml:"field_min_side"`
+	MaxPixels    int64  `yaml:"max_pixels"`
+	MaxBytes     int64  `yaml:"max_bytes"`
+	Workers      int    `yaml:"workers"`
+	QueueSize    int    `yaml:"queue_size"`
+}
+
+// Inbox is the watched folder the microscope writes into.
+type Inbox struct {
+	Enabled        bool          `yaml:"enabled"`
+	Dir            string        `yaml:"dir"`
+	DoneDir        string        `yaml:"done_dir"`
+	QuarantineDir  string        `yaml:"quarantine_dir"`
+	AfterProcess   string        `yaml:"after_process"`
+	RescanInterval time.Duration `yaml:"rescan_interval"`
+	StableFor      time.Duration `yaml:"stable_for"`
+	Extensions     []string      `yaml:"extensions"`
+}
+
+// Slides says when a slide is complete.
+type Slides struct {
+	Marker      string        `yaml:"marker"`
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	TargetCells int           `yaml:"target_cells"`
+	DefaultID   string        `yaml:"default_id"`
+	CI          string        `yaml:"ci"`
+}
+
+// HTTP is the upload, health and metrics listener.
+type HTTP struct {
+	Enabled      bool          `yaml:"enabled"`
+	Listen       string        `yaml:"listen"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+}
+
+// MQTT is the broker connection used for status and results.
+type MQTT struct {
+	Enabled        bool          `yaml:"enabled"`
+	Broker         string        `yaml:"broker"`
+	ClientID       string        `yaml:"client_id"`
+	Username       string        `yaml:"username"`
+	Password       string        `yaml:"password"`
+	TopicRoot      string        `yaml:"topic_root"`
+	KeepAlive      time.Duration `yaml:"keep_alive"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	MaxBackoff     time.Duration `yaml:"max_backoff"`
+	TLS            TLS           `yaml:"tls"`
+}
+
+// TLS configures the broker connection's TLS (used for ssl:// and tls:// brokers).
+type TLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Camera is the optional VideoCapture source.
+type Camera struct {
+	Enabled  bool          `yaml:"enabled"`
+	Source   string        `yaml:"source"`
+	Interval time.Duration `yaml:"interval"`
+	Slide    string        `yaml:"slide"`
+}
+
+// Storage bounds the database.
+type Storage struct {
+	Retention     time.Duration `yaml:"retention"`
+	MaxDBBytes    int64         `yaml:"max_db_bytes"`
+	MinFreeBytes  int64         `yaml:"min_free_bytes"`
+	CheckInterval time.Duration `yaml:"check_interval"`
+}
+
+// Shutdown bounds how long SIGTERM may take.
+type Shutdown struct {
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML returns the full default configuration with a comment on
+// every field; decoding it yields Default().
+func DefaultYAML() []byte { return append([]byte(nil), defaultYAML...) }
+
+// Default returns the configuration used for every field a file leaves out.
+func Default() Config {
+	return Config{
+		Site:     "default",
+		Device:   "scope",
+		StateDir: "/var/lib/scopewatch",
+		Log:      Log{Level: "info", Format: "json"},
+		Model: Model{
+			Path:    "/usr/share/scopewatch/models/default",
+			Threads: 2,
+			Batch:   32,
+		},
+		Images: Images{
+			Kind:         "auto",
+			FieldMinSide: 400,
+			MaxPixels:    40_000_000,
+			MaxBytes:     64 << 20,
+			Workers:      1,
+			QueueSize:    64,
+		},
+		Inbox: Inbox{
+			Enabled:        true,
+			AfterProcess:   "move",
+			RescanInterval: 30 * time.Second,
+			StableFor:      2 * time.Second,
+			Extensions:     []string{".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"},
+		},
+		Slides: Slides{
+			Marker:      ".done",
+			IdleTimeout: 10 * time.Minute,
+			TargetCells: 0,
+			DefaultID:   "unsorted",
+			CI:          "wilson",
+		},
+		HTTP: HTTP{
+			Enabled:      true,
+			Listen:       "127.0.0.1:8470",
+			ReadTimeout:  60 * time.Second,
+			WriteTimeout: 120 * time.Second,
+		},
+		MQTT: MQTT{
+			Enabled:        true,
+			Broker:         "tcp://127.0.0.1:1883",
+			TopicRoot:      "scopewatch/v1",
+			KeepAlive:      30 * time.Second,
+			ConnectTimeout: 10 * time.Second,
+			MaxBackoff:     time.Minute,
+		},
+		Camera: Camera{
+			Interval: 5 * time.Second,
+			Slide:    "camera",
+		},
+		Storage: Storage{
+			Retention:     90 * 24 * time.Hour,
+			MaxDBBytes:    2 << 30,
+			MinFreeBytes:  256 << 20,
+			CheckInterval: time.Minute,
+		},
+		Shutdown: Shutdown{Timeout: 20 * time.Second},
+	}
+}
+
+// Env overrides: secrets are kept out of the file (systemd's
+// EnvironmentFile= or LoadCredential= supply them).
+var envOverrides = []struct {
+	name string
+	set  func(*Config, string)
+}{
+	{"SCOPEWATCH_MQTT_USERNAME", func(c *Config, v string) { c.MQTT.Username = v }},
+	{"SCOPEWATCH_MQTT_PASSWORD", func(c *Config, v string) { c.MQTT.Password = v }},
+	{"SCOPEWATCH_MQTT_BROKER", func(c *Config, v string) { c.MQTT.Broker = v }},
+}
+
+// EnvNames lists the environment variables that override fields.
+func EnvNames() []string {
+	out := make([]string, len(envOverrides))
+	for i, e := range envOverrides {
+		out[i] = e.name
+	}
+	return out
+}
+
+// ErrInvalid marks every configuration error (decode or validation).
+var ErrInvalid = errors.New("invalid configuration")
+
+// FieldError is one problem with one field. Path is the dotted YAML path
+// (for example "inbox.after_process").
+type FieldError struct {
+	Path     string
+	Line     int
+	Problem  string
+	Accepted string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Path)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, " (line %d)", e.Line)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Problem)
+	if e.Accepted != "" {
+		b.WriteString("; accepted: ")
+		b.WriteString(e.Accepted)
+	}
+	return b.String()
+}
+
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+// Errors is a list of field errors; Error joins them one per line.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	s := make([]string, len(es))
+	for i, e := range es {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+func (es Errors) Unwrap() error { return ErrInvalid }
+
+// Load reads, decodes, overrides from the environment (lookup is os.LookupEnv
+// in production) and validates the file at path.
+func Load(path string, lookup func(string) (string, bool)) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("open config: %w", err)
+	}
+	defer f.Close()
+	c, err := Decode(f, lookup)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Decode is Load on a reader.
+func Decode(r io.Reader, lookup func(string) (string, bool)) (Config, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	if len(data) > 1<<20 {
+		return Config{}, fmt.Errorf("%w: file larger than 1 MiB", ErrInvalid)
+	}
+	c, err := decodeStrict(data)
+	if err != nil {
+		return Config{}, err
+	}
+	if lookup != nil {
+		for _, e := range envOverrides {
+			if v, ok := lookup(e.name); ok && v != "" {
+				e.set(&c, v)
+			}
+		}
+	}
+	c.resolvePaths()
+	if errs := c.Validate(); len(errs) > 0 {
+		return Config{}, errs
+	}
+	return c, nil
+}
+
+func decodeStrict(data []byte) (Config, error) {
+	c := Default()
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if root.Kind == 0 || (root.Kind == yaml.DocumentNode && len(root.Content) == 0) {
+		return c, nil // empty file: all defaults
+	}
+	doc := &root
+	if doc.Kind == yaml.DocumentNode {
+		doc = doc.Content[0]
+	}
+	if doc.Kind == yaml.ScalarNode && doc.Tag == "!!null" {
+		return c, nil
+	}
+	if errs := checkKeys(doc, reflect.TypeOf(c), ""); len(errs) > 0 {
+		return Config{}, errs
+	}
+	// The key walk above gives path-named errors; the strict decoder stays as
+	// the safety net for anything it does not cover (types, anchors).
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %v", ErrInvalid, typeErrorPaths(err, doc))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: more than one YAML document", ErrInvalid)
+	}
+	return c, nil
+}
+
+// typeErrorPaths rewrites yaml.v3's "line N: cannot unmarshal ..." messages
+// so they name the field path found at that line.
+func typeErrorPaths(err error, doc *yaml.Node) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	paths := map[int]string{}
+	indexLines(doc, "", paths)
+	out := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		var line int
+		if _, e := fmt.Sscanf(m, "line %d:", &line); e == nil {
+			if p, ok := paths[line]; ok {
+				m = p + " (" + m + ")"
+			}
+		}
+		out = append(out, m)
+	}
+	return errors.New(strings.Join(out, "; "))
+}
+
+func indexLines(n *yaml.Node, prefix string, out map[int]string) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		p := k.Value
+		if prefix != "" {
+			p = prefix + "." + k.Value
+		}
+		out[k.Line] = p
+		if v.Line != k.Line || v.Kind != yaml.MappingNode {
+			out[v.Line] = p
+		}
+		indexLines(v, p, out)
+	}
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+// checkKeys walks the YAML mapping against the struct type and reports every
+// unknown key with its full path and the keys accepted at that level.
+func checkKeys(n *yaml.Node, t reflect.Type, prefix string) Errors {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if t.Kind() != reflect.Struct || t == durationType {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return nil
+		}
+		name := prefix
+		if name == "" {
+			name = "(top level)"
+		}
+		return Errors{{Path: name, Line: n.Line, Problem: "expected a mapping of keys", Accepted: strings.Join(yamlKeys(t), ", ")}}
+	}
+	var errs Errors
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		path := k.Value
+		if prefix != "" {
+			path = prefix + "." + k.Value
+		}
+		if seen[k.Value] {
+			errs = append(errs, &FieldError{Path: path, Line: k.Line, Problem: "key given twice"})
+			continue
+		}
+		seen[k.Value] = true
+		f, ok := fieldByTag(t, k.Value)
+		if !ok {
+			errs = append(errs, &FieldError{Path: path, Line: k.Line, Problem: "unknown field", Accepted: strings.Join(yamlKeys(t), ", ")})
+			continue
+		}
+		errs = append(errs, checkKeys(v, f.Type, path)...)
+	}
+	return errs
+}
+
+func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tagName(f) == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func tagName(f reflect.StructField) string {
+	tag := f.Tag.Get("yaml")
+	if i := strings.IndexByte(tag, ','); i >= 0 {
+		tag = tag[:i]
+	}
+	return tag
+}
+
+func yamlKeys(t reflect.Type) []string {
+	var ks []string
+	for i := 0; i < t.NumField(); i++ {
+		if n := tagName(t.Field(i)); n != "" && n != "-" {
+			ks = append(ks, n)
+		}
+	}
+	return ks
+}
+
+// resolvePaths fills the paths whose default derives from state_dir.
+func (c *Config) resolvePaths() {
+	if c.StateDir == "" {
+		return
+	}
+	if c.Database == "" {
+		c.Database = filepath.Join(c.StateDir, "scopewatch.db")
+	}
+	if c.Inbox.Dir == "" {
+		c.Inbox.Dir = filepath.Join(c.StateDir, "inbox")
+	}
+	if c.Inbox.DoneDir == "" {
+		c.Inbox.DoneDir = filepath.Join(c.StateDir, "done")
+	}
+	if c.Inbox.QuarantineDir == "" {
+		c.Inbox.QuarantineDir = filepath.Join(c.StateDir, "quarantine")
+	}
+}
+
+// Accepted values of the enumerated fields.
+var (
+	LogLevels     = []string{"debug", "info", "warn", "error"}
+	LogFormats    = []string{"json", "text"}
+	ImageKinds    = []string{"auto", "crop", "field"}
+	AfterProcess  = []string{"move", "delete"}
+	CIMethods     = []string{"wilson", "clopper-pearson"}
+	BrokerSchemes = []string{"tcp", "ssl", "tls", "ws", "wss", "mqtt", "mqtts"}
+)
+
+// Validate checks every field and returns all problems at once.
+func (c *Config) Validate() Errors {
+	var errs Errors
+	add := func(path, problem, accepted string) {
+		errs = append(errs, &FieldError{Path: path, Problem: problem, Accepted: accepted})
+	}
+	oneOf := func(path, v string, allowed []string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		add(path, fmt.Sprintf("%q is not accepted", v), strings.Join(allowed, ", "))
+	}
+	topicLevel := func(path, v string) {
+		if v == "" || strings.ContainsAny(v, "/+#\x00") || v != strings.ToLower(v) || strings.TrimSpace(v) != v {
+			add(path, fmt.Sprintf("%q is not a usable MQTT topic level", v), "non-empty lowercase text without / + # or surrounding spaces")
+		}
+	}
+	positiveDur := func(path string, d time.Duration) {
+		if d <= 0 {
+			add(path, fmt.Sprintf("%s must be positive", d), "a Go duration such as 500ms, 30s, 10m, 2h")
+		}
+	}
+	topicLevel("site", c.Site)
+	topicLevel("device", c.Device)
+	if c.StateDir == "" {
+		add("state_dir", "must not be empty", "a directory path")
+	}
+	oneOf("log.level", c.Log.Level, LogLevels)
+	oneOf("log.format", c.Log.Format, LogFormats)
+	if c.Model.Path == "" {
+		add("model.path", "must not be empty", "a model bundle directory or .tar")
+	}
+	if c.Model.Threads < 1 || c.Model.Threads > 64 {
+		add("model.threads", fmt.Sprintf("%d out of range", c.Model.Threads), "1..64")
+	}
+	if c.Model.Batch < 1 || c.Model.Batch > 1024 {
+		add("model.batch", fmt.Sprintf("%d out of range", c.Model.Batch), "1..1024")
+	}
+	if c.Model.Threshold < 0 || c.Model.Threshold >= 1 {
+		add("model.threshold", fmt.Sprintf("%g out of range", c.Model.Threshold), "0 (use the manifest's threshold) or a probability in (0, 1)")
+	}
+	oneOf("images.kind", c.Images.Kind, ImageKinds)
+	if c.Images.FieldMinSide < 32 {
+		add("images.field_min_side", fmt.Sprintf("%d too small", c.Images.FieldMinSide), "an integer >= 32 (pixels)")
+	}
+	if c.Images.MaxPixels < 1024 || c.Images.MaxPixels > 1<<31 {
+		add("images.max_pixels", fmt.Sprintf("%d out of range", c.Images.MaxPixels), "1024..2147483648")
+	}
+	if c.Images.MaxBytes < 1024 {
+		add("images.max_bytes", fmt.Sprintf("%d too small", c.Images.MaxBytes), "an integer >= 1024 (bytes)")
+	}
+	if c.Images.Workers < 1 || c.Images.Workers > 64 {
+		add("images.workers", fmt.Sprintf("%d out of range", c.Images.Workers), "1..64")
+	}
+	if c.Images.QueueSize < 1 || c.Images.QueueSize > 1<<16 {
+		add("images.queue_size", fmt.Sprintf("%d out of range", c.Images.QueueSize), "1..65536")
+	}
+	if c.Inbox.Enabled {
+		if c.Inbox.Dir == "" {
+			add("inbox.dir", "must not be empty when the inbox is enabled", "a directory path")
+		}
+		oneOf("inbox.after_process", c.Inbox.AfterProcess, AfterProcess)
+		positiveDur("inbox.rescan_interval", c.Inbox.RescanInterval)
+		if c.Inbox.StableFor < 0 {
+			add("inbox.stable_for", "must not be negative", "a Go duration such as 2s (0 takes files as soon as they appear; only safe with write-then-rename)")
+		}
+		if len(c.Inbox.Extensions) == 0 {
+			add("inbox.extensions", "must list at least one extension", "for example [.png, .jpg]")
+		}
+		for i, e := range c.Inbox.Extensions {
+			if !strings.HasPrefix(e, ".") || len(e) < 2 || strings.ContainsAny(e, "/\\") {
+				add(fmt.Sprintf("inbox.extensions[%d]", i), fmt.Sprintf("%q is not a file extension", e), "a dot and letters, such as .png")
+			}
+		}
+		if c.Inbox.Dir != "" && (c.Inbox.Dir == c.Inbox.DoneDir || c.Inbox.Dir == c.Inbox.QuarantineDir) {
+			add("inbox.dir", "must differ from inbox.done_dir and inbox.quarantine_dir", "separate directories")
+		}
+	}
+	if c.Slides.Marker == "" || strings.ContainsAny(c.Slides.Marker, "/\\") {
+		add("slides.marker", fmt.Sprintf("%q is not a file name", c.Slides.Marker), "a plain file name such as .done")
+	}
+	if c.Slides.IdleTimeout < 0 {
+		add("slides.idle_timeout", "must not be negative", "0 (off) or a Go duration such as 10m")
+	}
+	if c.Slides.TargetCells < 0 {
+		add("slides.target_cells", "must not be negative", "0 (off) or a cell count such as 1000")
+	}
+	if !validSlideID(c.Slides.DefaultID) {
+		add("slides.default_id", fmt.Sprintf("%q is not a slide id", c.Slides.DefaultID), "1-128 characters from A-Z a-z 0-9 . _ -, not starting with a dot")
+	}
+	oneOf("slides.ci", c.Slides.CI, CIMethods)
+	if c.HTTP.Enabled {
+		if !strings.Contains(c.HTTP.Listen, ":") {
+			add("http.listen", fmt.Sprintf("%q is not host:port", c.HTTP.Listen), "host:port such as 127.0.0.1:8470 or :8470")
+		}
+		positiveDur("http.read_timeout", c.HTTP.ReadTimeout)
+		positiveDur("http.write_timeout", c.HTTP.WriteTimeout)
+	}
+	if c.MQTT.Enabled {
+		scheme, _, ok := strings.Cut(c.MQTT.Broker, "://")
+		if !ok {
+			add("mqtt.broker", fmt.Sprintf("%q has no scheme", c.MQTT.Broker), "scheme://host:port with scheme one of "+strings.Join(BrokerSchemes, ", "))
+		} else {
+			oneOf("mqtt.broker", scheme, BrokerSchemes)
+		}
+		root := strings.Trim(c.MQTT.TopicRoot, "/")
+		if root == "" || strings.ContainsAny(root, "+#") || strings.Count(root, "/") > 2 {
+			add("mqtt.topic_root", fmt.Sprintf("%q is not usable", c.MQTT.TopicRoot), "one to three topic levels without wildcards, such as scopewatch/v1")
+		}
+		positiveDur("mqtt.keep_alive", c.MQTT.KeepAlive)
+		positiveDur("mqtt.connect_timeout", c.MQTT.ConnectTimeout)
+		positiveDur("mqtt.max_backoff", c.MQTT.MaxBackoff)
+		if (c.MQTT.TLS.CertFile == "") != (c.MQTT.TLS.KeyFile == "") {
+			add("mqtt.tls.cert_file", "cert_file and key_file must be given together", "both paths or neither")
+		}
+		if c.MQTT.Password != "" && c.MQTT.Username == "" {
+			add("mqtt.username", "a password is set but no username", "a user name (or SCOPEWATCH_MQTT_USERNAME)")
+		}
+	}
+	if c.Camera.Enabled {
+		if c.Camera.Source == "" {
+			add("camera.source", "must not be empty when the camera is enabled", "a V4L2 device such as /dev/video0 or a video file path")
+		}
+		positiveDur("camera.interval", c.Camera.Interval)
+		if !validSlideID(c.Camera.Slide) {
+			add("camera.slide", fmt.Sprintf("%q is not a slide id", c.Camera.Slide), "1-128 characters from A-Z a-z 0-9 . _ -")
+		}
+	}
+	if c.Storage.Retention < time.Hour {
+		add("storage.retention", fmt.Sprintf("%s too short", c.Storage.Retention), "a Go duration of at least 1h, such as 2160h (90 days)")
+	}
+	if c.Storage.MaxDBBytes < 1<<20 {
+		add("storage.max_db_bytes", fmt.Sprintf("%d too small", c.Storage.MaxDBBytes), "an integer >= 1048576 (bytes)")
+	}
+	if c.Storage.MinFreeBytes < 0 {
+		add("storage.min_free_bytes", "must not be negative", "0 (off) or bytes")
+	}
+	positiveDur("storage.check_interval", c.Storage.CheckInterval)
+	if c.Shutdown.Timeout <= 0 || c.Shutdown.Timeout > 10*time.Minute {
+		add("shutdown.timeout", fmt.Sprintf("%s out of range", c.Shutdown.Timeout), "a Go duration in (0, 10m]")
+	}
+	return errs
+}
+
+// ValidSlideID reports whether s can name a slide (and its folder).
+func ValidSlideID(s string) bool { return validSlideID(s) }
+
+func validSlideID(s string) bool {
+	if len(s) == 0 || len(s) > 128 || s[0] == '.' {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Reloadable lists the field paths that SIGHUP applies without a restart.
+var Reloadable = []string{
+	"log.level",
+	"model.threshold",
+	"slides.idle_timeout",
+	"slides.target_cells",
+	"slides.ci",
+	"storage.retention",
+	"storage.max_db_bytes",
+	"storage.min_free_bytes",
+}
+
+// Diff returns the dotted paths of the leaf fields that differ between a and b.
+func Diff(a, b Config) []string {
+	var out []string
+	diffValue(reflect.ValueOf(a), reflect.ValueOf(b), "", &out)
+	sort.Strings(out)
+	return out
+}
+
+func diffValue(a, b reflect.Value, prefix string, out *[]string) {
+	if a.Kind() == reflect.Struct && a.Type() != durationType {
+		for i := 0; i < a.NumField(); i++ {
+			p := tagName(a.Type().Field(i))
+			if prefix != "" {
+				p = prefix + "." + p
+			}
+			diffValue(a.Field(i), b.Field(i), p, out)
+		}
+		return
+	}
+	if !reflect.DeepEqual(a.Interface(), b.Interface()) {
+		*out = append(*out, prefix)
+	}
+}
+
+// Redacted returns a copy safe to log or print.
+func (c Config) Redacted() Config {
+	if c.MQTT.Password != "" {
+		c.MQTT.Password = "REDACTED"
+	}
+	return c
+}
