@@ -1,0 +1,239 @@
+// Package mqttconn owns the MQTT connection plumbing shared by the daemon
+// and the collector: paho client options built from one Config (broker URL,
+// TLS, credentials with environment overrides, persistent session, last
+// will, reconnect with backoff) and the topic layout of DESIGN.md §3.
+//
+// Delivery guarantees do not come from here: paho keeps in-flight messages
+// only in memory (its file store has lost QoS1 messages across reconnects,
+// paho.mqtt.golang issues #278 and #425). Senders keep their records in the
+// SQLite outbox (package feedback) and delete them only after PUBACK.
+package mqttconn
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Environment variables that override Config.Username and Config.Password,
+// so that secrets need not be written in the configuration file.
+const (
+	EnvUsername = "SCOPEWATCH_MQTT_USERNAME"
+	EnvPassword = "SCOPEWATCH_MQTT_PASSWORD"
+)
+
+// ErrConfig marks an invalid Config; the message names the field.
+var ErrConfig = errors.New("invalid mqtt configuration")
+
+// Will is the last-will message the broker publishes if the client
+// disappears without disconnecting (the "offline" status).
+type Will struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+}
+
+// Config describes one client connection. Zero durations take defaults.
+type Config struct {
+	// Broker is tcp://host:port, ssl://host:port (also tls://, mqtts://),
+	// ws:// or wss://.
+	Broker   string
+	ClientID string
+	Username string
+	Password string
+	// CAFile is a PEM bundle trusted for the broker certificate (the system
+	// pool when empty); CertFile/KeyFile enable client certificates.
+	CAFile, CertFile, KeyFile string
+	// ServerName overrides the name checked in the broker certificate.
+	ServerName string
+
+	KeepAlive      time.Duration // default 30 s
+	ConnectTimeout time.Duration // default 10 s
+	// MaxReconnectInterval caps paho's exponential reconnect backoff;
+	// default 30 s. ConnectRetryInterval is the first-connection retry
+	// period; default 2 s.
+	MaxReconnectInterval time.Duration
+	ConnectRetryInterval time.Duration
+	// CleanSession false (the default) keeps the session on the broker so
+	// that QoS1 messages for our subscriptions queue while we are away.
+	CleanSession bool
+	// Will, when Topic is set, is registered as the last will.
+	Will Will
+	// AutoAckDisabled makes message handlers acknowledge explicitly with
+	// msg.Ack(), after they stored the message durably.
+	AutoAckDisabled bool
+}
+
+// ApplyEnv overrides Username and Password from EnvUsername/EnvPassword
+// when those are set (lookup is os.LookupEnv in production).
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
+	if v, ok := lookup(EnvUsername); ok {
+		c.Username = v
+	}
+	if v, ok := lookup(EnvPassword); ok {
+		c.Password = v
+	}
+}
+
+// Validate checks the fields that can be checked without a network.
+func (c Config) Validate() error {
+	u, err := url.Parse(c.Broker)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%w: broker %q: want scheme://host:port, e.g. tcp://127.0.0.1:1883", ErrConfig, c.Broker)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	default:
+		return fmt.Errorf("%w: broker %q: scheme %q not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", ErrConfig, c.Broker, u.Scheme)
+	}
+	if c.ClientID == "" {
+		return fmt.Errorf("%w: client_id is empty (a persistent session needs a stable id)", ErrConfig)
+	}
+	if len(c.ClientID) > 128 {
+		return fmt.Errorf("%w: client_id longer than 128 bytes", ErrConfig)
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return fmt.Errorf("%w: cert_file and key_file must be set together", ErrConfig)
+	}
+	if c.Will.Topic != "" {
+		if err := ValidateTopic(c.Will.Topic); err != nil {
+			return fmt.Errorf("%w: will topic: %v", ErrConfig, err)
+		}
+		if c.Will.QoS > 2 {
+			return fmt.Errorf("%w: will qos %d not in 0..2", ErrConfig, c.Will.QoS)
+		}
+	}
+	return nil
+}
+
+// TLSConfig builds the TLS settings from the file fields; it returns nil
+// when none is set and the scheme is not a TLS one.
+func (c Config) TLSConfig() (*tls.Config, error) {
+	if c.CAFile == "" && c.CertFile == "" && c.ServerName == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: ca_file: %v", ErrConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: ca_file %s: no PEM certificate found", ErrConfig, c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: cert_file/key_file: %v", ErrConfig, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Hooks are optional callbacks. OnConnect runs after every successful
+// (re)connection: subscribe there, because a broker that lost its state
+// (restart with wiped persistence) no longer knows our subscriptions.
+type Hooks struct {
+	OnConnect        func(mqtt.Client)
+	OnConnectionLost func(mqtt.Client, error)
+}
+
+// Options translates cfg into paho client options: auto-reconnect with
+// backoff, connect retry, a memory store, and handlers that do not block
+// paho's network loop ordering (OrderMatters false) unless
+// AutoAckDisabled, where acknowledging in order matters.
+func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tc, err := cfg.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	o := mqtt.NewClientOptions().
+		AddBroker(cfg.Broker).
+		SetClientID(cfg.ClientID).
+		SetCleanSession(cfg.CleanSession).
+		SetStore(mqtt.NewMemoryStore()).
+		SetKeepAlive(orDefault(cfg.KeepAlive, 30*time.Second)).
+		SetPingTimeout(10 * time.Second).
+		SetConnectTimeout(orDefault(cfg.ConnectTimeout, 10*time.Second)).
+		SetWriteTimeout(10 * time.Second).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(orDefault(cfg.MaxReconnectInterval, 30*time.Second)).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(orDefault(cfg.ConnectRetryInterval, 2*time.Second)).
+		SetResumeSubs(true).
+		SetOrderMatters(cfg.AutoAckDisabled).
+		SetAutoAckDisabled(cfg.AutoAckDisabled)
+	if cfg.Username != "" {
+		o.SetUsername(cfg.Username)
+		o.SetPassword(cfg.Password)
+	}
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	if cfg.Will.Topic != "" {
+		o.SetBinaryWill(cfg.Will.Topic, cfg.Will.Payload, cfg.Will.QoS, cfg.Will.Retain)
+	}
+	broker := redact(cfg.Broker)
+	o.SetOnConnectHandler(func(c mqtt.Client) {
+		log.Info("mqtt connected", "broker", broker, "client_id", cfg.ClientID)
+		if hooks.OnConnect != nil {
+			hooks.OnConnect(c)
+		}
+	})
+	o.SetConnectionLostHandler(func(c mqtt.Client, err error) {
+		log.Warn("mqtt connection lost", "broker", broker, "err", err)
+		if hooks.OnConnectionLost != nil {
+			hooks.OnConnectionLost(c, err)
+		}
+	})
+	o.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
+		log.Debug("mqtt reconnecting", "broker", broker)
+	})
+	return o, nil
+}
+
+// New builds the client and starts connecting in the background; with
+// ConnectRetry it keeps trying until Disconnect, so a broker that is down
+// at boot is not an error. It does not wait for the connection.
+func New(cfg Config, log *slog.Logger, hooks Hooks) (mqtt.Client, error) {
+	o, err := Options(cfg, log, hooks)
+	if err != nil {
+		return nil, err
+	}
+	c := mqtt.NewClient(o)
+	c.Connect() // with ConnectRetry the token completes only once connected
+	return c, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "?"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,120 @@
+package mqttconn
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/scopewatch/scopewatch/internal/testutil"
+)
+
+func TestTopics(t *testing.T) {
+	got, err := DeviceTopic("lab-1", "scope_07", KindFeedback)
+	if err != nil || got != "scopewatch/v1/lab-1/scope_07/feedback" {
+		t.Fatalf("DeviceTopic = %q, %v", got, err)
+	}
+	if got, _ := RetuneRequestTopic("lab-1"); got != "scopewatch/v1/lab-1/retune/request" {
+		t.Fatalf("RetuneRequestTopic = %q", got)
+	}
+	if got, _ := ModelOfferTopic("lab-1"); got != "scopewatch/v1/lab-1/model/offer" {
+		t.Fatalf("ModelOfferTopic = %q", got)
+	}
+	if got, _ := ModelChunkTopic("lab-1", "2026.11.1", 3); got != "scopewatch/v1/lab-1/model/chunk/2026.11.1/3" {
+		t.Fatalf("ModelChunkTopic = %q", got)
+	}
+	if got, _ := SharedFilter("tuners", KindFeedback); got != "$share/tuners/scopewatch/v1/+/+/feedback" {
+		t.Fatalf("SharedFilter = %q", got)
+	}
+	for _, bad := range []struct{ site, device string }{
+		{"Lab", "d"}, {"lab", "d/e"}, {"lab", "+"}, {"#", "d"}, {"", "d"}, {"lab", "dé"},
+	} {
+		if _, err := DeviceTopic(bad.site, bad.device, KindAlert); !errors.Is(err, ErrTopic) {
+			t.Errorf("DeviceTopic(%q,%q) accepted", bad.site, bad.device)
+		}
+	}
+	if _, err := DeviceTopic("a", "b", Kind("nope")); !errors.Is(err, ErrTopic) {
+		t.Error("unknown kind accepted")
+	}
+	for _, bad := range []string{"", "a/b/c/d/e/f/g/h", "a/+/b", "a/#", "A/b", "a//b", "$sys/x", "/a"} {
+		if ValidateTopic(bad) == nil {
+			t.Errorf("ValidateTopic(%q) accepted", bad)
+		}
+	}
+	s, d, k, err := ParseDeviceTopic("scopewatch/v1/lab/dev/label")
+	if err != nil || s != "lab" || d != "dev" || k != KindLabel {
+		t.Fatalf("ParseDeviceTopic = %q %q %q %v", s, d, k, err)
+	}
+	for _, bad := range []string{"scopewatch/v1/lab/dev", "other/v1/lab/dev/label", "scopewatch/v1/Lab/dev/label"} {
+		if _, _, _, err := ParseDeviceTopic(bad); err == nil {
+			t.Errorf("ParseDeviceTopic(%q) accepted", bad)
+		}
+	}
+}
+
+func TestValidateAndEnv(t *testing.T) {
+	good := Config{Broker: "tcp://127.0.0.1:1883", ClientID: "dev"}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]Config{
+		"no scheme":  {Broker: "127.0.0.1:1883", ClientID: "x"},
+		"bad scheme": {Broker: "http://h:1", ClientID: "x"},
+		"no id":      {Broker: "tcp://h:1"},
+		"cert only":  {Broker: "tcp://h:1", ClientID: "x", CertFile: "c.pem"},
+		"will topic": {Broker: "tcp://h:1", ClientID: "x", Will: Will{Topic: "a/+"}},
+	} {
+		if err := c.Validate(); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: Validate = %v, want ErrConfig", name, err)
+		}
+	}
+	if _, err := (Config{Broker: "ssl://h:1", ClientID: "x", CAFile: "/nonexistent.pem"}).TLSConfig(); !errors.Is(err, ErrConfig) {
+		t.Errorf("missing CA file: %v", err)
+	}
+	env := map[string]string{EnvUsername: "u", EnvPassword: "p"}
+	c := good
+	c.Username = "file-user"
+	c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if c.Username != "u" || c.Password != "p" {
+		t.Fatalf("env override: %+v", c)
+	}
+}
+
+// The broker publishes the will when the link dies, and OnConnect runs
+// again after a broker restart so subscriptions can be renewed.
+func TestWillAndReconnect(t *testing.T) {
+	b := testutil.StartMosquitto(t)
+	p := testutil.StartProxy(t, b.Addr())
+	var connects atomic.Int32
+	c, err := New(Config{
+		Broker: p.URL(), ClientID: "dev-1", KeepAlive: 2 * time.Second,
+		MaxReconnectInterval: 200 * time.Millisecond, ConnectRetryInterval: 100 * time.Millisecond,
+		Will: Will{Topic: "scopewatch/v1/lab/dev-1/status", Payload: []byte(`{"state":"offline"}`), QoS: 1, Retain: true},
+	}, nil, Hooks{OnConnect: func(mqtt.Client) { connects.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(100)
+	testutil.Eventually(t, 10*time.Second, func() bool { return connects.Load() == 1 }, "no first connect")
+
+	watcher := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("watcher"))
+	if tok := watcher.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer watcher.Disconnect(50)
+	wills := make(chan string, 4)
+	watcher.Subscribe("scopewatch/v1/lab/dev-1/status", 1, func(_ mqtt.Client, m mqtt.Message) { wills <- string(m.Payload()) })
+
+	p.Cut()
+	select {
+	case w := <-wills:
+		if w != `{"state":"offline"}` {
+			t.Fatalf("will payload %q", w)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no last will after the link was cut")
+	}
+	p.Restore()
+	testutil.Eventually(t, 10*time.Second, func() bool { return connects.Load() == 2 }, "no reconnect after restore")
+}
