@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
 // Config is the whole configuration file. Field order is the order of the
@@ -46,10 +48,14 @@ type Log struct {
 
 // Model says which bundle classifies cells and how ONNX Runtime runs it.
 type Model struct {
-	Path       string `yaml:"path"`
-	ORTLibrary string `yaml:"ort_library"`
-	Threads    int    `yaml:"threads"`
-	Batch      int    `yaml:"batch"`
+	Path string `yaml:"path"`
+	// Keys is the trusted public-key file or directory; empty means the
+	// built-in search (/etc/scopewatch/keys, then models/keys of a checkout).
+	Keys          string `yaml:"keys"`
+	AllowUnsigned bool   `yaml:"allow_unsigned"`
+	ORTLibrary    string `yaml:"ort_library"`
+	Threads       int    `yaml:"threads"`
+	Batch         int    `yaml:"batch"`
 	// Threshold overrides the manifest's decision threshold when > 0.
 	Threshold float64 `yaml:"threshold"`
 }
@@ -500,8 +506,8 @@ func (c *Config) Validate() Errors {
 		add(path, fmt.Sprintf("%q is not accepted", v), strings.Join(allowed, ", "))
 	}
 	topicLevel := func(path, v string) {
-		if v == "" || strings.ContainsAny(v, "/+#\x00") || v != strings.ToLower(v) || strings.TrimSpace(v) != v {
-			add(path, fmt.Sprintf("%q is not a usable MQTT topic level", v), "non-empty lowercase text without / + # or surrounding spaces")
+		if mqttconn.ValidateLevel(v) != nil {
+			add(path, fmt.Sprintf("%q is not a usable MQTT topic level", v), "1-64 characters from a-z 0-9 - _")
 		}
 	}
 	positiveDur := func(path string, d time.Duration) {
@@ -592,8 +598,8 @@ func (c *Config) Validate() Errors {
 		} else {
 			oneOf("mqtt.broker", scheme, BrokerSchemes)
 		}
-		root := strings.Trim(c.MQTT.TopicRoot, "/")
-		if root == "" || strings.ContainsAny(root, "+#") || strings.Count(root, "/") > 2 {
+		root := c.MQTT.TopicRoot
+		if mqttconn.ValidateTopic(root) != nil || strings.Count(root, "/") > 2 {
 			add("mqtt.topic_root", fmt.Sprintf("%q is not usable", c.MQTT.TopicRoot), "one to three topic levels without wildcards, such as scopewatch/v1")
 		}
 		positiveDur("mqtt.keep_alive", c.MQTT.KeepAlive)

@@ -92,7 +92,7 @@ func TestBadConfigNamesField(t *testing.T) {
 		{"negative duration", "inbox:\n  rescan_interval: -1s\n", "inbox.rescan_interval", "Go duration"},
 		{"bad int", "model:\n  threads: many\n", "model.threads", ""},
 		{"out of range", "model:\n  threads: 0\n", "model.threads", "1..64"},
-		{"bad site", "site: Lab/1\n", "site", "lowercase"},
+		{"bad site", "site: Lab/1\n", "site", "a-z 0-9"},
 		{"bad scheme", "mqtt:\n  broker: http://x:1\n", "mqtt.broker", "tcp"},
 		{"no scheme", "mqtt:\n  broker: localhost:1883\n", "mqtt.broker", "scheme://"},
 		{"bad ci", "slides:\n  ci: normal\n", "slides.ci", "wilson, clopper-pearson"},

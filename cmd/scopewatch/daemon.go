@@ -1,0 +1,546 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/store"
+)
+
+// cellResult is one classified cell: its box in the image (the whole image
+// for a crop), p(parasitized) and the label at the current threshold.
+type cellResult struct {
+	Box         image.Rectangle
+	P           float64
+	Label       string
+	Parasitized bool
+}
+
+// analysis is what the model made of one image.
+type analysis struct {
+	Kind          string // crop or field
+	Width, Height int
+	Cells         []cellResult
+}
+
+// analyzer turns image bytes into classified cells. kind is auto, crop or
+// field. Bad input is reported as a *badImageError.
+type analyzer interface {
+	Analyze(ctx context.Context, data []byte, kind string) (analysis, error)
+	ModelVersion() string
+	// SetThreshold changes the decision threshold; 0 restores the manifest's.
+	SetThreshold(t float64)
+	Close() error
+}
+
+// badImageError is an image the daemon refuses (quarantined, 4xx): Reason
+// is a short metric label (empty, not_image, too_large, truncated,
+// corrupt, unsupported, no_cells), Err the detailed cause.
+type badImageError struct {
+	Reason string
+	Err    error
+}
+
+func (e *badImageError) Error() string { return e.Err.Error() }
+func (e *badImageError) Unwrap() error { return e.Err }
+
+// job is one image to process.
+type job struct {
+	slide, name, source string
+	kind                string // "" means the configured kind
+	data                []byte
+	enqueued            time.Time
+	// done receives the outcome; it must not block (buffered or a func).
+	done func(jobResult)
+}
+
+type jobResult struct {
+	an     analysis
+	stored storedImage
+	err    error
+}
+
+// Daemon is `scopewatch serve`: ingestion, analysis, storage, MQTT and the
+// operations endpoints. Run owns every goroutine it starts.
+type Daemon struct {
+	log      *slog.Logger
+	level    *slog.LevelVar
+	now      func() time.Time
+	model    analyzer
+	db       *dbStore
+	metrics  *serveMetrics
+	cfgMu    sync.RWMutex
+	cfg      config.Config
+	boot     int64
+	queue    chan job
+	mq       *mqttLink
+	inbox    *inbox
+	ready    atomic.Bool
+	degraded sync.Map // reason -> detail
+	lastBeat atomic.Int64
+	httpAddr chan string
+}
+
+// daemonDeps are the parts created outside (tests inject a clock).
+type daemonDeps struct {
+	Log   *slog.Logger
+	Level *slog.LevelVar
+	Now   func() time.Time
+	Model analyzer
+}
+
+func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon, error) {
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	d := &Daemon{
+		log:      deps.Log,
+		level:    deps.Level,
+		now:      deps.Now,
+		model:    deps.Model,
+		cfg:      cfg,
+		queue:    make(chan job, cfg.Images.QueueSize),
+		httpAddr: make(chan string, 1),
+	}
+	db, err := openServeStore(ctx, cfg.Database, deps.Now)
+	if err != nil {
+		return nil, err
+	}
+	d.db = db
+	if d.boot, err = db.nextBoot(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	d.metrics = newServeMetrics(d)
+	d.metrics.modelInfo.WithLabelValues(d.model.ModelVersion()).Set(1)
+	if cfg.Inbox.Enabled {
+		d.inbox = newInbox(d)
+	}
+	if cfg.MQTT.Enabled {
+		d.mq = newMQTTLink(d)
+	}
+	return d, nil
+}
+
+func (d *Daemon) config() config.Config {
+	d.cfgMu.RLock()
+	defer d.cfgMu.RUnlock()
+	return d.cfg
+}
+
+// Run serves until ctx is cancelled, then shuts down within
+// shutdown.timeout: intake stops, queued images are finished, the status
+// goes offline, the database is checkpointed and closed.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg := d.config()
+	defer d.db.Close()
+	defer d.model.Close()
+
+	var ln net.Listener
+	if cfg.HTTP.Enabled {
+		var err error
+		ln, err = net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil {
+			return fmt.Errorf("http listen %s: %w", cfg.HTTP.Listen, err)
+		}
+		d.httpAddr <- ln.Addr().String()
+	}
+
+	intakeCtx, stopIntake := context.WithCancel(context.Background())
+	defer stopIntake()
+	var intake, workers, bg sync.WaitGroup
+
+	// Workers finish everything queued even after ctx is cancelled; they
+	// stop when the queue is closed (after intake stopped).
+	for i := 0; i < cfg.Images.Workers; i++ {
+		workers.Add(1)
+		go func() { defer workers.Done(); d.worker() }()
+	}
+
+	bgCtx, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	if d.mq != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); d.mq.run(bgCtx) }()
+	}
+	bg.Add(1)
+	go func() { defer bg.Done(); d.housekeeping(bgCtx) }()
+
+	var srv *http.Server
+	if ln != nil {
+		srv = &http.Server{
+			Handler:           d.httpHandler(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       cfg.HTTP.ReadTimeout,
+			WriteTimeout:      cfg.HTTP.WriteTimeout,
+			ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+		}
+		intake.Add(1)
+		go func() {
+			defer intake.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("http server stopped", "err", err)
+			}
+		}()
+	}
+	if d.inbox != nil {
+		if err := d.inbox.prepare(); err != nil {
+			stopIntake()
+			if srv != nil {
+				srv.Close()
+			}
+			close(d.queue)
+			workers.Wait()
+			stopBG()
+			bg.Wait()
+			return err
+		}
+		intake.Add(1)
+		go func() { defer intake.Done(); d.inbox.run(intakeCtx) }()
+	}
+
+	d.ready.Store(true)
+	d.beat()
+	d.log.Info("scopewatch serving", "model", d.model.ModelVersion(), "boot", d.boot,
+		"http", addrOf(ln), "inbox", cfg.Inbox.Dir, "database", cfg.Database, "mqtt", cfg.MQTT.Enabled)
+	if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving"); err != nil {
+		d.log.Warn("sd_notify ready failed", "err", err)
+	} else if ok {
+		d.log.Debug("notified systemd: ready")
+	}
+
+	d.watchdogLoop(ctx)
+
+	// Shutdown.
+	d.ready.Store(false)
+	daemon.SdNotify(false, daemon.SdNotifyStopping+"\nSTATUS=stopping")
+	timeout := d.config().Shutdown.Timeout
+	d.log.Info("shutting down", "bound", timeout.String())
+	deadline := time.Now().Add(timeout)
+	shutCtx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	stopIntake()
+	if srv != nil {
+		// In-flight uploads are waiting on their images; Shutdown lets
+		// them finish (workers are still running).
+		if err := srv.Shutdown(shutCtx); err != nil {
+			d.log.Warn("http shutdown", "err", err)
+		}
+	}
+	intake.Wait()
+	close(d.queue)
+	done := make(chan struct{})
+	go func() { workers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-shutCtx.Done():
+		d.log.Error("shutdown bound reached with images still queued; they are re-read from the inbox on restart", "queued", len(d.queue))
+	}
+	// Give the outbox a moment to flush what the last images produced.
+	if d.mq != nil {
+		d.mq.flush(shutCtx)
+	}
+	stopBG()
+	bgDone := make(chan struct{})
+	go func() { bg.Wait(); close(bgDone) }()
+	select {
+	case <-bgDone:
+	case <-shutCtx.Done():
+	}
+	if err := store.Checkpoint(context.Background(), d.db.db); err != nil {
+		d.log.Warn("final checkpoint", "err", err)
+	}
+	d.log.Info("stopped")
+	return nil
+}
+
+func addrOf(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+// watchdogLoop pings systemd's watchdog at half its interval while the
+// workers are alive, until ctx is cancelled. A worker stuck for longer than
+// the watchdog interval stops the pings, and systemd restarts the service.
+func (d *Daemon) watchdogLoop(ctx context.Context) {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(interval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if d.workersAlive(interval) {
+				daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			} else {
+				d.log.Error("a worker is stuck; withholding the watchdog ping")
+			}
+		}
+	}
+}
+
+// beat records that a worker made progress (or is idle).
+func (d *Daemon) beat() { d.lastBeat.Store(d.now().UnixNano()) }
+
+func (d *Daemon) workersAlive(limit time.Duration) bool {
+	// An idle worker beats on every queue poll; a busy one after each image.
+	return d.now().Sub(time.Unix(0, d.lastBeat.Load())) < limit
+}
+
+// worker processes queued images until the queue is closed.
+func (d *Daemon) worker() {
+	idle := time.NewTicker(time.Second)
+	defer idle.Stop()
+	for {
+		select {
+		case j, ok := <-d.queue:
+			if !ok {
+				return
+			}
+			d.metrics.queueDepth.Set(float64(len(d.queue)))
+			r := d.process(j)
+			if j.done != nil {
+				j.done(r)
+			}
+			d.beat()
+		case <-idle.C:
+			d.beat()
+		}
+	}
+}
+
+// submit queues a job; it fails at once when the queue is full.
+func (d *Daemon) submit(j job) bool {
+	j.enqueued = d.now()
+	select {
+	case d.queue <- j:
+		d.metrics.queueDepth.Set(float64(len(d.queue)))
+		return true
+	default:
+		return false
+	}
+}
+
+// process analyses and stores one image. It never panics on bad input:
+// errors come back in the result.
+func (d *Daemon) process(j job) (r jobResult) {
+	cfg := d.config()
+	start := d.now()
+	d.metrics.queueWait.Observe(start.Sub(j.enqueued).Seconds())
+	kind := j.kind
+	if kind == "" {
+		kind = cfg.Images.Kind
+	}
+	ctx := context.Background()
+	an, err := d.model.Analyze(ctx, j.data, kind)
+	if err != nil {
+		var bad *badImageError
+		if errors.As(err, &bad) {
+			d.metrics.errors.WithLabelValues(bad.Reason).Inc()
+			d.metrics.images.WithLabelValues(j.source, "rejected").Inc()
+		} else {
+			d.metrics.errors.WithLabelValues("analyze").Inc()
+			d.metrics.images.WithLabelValues(j.source, "failed").Inc()
+		}
+		d.db.event(ctx, "warn", "image_rejected", j.slide, fmt.Sprintf("%s: %v", j.name, err))
+		return jobResult{err: err}
+	}
+	analysed := d.now()
+	d.metrics.analyzeSeconds.WithLabelValues(an.Kind).Observe(analysed.Sub(start).Seconds())
+	stored, err := d.db.recordImage(ctx, imageRecord{
+		Slide: j.slide, Name: j.name, Source: j.source, Kind: an.Kind,
+		Width: an.Width, Height: an.Height, Cells: an.Cells, ModelVersion: d.model.ModelVersion(),
+	}, cfg.Slides.TargetCells, d.summarise)
+	switch {
+	case errors.Is(err, errSlideComplete), errors.Is(err, errDuplicateImage):
+		d.metrics.images.WithLabelValues(j.source, "skipped").Inc()
+		return jobResult{an: an, stored: stored, err: err}
+	case err != nil:
+		d.metrics.errors.WithLabelValues("store").Inc()
+		d.metrics.images.WithLabelValues(j.source, "failed").Inc()
+		d.log.Error("storing image failed", "slide", j.slide, "image", j.name, "err", err)
+		return jobResult{an: an, err: err}
+	}
+	d.metrics.images.WithLabelValues(j.source, "ok").Inc()
+	infected := 0
+	for _, c := range an.Cells {
+		if c.Parasitized {
+			infected++
+		}
+	}
+	d.metrics.cells.WithLabelValues("parasitized").Add(float64(infected))
+	d.metrics.cells.WithLabelValues("uninfected").Add(float64(len(an.Cells) - infected))
+	d.metrics.processSeconds.WithLabelValues(an.Kind).Observe(d.now().Sub(start).Seconds())
+	d.log.Debug("image processed", "slide", j.slide, "image", j.name, "kind", an.Kind, "cells", len(an.Cells), "infected", infected,
+		"ms", d.now().Sub(start).Milliseconds())
+	if stored.Completed != nil {
+		d.slideCompleted(*stored.Completed)
+	}
+	return jobResult{an: an, stored: stored}
+}
+
+// summarise builds a slide's summary and its outbox message; it runs
+// inside the completing transaction.
+func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, outboxMsg) {
+	cfg := d.config()
+	lo, hi := proportionCI(sl.Infected, sl.Cells, cfg.Slides.CI)
+	pct := 0.0
+	if sl.Cells > 0 {
+		pct = 100 * float64(sl.Infected) / float64(sl.Cells)
+	}
+	s := slideSummary{
+		Schema: resultSchema, ID: sl.ResultID, Site: cfg.Site, Device: cfg.Device, Slide: sl.Slide, State: "complete",
+		Images: sl.Images, Cells: sl.Cells, Infected: sl.Infected,
+		ParasitemiaPct: pct, CILowPct: 100 * lo, CIHighPct: 100 * hi, CIMethod: cfg.Slides.CI, CILevel: 0.95,
+		StoppingReason: reason, ModelVersion: sl.ModelVersion, StartedAt: sl.CreatedAt, CompletedAt: sl.CompletedAt, Boot: d.boot,
+	}
+	if s.ModelVersion == "" {
+		s.ModelVersion = d.model.ModelVersion()
+	}
+	payload, _ := json.Marshal(s)
+	return s, outboxMsg{ID: "result/" + s.ID, Topic: d.topic("result"), Payload: payload, Priority: prioResult}
+}
+
+func (d *Daemon) slideCompleted(s slideSummary) {
+	d.metrics.slides.WithLabelValues(s.StoppingReason).Inc()
+	d.log.Info("slide complete", "slide", s.Slide, "reason", s.StoppingReason, "cells", s.Cells, "infected", s.Infected,
+		"parasitemia_pct", s.ParasitemiaPct, "ci_low_pct", s.CILowPct, "ci_high_pct", s.CIHighPct, "model", s.ModelVersion)
+	if d.mq != nil {
+		d.mq.wake()
+	}
+}
+
+// completeSlide completes an open slide for reason (marker, idle_timeout,
+// request); ok is false when there was nothing open to complete.
+func (d *Daemon) completeSlide(ctx context.Context, slide, reason string) (slideSummary, bool, error) {
+	s, ok, err := d.db.completeSlide(ctx, slide, reason, d.summarise)
+	if err != nil {
+		d.metrics.errors.WithLabelValues("store").Inc()
+		return s, false, err
+	}
+	if ok {
+		d.slideCompleted(s)
+	}
+	return s, ok, nil
+}
+
+func (d *Daemon) topic(leaf string) string {
+	cfg := d.config()
+	return fmt.Sprintf("%s/%s/%s/%s", trimSlashes(cfg.MQTT.TopicRoot), cfg.Site, cfg.Device, leaf)
+}
+
+func trimSlashes(s string) string {
+	for len(s) > 0 && s[0] == '/' {
+		s = s[1:]
+	}
+	for len(s) > 0 && s[len(s)-1] == '/' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// alert queues an alert message (sent before results) and records an event.
+func (d *Daemon) alert(ctx context.Context, kind, detail string) {
+	cfg := d.config()
+	now := d.now().UTC()
+	payload, _ := json.Marshal(map[string]any{
+		"schema": "scopewatch.alert/v1", "id": fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli()),
+		"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
+	})
+	msg := outboxMsg{ID: fmt.Sprintf("alert/%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli()), Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
+	if err := d.db.enqueue(ctx, msg); err != nil {
+		d.log.Error("queue alert failed", "kind", kind, "err", err)
+	}
+	d.db.event(ctx, "warn", kind, "", detail)
+	d.metrics.alerts.WithLabelValues(kind).Inc()
+	if d.mq != nil {
+		d.mq.wake()
+	}
+}
+
+// setDegraded marks or clears one reason for the degraded status.
+func (d *Daemon) setDegraded(reason, detail string, on bool) {
+	_, was := d.degraded.Load(reason)
+	if on {
+		d.degraded.Store(reason, detail)
+	} else {
+		d.degraded.Delete(reason)
+	}
+	if was != on && d.mq != nil {
+		d.mq.publishStatus()
+	}
+}
+
+// statusState is online, or degraded with the reasons.
+func (d *Daemon) statusState() (string, []string) {
+	var reasons []string
+	d.degraded.Range(func(k, _ any) bool { reasons = append(reasons, k.(string)); return true })
+	if len(reasons) > 0 {
+		return "degraded", reasons
+	}
+	return "online", nil
+}
+
+// reload applies a new configuration's reloadable fields (SIGHUP) and
+// reports the fields that need a restart.
+func (d *Daemon) reload(next config.Config) {
+	d.cfgMu.Lock()
+	old := d.cfg
+	changed := config.Diff(old, next)
+	applied, restart := []string{}, []string{}
+	reloadable := map[string]bool{}
+	for _, p := range config.Reloadable {
+		reloadable[p] = true
+	}
+	for _, p := range changed {
+		if reloadable[p] {
+			applied = append(applied, p)
+		} else {
+			restart = append(restart, p)
+		}
+	}
+	cfg := old
+	cfg.Log.Level = next.Log.Level
+	cfg.Model.Threshold = next.Model.Threshold
+	cfg.Slides.IdleTimeout = next.Slides.IdleTimeout
+	cfg.Slides.TargetCells = next.Slides.TargetCells
+	cfg.Slides.CI = next.Slides.CI
+	cfg.Storage.Retention = next.Storage.Retention
+	cfg.Storage.MaxDBBytes = next.Storage.MaxDBBytes
+	cfg.Storage.MinFreeBytes = next.Storage.MinFreeBytes
+	d.cfg = cfg
+	d.cfgMu.Unlock()
+	if d.level != nil {
+		d.level.Set(parseLevel(cfg.Log.Level))
+	}
+	d.model.SetThreshold(cfg.Model.Threshold)
+	d.log.Info("configuration reloaded", "applied", applied, "needs_restart", restart)
+	d.db.event(context.Background(), "info", "reload", "", fmt.Sprintf("applied %v; needs restart %v", applied, restart))
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

@@ -1,0 +1,458 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/scopewatch/scopewatch/internal/store"
+)
+
+// serveSchema holds the daemon's tables: slides, images, per-cell
+// predictions, events, a small key/value meta table (boot sequence) and the
+// messages waiting for the broker (results, alerts, status is not queued:
+// it is retained and re-sent on every connect).
+var serveSchema = store.Schema{
+	Owner: "serve",
+	Migrations: []store.Migration{{SQL: `
+CREATE TABLE serve_meta (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+CREATE TABLE slides (
+	id              INTEGER PRIMARY KEY,
+	slide           TEXT NOT NULL UNIQUE,
+	state           TEXT NOT NULL CHECK (state IN ('open', 'complete')),
+	images          INTEGER NOT NULL DEFAULT 0,
+	cells           INTEGER NOT NULL DEFAULT 0,
+	infected        INTEGER NOT NULL DEFAULT 0,
+	created_at      INTEGER NOT NULL,
+	last_image_at   INTEGER NOT NULL,
+	completed_at    INTEGER,
+	stopping_reason TEXT,
+	model_version   TEXT,
+	parasitemia_pct REAL,
+	ci_low_pct      REAL,
+	ci_high_pct     REAL,
+	ci_method       TEXT,
+	result_id       TEXT UNIQUE
+);
+CREATE INDEX slides_open ON slides(state, last_image_at);
+CREATE TABLE images (
+	id            INTEGER PRIMARY KEY,
+	slide_id      INTEGER NOT NULL REFERENCES slides(id) ON DELETE CASCADE,
+	name          TEXT NOT NULL,
+	source        TEXT NOT NULL,
+	kind          TEXT NOT NULL,
+	width         INTEGER NOT NULL,
+	height        INTEGER NOT NULL,
+	cells         INTEGER NOT NULL,
+	infected      INTEGER NOT NULL,
+	model_version TEXT NOT NULL,
+	created_at    INTEGER NOT NULL,
+	UNIQUE (slide_id, name)
+);
+CREATE TABLE cell_predictions (
+	id            INTEGER PRIMARY KEY,
+	slide_id      INTEGER NOT NULL REFERENCES slides(id) ON DELETE CASCADE,
+	image_id      INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+	x             INTEGER NOT NULL,
+	y             INTEGER NOT NULL,
+	w             INTEGER NOT NULL,
+	h             INTEGER NOT NULL,
+	p_parasitized REAL NOT NULL,
+	label         TEXT NOT NULL,
+	model_version TEXT NOT NULL,
+	created_at    INTEGER NOT NULL
+);
+CREATE INDEX cell_predictions_image ON cell_predictions(image_id);
+CREATE INDEX cell_predictions_created ON cell_predictions(created_at);
+CREATE TABLE events (
+	id         INTEGER PRIMARY KEY,
+	at         INTEGER NOT NULL,
+	level      TEXT NOT NULL,
+	kind       TEXT NOT NULL,
+	slide      TEXT,
+	detail     TEXT NOT NULL
+);
+CREATE INDEX events_at ON events(at);
+CREATE TABLE serve_outbox (
+	id         TEXT PRIMARY KEY,
+	topic      TEXT NOT NULL,
+	payload    BLOB NOT NULL,
+	priority   INTEGER NOT NULL,
+	created_at INTEGER NOT NULL,
+	attempts   INTEGER NOT NULL DEFAULT 0,
+	sent_at    INTEGER
+);
+CREATE INDEX serve_outbox_pending ON serve_outbox(sent_at, priority, created_at);
+`}},
+}
+
+// Outbox priorities: lower is sent first.
+const (
+	prioAlert  = 0
+	prioResult = 1
+)
+
+// errSlideComplete is returned when an image arrives for a slide that was
+// already summarised; the slide's count is final.
+var errSlideComplete = errors.New("slide already complete")
+
+// errDuplicateImage is returned when the same image name was already stored
+// for the slide (a file re-seen after a crash between commit and move).
+var errDuplicateImage = errors.New("image already processed")
+
+type dbStore struct {
+	db  *sql.DB
+	now func() time.Time
+}
+
+func openServeStore(ctx context.Context, path string, now func() time.Time) (*dbStore, error) {
+	db, err := store.Open(ctx, path, store.Options{}, serveSchema)
+	if err != nil {
+		return nil, err
+	}
+	return &dbStore{db: db, now: now}, nil
+}
+
+func (s *dbStore) Close() error { return s.db.Close() }
+
+// nextBoot increments and returns the persisted boot sequence.
+func (s *dbStore) nextBoot(ctx context.Context) (int64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("boot sequence: %w", err)
+	}
+	defer tx.Rollback()
+	var v string
+	var n int64
+	switch err := tx.QueryRowContext(ctx, `SELECT value FROM serve_meta WHERE key = 'boot_seq'`).Scan(&v); {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return 0, fmt.Errorf("boot sequence: %w", err)
+	default:
+		n, _ = strconv.ParseInt(v, 10, 64)
+	}
+	n++
+	if _, err := tx.ExecContext(ctx, `INSERT INTO serve_meta(key, value) VALUES ('boot_seq', ?)
+		ON CONFLICT(key) DO UPDATE SET value = excluded.value`, strconv.FormatInt(n, 10)); err != nil {
+		return 0, fmt.Errorf("boot sequence: %w", err)
+	}
+	return n, tx.Commit()
+}
+
+// slideRow is a slide as stored.
+type slideRow struct {
+	ID             int64
+	Slide          string
+	State          string
+	Images, Cells  int
+	Infected       int
+	CreatedAt      time.Time
+	LastImageAt    time.Time
+	CompletedAt    time.Time
+	StoppingReason string
+	ModelVersion   string
+	ResultID       string
+}
+
+func (s *dbStore) getSlide(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, slide string) (slideRow, bool, error) {
+	var r slideRow
+	var created, last int64
+	var completed sql.NullInt64
+	var reason, model, rid sql.NullString
+	err := q.QueryRowContext(ctx, `SELECT id, slide, state, images, cells, infected, created_at, last_image_at,
+		completed_at, stopping_reason, model_version, result_id FROM slides WHERE slide = ?`, slide).
+		Scan(&r.ID, &r.Slide, &r.State, &r.Images, &r.Cells, &r.Infected, &created, &last, &completed, &reason, &model, &rid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return slideRow{}, false, nil
+	}
+	if err != nil {
+		return slideRow{}, false, fmt.Errorf("read slide %s: %w", slide, err)
+	}
+	r.CreatedAt = time.UnixMilli(created).UTC()
+	r.LastImageAt = time.UnixMilli(last).UTC()
+	if completed.Valid {
+		r.CompletedAt = time.UnixMilli(completed.Int64).UTC()
+	}
+	r.StoppingReason, r.ModelVersion, r.ResultID = reason.String, model.String, rid.String
+	return r, true, nil
+}
+
+// imageRecord is one analysed image to persist.
+type imageRecord struct {
+	Slide, Name, Source, Kind string
+	Width, Height             int
+	Cells                     []cellResult
+	ModelVersion              string
+}
+
+// storedImage is what recordImage reports back.
+type storedImage struct {
+	Slide     slideRow // after this image
+	Completed *slideSummary
+}
+
+// recordImage stores one image and its cells and updates the slide's counts
+// in one transaction; when target > 0 and the slide reaches it, the slide is
+// completed and its result queued in the same transaction, so a crash at any
+// point leaves either nothing or everything.
+func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, summarise func(slideRow, string) (slideSummary, outboxMsg)) (storedImage, error) {
+	now := s.now().UnixMilli()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return storedImage{}, fmt.Errorf("store image: %w", err)
+	}
+	defer tx.Rollback()
+	sl, ok, err := s.getSlide(ctx, tx, rec.Slide)
+	if err != nil {
+		return storedImage{}, err
+	}
+	if !ok {
+		res, err := tx.ExecContext(ctx, `INSERT INTO slides(slide, state, created_at, last_image_at) VALUES (?, 'open', ?, ?)`, rec.Slide, now, now)
+		if err != nil {
+			return storedImage{}, fmt.Errorf("store image: create slide: %w", err)
+		}
+		sl.ID, _ = res.LastInsertId()
+		sl.Slide, sl.State = rec.Slide, "open"
+	}
+	if sl.State == "complete" {
+		return storedImage{Slide: sl}, fmt.Errorf("%w: %s (%s)", errSlideComplete, rec.Slide, sl.StoppingReason)
+	}
+	infected := 0
+	for _, c := range rec.Cells {
+		if c.Parasitized {
+			infected++
+		}
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO images(slide_id, name, source, kind, width, height, cells, infected, model_version, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(slide_id, name) DO NOTHING`,
+		sl.ID, rec.Name, rec.Source, rec.Kind, rec.Width, rec.Height, len(rec.Cells), infected, rec.ModelVersion, now)
+	if err != nil {
+		return storedImage{}, fmt.Errorf("store image: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return storedImage{Slide: sl}, fmt.Errorf("%w: %s/%s", errDuplicateImage, rec.Slide, rec.Name)
+	}
+	imageID, _ := res.LastInsertId()
+	if len(rec.Cells) > 0 {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO cell_predictions(slide_id, image_id, x, y, w, h, p_parasitized, label, model_version, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return storedImage{}, fmt.Errorf("store cells: %w", err)
+		}
+		for _, c := range rec.Cells {
+			if _, err := stmt.ExecContext(ctx, sl.ID, imageID, c.Box.Min.X, c.Box.Min.Y, c.Box.Dx(), c.Box.Dy(), c.P, c.Label, rec.ModelVersion, now); err != nil {
+				stmt.Close()
+				return storedImage{}, fmt.Errorf("store cells: %w", err)
+			}
+		}
+		stmt.Close()
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE slides SET images = images + 1, cells = cells + ?, infected = infected + ?,
+		last_image_at = ?, model_version = ? WHERE id = ?`, len(rec.Cells), infected, now, rec.ModelVersion, sl.ID); err != nil {
+		return storedImage{}, fmt.Errorf("store image: update slide: %w", err)
+	}
+	sl.Images++
+	sl.Cells += len(rec.Cells)
+	sl.Infected += infected
+	sl.LastImageAt = time.UnixMilli(now).UTC()
+	sl.ModelVersion = rec.ModelVersion
+	out := storedImage{Slide: sl}
+	if target > 0 && sl.Cells >= target {
+		sum, err := s.completeTx(ctx, tx, sl, "target_cells", summarise)
+		if err != nil {
+			return storedImage{}, err
+		}
+		out.Completed = &sum
+		out.Slide.State = "complete"
+	}
+	if err := tx.Commit(); err != nil {
+		return storedImage{}, fmt.Errorf("store image: commit: %w", err)
+	}
+	return out, nil
+}
+
+// completeSlide summarises an open slide (marker, idle timeout, explicit
+// request, shutdown never: an open slide stays open across restarts). It
+// returns ok=false when the slide does not exist or is already complete.
+func (s *dbStore) completeSlide(ctx context.Context, slide, reason string, summarise func(slideRow, string) (slideSummary, outboxMsg)) (slideSummary, bool, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return slideSummary{}, false, fmt.Errorf("complete slide: %w", err)
+	}
+	defer tx.Rollback()
+	sl, ok, err := s.getSlide(ctx, tx, slide)
+	if err != nil || !ok || sl.State == "complete" {
+		return slideSummary{}, false, err
+	}
+	sum, err := s.completeTx(ctx, tx, sl, reason, summarise)
+	if err != nil {
+		return slideSummary{}, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return slideSummary{}, false, fmt.Errorf("complete slide: commit: %w", err)
+	}
+	return sum, true, nil
+}
+
+func (s *dbStore) completeTx(ctx context.Context, tx *sql.Tx, sl slideRow, reason string, summarise func(slideRow, string) (slideSummary, outboxMsg)) (slideSummary, error) {
+	sl.CompletedAt = s.now().UTC()
+	sl.ResultID = fmt.Sprintf("%s-%d", sl.Slide, sl.ID)
+	sum, msg := summarise(sl, reason)
+	if _, err := tx.ExecContext(ctx, `UPDATE slides SET state = 'complete', completed_at = ?, stopping_reason = ?,
+		parasitemia_pct = ?, ci_low_pct = ?, ci_high_pct = ?, ci_method = ?, result_id = ? WHERE id = ?`,
+		sl.CompletedAt.UnixMilli(), reason, sum.ParasitemiaPct, sum.CILowPct, sum.CIHighPct, sum.CIMethod, sl.ResultID, sl.ID); err != nil {
+		return slideSummary{}, fmt.Errorf("complete slide %s: %w", sl.Slide, err)
+	}
+	if err := s.enqueueTx(ctx, tx, msg); err != nil {
+		return slideSummary{}, err
+	}
+	if err := s.eventTx(ctx, tx, "info", "slide_complete", sl.Slide, fmt.Sprintf("%s: %d cells, %d infected", reason, sl.Cells, sl.Infected)); err != nil {
+		return slideSummary{}, err
+	}
+	return sum, nil
+}
+
+// outboxMsg is one message for the broker. ID is stable: the receiver
+// dedupes on it, and re-enqueueing the same ID is a no-op.
+type outboxMsg struct {
+	ID       string
+	Topic    string
+	Payload  []byte
+	Priority int
+}
+
+func (s *dbStore) enqueueTx(ctx context.Context, tx *sql.Tx, m outboxMsg) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO serve_outbox(id, topic, payload, priority, created_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT(id) DO NOTHING`, m.ID, m.Topic, m.Payload, m.Priority, s.now().UnixMilli()); err != nil {
+		return fmt.Errorf("enqueue %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+func (s *dbStore) enqueue(ctx context.Context, m outboxMsg) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("enqueue %s: %w", m.ID, err)
+	}
+	defer tx.Rollback()
+	if err := s.enqueueTx(ctx, tx, m); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// pending returns up to n unsent messages, alerts before results, oldest first.
+func (s *dbStore) pending(ctx context.Context, n int) ([]outboxMsg, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, topic, payload, priority FROM serve_outbox WHERE sent_at IS NULL
+		ORDER BY priority, created_at, id LIMIT ?`, n)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []outboxMsg
+	for rows.Next() {
+		var m outboxMsg
+		if err := rows.Scan(&m.ID, &m.Topic, &m.Payload, &m.Priority); err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+func (s *dbStore) markSent(ctx context.Context, id string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE serve_outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ?`, s.now().UnixMilli(), id)
+	if err != nil {
+		return fmt.Errorf("mark %s sent: %w", id, err)
+	}
+	return nil
+}
+
+func (s *dbStore) countPending(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM serve_outbox WHERE sent_at IS NULL`).Scan(&n)
+	return n, err
+}
+
+func (s *dbStore) eventTx(ctx context.Context, tx *sql.Tx, level, kind, slide, detail string) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events(at, level, kind, slide, detail) VALUES (?, ?, ?, ?, ?)`,
+		s.now().UnixMilli(), level, kind, slide, detail); err != nil {
+		return fmt.Errorf("record event: %w", err)
+	}
+	return nil
+}
+
+func (s *dbStore) event(ctx context.Context, level, kind, slide, detail string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO events(at, level, kind, slide, detail) VALUES (?, ?, ?, ?, ?)`,
+		s.now().UnixMilli(), level, kind, slide, detail)
+	if err != nil {
+		return fmt.Errorf("record event: %w", err)
+	}
+	return nil
+}
+
+// idleSlides lists open slides whose last image is older than before.
+func (s *dbStore) idleSlides(ctx context.Context, before time.Time) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT slide FROM slides WHERE state = 'open' AND last_image_at < ?`, before.UnixMilli())
+	if err != nil {
+		return nil, fmt.Errorf("idle slides: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var sl string
+		if err := rows.Scan(&sl); err != nil {
+			return nil, err
+		}
+		out = append(out, sl)
+	}
+	return out, rows.Err()
+}
+
+// hasImage reports whether slide/name was already stored.
+func (s *dbStore) hasImage(ctx context.Context, slide, name string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM images i JOIN slides s ON s.id = i.slide_id WHERE s.slide = ? AND i.name = ?`, slide, name).Scan(&n)
+	return n > 0, err
+}
+
+// prune applies retention: predictions, images and events older than
+// cutoff, and complete slides older than cutoff whose result was sent.
+func (s *dbStore) prune(ctx context.Context, cutoff time.Time) (int64, error) {
+	c := cutoff.UnixMilli()
+	var total int64
+	for _, q := range []string{
+		`DELETE FROM cell_predictions WHERE created_at < ?`,
+		`DELETE FROM images WHERE created_at < ?`,
+		`DELETE FROM events WHERE at < ?`,
+		`DELETE FROM serve_outbox WHERE sent_at IS NOT NULL AND sent_at < ?`,
+		`DELETE FROM slides WHERE state = 'complete' AND completed_at < ?
+			AND NOT EXISTS (SELECT 1 FROM serve_outbox o WHERE o.id = slides.result_id AND o.sent_at IS NULL)`,
+	} {
+		res, err := s.db.ExecContext(ctx, q, c)
+		if err != nil {
+			return total, fmt.Errorf("retention: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
+}
+
+// shedOldest deletes the n oldest per-cell predictions (the bulk of the
+// database); slide summaries and the outbox are kept.
+func (s *dbStore) shedOldest(ctx context.Context, n int) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM cell_predictions WHERE id IN (SELECT id FROM cell_predictions ORDER BY id LIMIT ?)`, n)
+	if err != nil {
+		return 0, fmt.Errorf("shed predictions: %w", err)
+	}
+	return res.RowsAffected()
+}

@@ -1,0 +1,410 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/scopewatch/scopewatch/internal/config"
+)
+
+// inbox watches the inbox folder. Layout: inbox/IMAGE belongs to slide
+// slides.default_id; inbox/SLIDE/IMAGE to SLIDE; inbox/SLIDE/.done (the
+// marker) completes SLIDE once every image before it was taken;
+// inbox/SLIDE/manifest.json {"kind": "crop"|"field"} overrides images.kind.
+//
+// A file is taken when its size and mtime stayed the same for
+// inbox.stable_for (a file renamed into place is complete at once, but a
+// file still being written is not). Notifications trigger scans early;
+// the periodic rescan catches anything they missed (overflow, network
+// file systems).
+type inbox struct {
+	d        *Daemon
+	mu       sync.Mutex
+	inFlight map[string]string // path -> slide
+	seen     map[string]fileSig
+	watched  map[string]bool
+}
+
+type fileSig struct {
+	size  int64
+	mtime time.Time
+	since time.Time // first time this signature was seen
+}
+
+func newInbox(d *Daemon) *inbox {
+	return &inbox{d: d, inFlight: map[string]string{}, seen: map[string]fileSig{}, watched: map[string]bool{}}
+}
+
+func (in *inbox) prepare() error {
+	cfg := in.d.config()
+	for _, dir := range []string{cfg.Inbox.Dir, cfg.Inbox.QuarantineDir} {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("inbox: %w", err)
+		}
+	}
+	if cfg.Inbox.AfterProcess == "move" {
+		if err := os.MkdirAll(cfg.Inbox.DoneDir, 0o750); err != nil {
+			return fmt.Errorf("inbox: %w", err)
+		}
+	}
+	return nil
+}
+
+// busy reports whether images of slide are queued or in progress.
+func (in *inbox) busy(slide string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, s := range in.inFlight {
+		if s == slide {
+			return true
+		}
+	}
+	return false
+}
+
+func (in *inbox) run(ctx context.Context) {
+	cfg := in.d.config()
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		in.d.log.Warn("file notifications unavailable; relying on rescans", "err", err)
+	} else {
+		defer w.Close()
+		in.watch(w, cfg.Inbox.Dir)
+	}
+	rescan := time.NewTicker(cfg.Inbox.RescanInterval)
+	defer rescan.Stop()
+	settle := cfg.Inbox.StableFor / 2
+	if settle < 100*time.Millisecond {
+		settle = 100 * time.Millisecond
+	}
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w != nil {
+		events, errs = w.Events, w.Errors
+	}
+	// soon fires while files are waiting to become stable.
+	soon := time.NewTimer(0)
+	defer soon.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if ev.Has(fsnotify.Create) {
+				if st, err := os.Stat(ev.Name); err == nil && st.IsDir() && w != nil {
+					in.watch(w, ev.Name)
+				}
+			}
+			resetTimer(soon, settle/2)
+			continue
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			in.d.log.Warn("file notification error; rescanning", "err", err)
+		case <-rescan.C:
+		case <-soon.C:
+		}
+		if pending := in.scan(ctx, w); pending {
+			resetTimer(soon, settle)
+		}
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(d)
+}
+
+func (in *inbox) watch(w *fsnotify.Watcher, dir string) {
+	if in.watched[dir] {
+		return
+	}
+	if err := w.Add(dir); err != nil {
+		in.d.log.Warn("cannot watch folder; relying on rescans", "dir", dir, "err", err)
+		return
+	}
+	in.watched[dir] = true
+}
+
+// scan takes every stable image, completes marked slides, and reports
+// whether some files are still settling.
+func (in *inbox) scan(ctx context.Context, w *fsnotify.Watcher) (pending bool) {
+	cfg := in.d.config()
+	root := cfg.Inbox.Dir
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		in.d.log.Error("reading inbox failed", "dir", root, "err", err)
+		in.d.metrics.errors.WithLabelValues("inbox").Inc()
+		return false
+	}
+	live := map[string]bool{}
+	for _, e := range entries {
+		name := e.Name()
+		p := filepath.Join(root, name)
+		if e.IsDir() {
+			if strings.HasPrefix(name, ".") {
+				continue
+			}
+			if !config.ValidSlideID(name) {
+				in.d.log.Warn("inbox folder is not a valid slide id; ignored", "dir", p)
+				continue
+			}
+			if w != nil {
+				in.watch(w, p)
+			}
+			if in.scanSlide(ctx, p, name, live) {
+				pending = true
+			}
+			continue
+		}
+		if in.consider(ctx, p, cfg.Slides.DefaultID, "", live) {
+			pending = true
+		}
+	}
+	in.mu.Lock()
+	for p := range in.seen {
+		if !live[p] {
+			delete(in.seen, p)
+		}
+	}
+	in.mu.Unlock()
+	return pending
+}
+
+type slideManifest struct {
+	Kind string `json:"kind"`
+}
+
+func (in *inbox) scanSlide(ctx context.Context, dir, slide string, live map[string]bool) (pending bool) {
+	cfg := in.d.config()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			in.d.log.Warn("reading slide folder failed", "dir", dir, "err", err)
+		}
+		return false
+	}
+	kind := ""
+	if data, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err == nil {
+		var m slideManifest
+		if err := json.Unmarshal(data, &m); err != nil || (m.Kind != "" && m.Kind != "crop" && m.Kind != "field" && m.Kind != "auto") {
+			in.d.log.Warn("slide manifest ignored: want {\"kind\": \"crop\"|\"field\"|\"auto\"}", "file", filepath.Join(dir, "manifest.json"), "err", err)
+		} else {
+			kind = m.Kind
+		}
+	}
+	marker := false
+	images := 0
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() {
+			continue
+		}
+		if name == cfg.Slides.Marker {
+			marker = true
+			continue
+		}
+		if !in.isImage(name) {
+			continue
+		}
+		images++
+		if in.consider(ctx, filepath.Join(dir, name), slide, kind, live) {
+			pending = true
+		}
+	}
+	if marker && images == 0 && !in.busy(slide) {
+		in.finishSlide(ctx, dir, slide)
+	}
+	return pending
+}
+
+func (in *inbox) isImage(name string) bool {
+	if strings.HasPrefix(name, ".") {
+		return false
+	}
+	ext := strings.ToLower(filepath.Ext(name))
+	for _, e := range in.d.config().Inbox.Extensions {
+		if strings.ToLower(e) == ext {
+			return true
+		}
+	}
+	return false
+}
+
+// finishSlide completes a marked slide and clears its folder.
+func (in *inbox) finishSlide(ctx context.Context, dir, slide string) {
+	cfg := in.d.config()
+	_, ok, err := in.d.completeSlide(ctx, slide, "marker")
+	if err != nil {
+		in.d.log.Error("completing slide failed; retrying on next scan", "slide", slide, "err", err)
+		return
+	}
+	if !ok {
+		in.d.log.Info("marker for a slide with nothing open; removed", "slide", slide)
+	}
+	// Only after the commit: a crash before this line finds the marker
+	// again and the completion is a no-op.
+	if err := os.Remove(filepath.Join(dir, cfg.Slides.Marker)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		in.d.log.Warn("removing marker failed", "dir", dir, "err", err)
+	}
+	os.Remove(filepath.Join(dir, "manifest.json"))
+	os.Remove(dir) // fails (and is kept) if something else is in it
+}
+
+// consider queues path when it is a stable image not already queued.
+func (in *inbox) consider(ctx context.Context, path, slide, kind string, live map[string]bool) (pending bool) {
+	name := filepath.Base(path)
+	if !in.isImage(name) {
+		return false
+	}
+	live[path] = true
+	in.mu.Lock()
+	_, busy := in.inFlight[path]
+	in.mu.Unlock()
+	if busy {
+		return false
+	}
+	st, err := os.Stat(path)
+	if err != nil || !st.Mode().IsRegular() {
+		return false
+	}
+	cfg := in.d.config()
+	now := in.d.now()
+	in.mu.Lock()
+	sig, ok := in.seen[path]
+	if !ok || sig.size != st.Size() || !sig.mtime.Equal(st.ModTime()) {
+		sig = fileSig{size: st.Size(), mtime: st.ModTime(), since: now}
+		in.seen[path] = sig
+	}
+	in.mu.Unlock()
+	if cfg.Inbox.StableFor > 0 && now.Sub(sig.since) < cfg.Inbox.StableFor {
+		return true
+	}
+	// A file re-seen after a crash between commit and move is already
+	// stored: move it along without counting it again.
+	if done, err := in.d.db.hasImage(ctx, slide, name); err == nil && done {
+		in.d.log.Info("image already stored; moving it on", "slide", slide, "image", name)
+		in.afterOK(path, slide)
+		return false
+	}
+	if st.Size() > cfg.Images.MaxBytes {
+		in.quarantine(path, slide, fmt.Sprintf("file is %d bytes, above images.max_bytes=%d", st.Size(), cfg.Images.MaxBytes))
+		in.d.metrics.errors.WithLabelValues("too_large").Inc()
+		in.d.metrics.images.WithLabelValues("inbox", "rejected").Inc()
+		return false
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		in.d.log.Warn("reading image failed; will retry", "path", path, "err", err)
+		return true
+	}
+	in.mu.Lock()
+	in.inFlight[path] = slide
+	in.mu.Unlock()
+	ok = in.d.submit(job{
+		slide: slide, name: name, source: "inbox", kind: kind, data: data,
+		done: func(r jobResult) { in.after(path, slide, r) },
+	})
+	if !ok {
+		in.mu.Lock()
+		delete(in.inFlight, path)
+		in.mu.Unlock()
+		return true // queue full: try again soon
+	}
+	return false
+}
+
+// after moves a processed file on: done (or deleted) when stored or
+// skipped, quarantine with a .reason file when refused.
+func (in *inbox) after(path, slide string, r jobResult) {
+	defer func() {
+		in.mu.Lock()
+		delete(in.inFlight, path)
+		delete(in.seen, path)
+		in.mu.Unlock()
+	}()
+	var bad *badImageError
+	switch {
+	case r.err == nil:
+		in.afterOK(path, slide)
+	case errors.As(r.err, &bad):
+		in.d.log.Warn("image quarantined", "path", path, "slide", slide, "reason", bad.Reason, "err", r.err)
+		in.quarantine(path, slide, r.err.Error())
+	case errors.Is(r.err, errSlideComplete):
+		in.d.log.Warn("image for a completed slide not counted", "path", path, "slide", slide)
+		in.quarantine(path, slide, r.err.Error()+": the slide's count is final; use a new slide id")
+	case errors.Is(r.err, errDuplicateImage):
+		in.afterOK(path, slide)
+	default:
+		// Storage failed: leave the file where it is for the next scan.
+		in.d.log.Error("image not stored; will retry", "path", path, "err", r.err)
+	}
+}
+
+func (in *inbox) afterOK(path, slide string) {
+	cfg := in.d.config()
+	if cfg.Inbox.AfterProcess == "delete" {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			in.d.log.Error("deleting processed image failed", "path", path, "err", err)
+		}
+		return
+	}
+	if _, err := moveInto(path, filepath.Join(cfg.Inbox.DoneDir, slide)); err != nil {
+		in.d.log.Error("moving processed image failed", "path", path, "err", err)
+	}
+}
+
+func (in *inbox) quarantine(path, slide, reason string) {
+	cfg := in.d.config()
+	dst, err := moveInto(path, filepath.Join(cfg.Inbox.QuarantineDir, slide))
+	if err != nil {
+		in.d.log.Error("quarantining image failed", "path", path, "err", err)
+		return
+	}
+	note := fmt.Sprintf("%s\nfile: %s\nslide: %s\ntime: %s\n", reason, path, slide, in.d.now().UTC().Format(time.RFC3339))
+	if err := os.WriteFile(dst+".reason", []byte(note), 0o640); err != nil {
+		in.d.log.Error("writing quarantine reason failed", "path", dst, "err", err)
+	}
+}
+
+// moveInto renames path into dir, keeping its name unless taken (then a
+// numeric suffix is added), and returns the new path.
+func moveInto(path, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", err
+	}
+	base := filepath.Base(path)
+	dst := filepath.Join(dir, base)
+	ext := filepath.Ext(base)
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		dst = filepath.Join(dir, fmt.Sprintf("%s.%d%s", strings.TrimSuffix(base, ext), i, ext))
+	}
+	if err := os.Rename(path, dst); err != nil {
+		return "", err
+	}
+	return dst, nil
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// serveMetrics are the daemon's Prometheus series (own registry, so that a
+// test can run several daemons in one process).
+type serveMetrics struct {
+	reg             *prometheus.Registry
+	images          *prometheus.CounterVec
+	cells           *prometheus.CounterVec
+	slides          *prometheus.CounterVec
+	errors          *prometheus.CounterVec
+	httpErrors      *prometheus.CounterVec
+	alerts          *prometheus.CounterVec
+	analyzeSeconds  *prometheus.HistogramVec
+	processSeconds  *prometheus.HistogramVec
+	queueWait       prometheus.Histogram
+	queueDepth      prometheus.Gauge
+	outboxPending   prometheus.Gauge
+	published       prometheus.Counter
+	mqttConnected   prometheus.Gauge
+	mqttDisconnects prometheus.Counter
+	modelInfo       *prometheus.GaugeVec
+	dbBytes         prometheus.Gauge
+	diskFree        prometheus.Gauge
+}
+
+func newServeMetrics(d *Daemon) *serveMetrics {
+	latency := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	m := &serveMetrics{
+		reg: prometheus.NewRegistry(),
+		images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_images_total",
+			Help: "Images taken, by source (inbox, http, camera) and outcome (ok, rejected, skipped, failed)."}, []string{"source", "outcome"}),
+		cells: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_cells_total",
+			Help: "Cells classified, by label."}, []string{"label"}),
+		slides: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slides_completed_total",
+			Help: "Slides completed, by stopping reason."}, []string{"reason"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_errors_total",
+			Help: "Errors by reason (bad-image reasons, store, analyze, inbox, mqtt_publish)."}, []string{"reason"}),
+		httpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_http_errors_total",
+			Help: "HTTP requests answered with an error, by reason."}, []string{"reason"}),
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_alerts_total",
+			Help: "Alerts raised, by kind."}, []string{"kind"}),
+		analyzeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "scopewatch_analyze_seconds",
+			Help: "Decode, segmentation and classification time per image, by kind.", Buckets: latency}, []string{"kind"}),
+		processSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "scopewatch_process_seconds",
+			Help: "Analysis plus storage time per image, by kind.", Buckets: latency}, []string{"kind"}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "scopewatch_queue_wait_seconds",
+			Help: "Time images waited for a worker.", Buckets: latency}),
+		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_queue_depth",
+			Help: "Images waiting for a worker."}),
+		outboxPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_outbox_pending",
+			Help: "Results and alerts waiting for the broker's acknowledgement."}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_mqtt_published_total",
+			Help: "Outbox messages acknowledged by the broker."}),
+		mqttConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_mqtt_connected",
+			Help: "1 while connected to the broker."}),
+		mqttDisconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_mqtt_connection_lost_total",
+			Help: "Broker connections lost."}),
+		modelInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_model_info",
+			Help: "The model version serving (value 1)."}, []string{"version"}),
+		dbBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_db_used_bytes",
+			Help: "Bytes used by the database's rows (the cap compares against this)."}),
+		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_disk_free_bytes",
+			Help: "Free bytes on the state file system."}),
+	}
+	m.reg.MustRegister(m.images, m.cells, m.slides, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
+		m.queueWait, m.queueDepth, m.outboxPending, m.published, m.mqttConnected, m.mqttDisconnects, m.modelInfo,
+		m.dbBytes, m.diskFree,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

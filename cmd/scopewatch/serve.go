@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/scopewatch/scopewatch/internal/config"
+)
+
+func init() {
+	register("serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe)
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	cfgPath := fs.String("config", "/etc/scopewatch/scopewatch.yaml", "configuration file (see `scopewatch config default`)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: unexpected arguments %v", errUsage, fs.Args())
+	}
+	cfg, err := config.Load(*cfgPath, os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(cfg.Log.Level))
+	log := newLogger(stderr, cfg.Log.Format, level)
+
+	model, err := openAnalyzer(cfg, log)
+	if err != nil {
+		return fmt.Errorf("load model %s: %w", cfg.Model.Path, err)
+	}
+	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model})
+	if err != nil {
+		model.Close()
+		return err
+	}
+
+	// SIGHUP reloads; main owns SIGINT/SIGTERM (they cancel ctx).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				next, err := config.Load(*cfgPath, os.LookupEnv)
+				if err != nil {
+					log.Error("reload refused; keeping the running configuration", "err", err)
+					continue
+				}
+				d.reload(next)
+			}
+		}
+	}()
+	err = d.Run(ctx)
+	<-reloadDone
+	return err
+}
+
+// newLogger writes JSON (one object per line) or text to w. journald adds
+// its own timestamp, but a shipped log needs one too, so it is kept.
+func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+var errNoModel = errors.New("no model")

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"math"
+	"time"
+)
+
+// slideSummary is the per-slide result: the payload of the MQTT result
+// message (DESIGN.md §3) and of GET /v1/slides/{id}.
+type slideSummary struct {
+	Schema         string    `json:"schema"`
+	ID             string    `json:"id"`
+	Site           string    `json:"site"`
+	Device         string    `json:"device"`
+	Slide          string    `json:"slide"`
+	State          string    `json:"state"`
+	Images         int       `json:"images"`
+	Cells          int       `json:"cells"`
+	Infected       int       `json:"infected"`
+	ParasitemiaPct float64   `json:"parasitemia_pct"`
+	CILowPct       float64   `json:"ci_low_pct"`
+	CIHighPct      float64   `json:"ci_high_pct"`
+	CIMethod       string    `json:"ci_method"`
+	CILevel        float64   `json:"ci_level"`
+	StoppingReason string    `json:"stopping_reason,omitempty"`
+	ModelVersion   string    `json:"model_version"`
+	StartedAt      time.Time `json:"started_at"`
+	CompletedAt    time.Time `json:"completed_at,omitempty"`
+	Boot           int64     `json:"boot"`
+}
+
+const resultSchema = "scopewatch.result/v1"
+
+// proportionCI returns the two-sided 95% interval for k successes in n
+// trials, as fractions. method is "wilson" or "clopper-pearson".
+func proportionCI(k, n int, method string) (lo, hi float64) {
+	if n <= 0 {
+		return 0, 1
+	}
+	if method == "clopper-pearson" {
+		return clopperPearson(k, n, 0.05)
+	}
+	return wilson(k, n, 1.959963984540054)
+}
+
+// wilson is the Wilson score interval: well-behaved at the small
+// proportions of parasitemia (a few per cent of 1000 cells), unlike the
+// normal approximation.
+func wilson(k, n int, z float64) (lo, hi float64) {
+	nf := float64(n)
+	p := float64(k) / nf
+	z2 := z * z
+	den := 1 + z2/nf
+	centre := (p + z2/(2*nf)) / den
+	half := z / den * math.Sqrt(p*(1-p)/nf+z2/(4*nf*nf))
+	lo, hi = math.Max(0, centre-half), math.Min(1, centre+half)
+	if k == 0 {
+		lo = 0
+	}
+	if k == n {
+		hi = 1
+	}
+	return lo, hi
+}
+
+// clopperPearson is the exact interval, found by bisection on the binomial
+// tail probabilities (slides are summarised rarely; n is at most a few
+// tens of thousands, so the O(n) tail sum is cheap enough).
+func clopperPearson(k, n int, alpha float64) (lo, hi float64) {
+	if k > 0 {
+		// lo: P(X >= k | p) = alpha/2
+		lo = bisect(func(p float64) float64 { return binomUpperTail(k, n, p) - alpha/2 })
+	}
+	hi = 1
+	if k < n {
+		// hi: P(X <= k | p) = alpha/2, i.e. 1 - P(X >= k+1) = alpha/2
+		hi = bisect(func(p float64) float64 { return alpha/2 - (1 - binomUpperTail(k+1, n, p)) })
+	}
+	return lo, hi
+}
+
+// bisect finds the root of an increasing f on (0, 1).
+func bisect(f func(float64) float64) float64 {
+	a, b := 0.0, 1.0
+	for i := 0; i < 100; i++ {
+		m := (a + b) / 2
+		if f(m) < 0 {
+			a = m
+		} else {
+			b = m
+		}
+	}
+	return (a + b) / 2
+}
+
+// binomUpperTail is P(X >= k) for X ~ Binomial(n, p), summed in log space.
+func binomUpperTail(k, n int, p float64) float64 {
+	if k <= 0 {
+		return 1
+	}
+	if k > n {
+		return 0
+	}
+	if p <= 0 {
+		return 0
+	}
+	if p >= 1 {
+		return 1
+	}
+	lp, lq := math.Log(p), math.Log1p(-p)
+	lgn, _ := math.Lgamma(float64(n + 1))
+	sum := 0.0
+	for i := k; i <= n; i++ {
+		a, _ := math.Lgamma(float64(i + 1))
+		b, _ := math.Lgamma(float64(n - i + 1))
+		sum += math.Exp(lgn - a - b + float64(i)*lp + float64(n-i)*lq)
+	}
+	return math.Min(1, sum)
+}
