@@ -1,0 +1,448 @@
+package drift
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+)
+
+// BaselineSchema identifies the baseline.json format.
+const BaselineSchema = "scopewatch.baseline/v1"
+
+// ErrInvalidBaseline is wrapped by every validation error of Load and
+// BuildBaseline's inputs.
+var ErrInvalidBaseline = errors.New("invalid baseline")
+
+// Baseline is what the model did on its held-out test set (DESIGN.md §3):
+// the reference the drift detectors compare live scores with.
+type Baseline struct {
+	Schema       string  `json:"schema"`
+	ModelVersion string  `json:"model_version,omitempty"`
+	Threshold    float64 `json:"threshold"`
+	// TestSize is the number of test-set cases; the reference rows below are
+	// a seeded subsample when the test set is larger than the cap.
+	TestSize     int     `json:"test_size"`
+	PositiveRate float64 `json:"positive_rate"` // predicted positive at Threshold, whole test set
+	Prevalence   float64 `json:"prevalence"`    // labelled positive, whole test set
+
+	Quantiles []Quantile `json:"quantiles"` // of all test-set scores
+	Metrics   Metrics    `json:"metrics"`
+
+	// Calibration maps raw scores to probabilities; nil when isotonic
+	// regression did not lower the cross-validated ECE.
+	Calibration *Isotonic `json:"calibration"`
+	ECE         ECE       `json:"ece"`
+
+	Scores    []float64   `json:"scores"`    // reference rows: raw scores
+	Labels    []int       `json:"labels"`    // reference rows: labels (1 = parasitized)
+	Embedding *Embedding  `json:"embedding"` // nil without features
+	Projected [][]float32 `json:"projected"` // reference rows: projected embeddings (or empty)
+
+	Descriptive []DescriptiveThreshold `json:"descriptive"`
+	Detector    *Calibration           `json:"detector"`
+
+	ref         *reference
+	fingerprint string
+}
+
+// Quantile is one point of the score quantile function.
+type Quantile struct {
+	Q float64 `json:"q"`
+	V float64 `json:"v"`
+}
+
+// ECE records the cross-validated expected calibration errors that decided
+// whether the isotonic map is kept.
+type ECE struct {
+	Raw      float64 `json:"raw"`
+	Isotonic float64 `json:"isotonic"`
+	Folds    int     `json:"folds"`
+	Kept     bool    `json:"kept"`
+}
+
+// BaselineConfig controls BuildBaseline. Zero values take the defaults.
+type BaselineConfig struct {
+	ModelVersion    string
+	MaxReference    int // reference rows kept (default 3000)
+	BootstrapReps   int // default 1000
+	Folds           int // cross-validation folds for the ECE decision (default 5)
+	ProjectionDim   int // default 16
+	RFFDim          int // default 64
+	DescriptiveSims int // simulated windows per size for descriptive thresholds (default 400)
+	Seed            uint64
+	Detector        CalibrationConfig
+}
+
+// BuildBaseline computes the baseline from the test set's scores, labels
+// and (optionally, nil to disable the embedding signal) features, and
+// calibrates the detectors by simulation.
+func BuildBaseline(ctx context.Context, scores []float64, labels []int, features [][]float32, threshold float64, cfg BaselineConfig) (*Baseline, error) {
+	if err := checkInputs(scores, labels, features, threshold); err != nil {
+		return nil, err
+	}
+	if cfg.MaxReference == 0 {
+		cfg.MaxReference = 3000
+	}
+	if cfg.BootstrapReps == 0 {
+		cfg.BootstrapReps = 1000
+	}
+	if cfg.Folds == 0 {
+		cfg.Folds = 5
+	}
+	if cfg.ProjectionDim == 0 {
+		cfg.ProjectionDim = 16
+	}
+	if cfg.RFFDim == 0 {
+		cfg.RFFDim = 64
+	}
+	if cfg.DescriptiveSims == 0 {
+		cfg.DescriptiveSims = 400
+	}
+	if cfg.MaxReference < 20 {
+		return nil, fmt.Errorf("%w: max reference %d: want at least 20", ErrInvalidBaseline, cfg.MaxReference)
+	}
+	b := &Baseline{Schema: BaselineSchema, ModelVersion: cfg.ModelVersion, Threshold: threshold, TestSize: len(scores)}
+	var pos, lab int
+	for i, s := range scores {
+		if s >= threshold {
+			pos++
+		}
+		lab += labels[i]
+	}
+	b.PositiveRate = float64(pos) / float64(len(scores))
+	b.Prevalence = float64(lab) / float64(len(scores))
+	sorted := sortedCopy(scores)
+	for i := 0; i <= 100; i++ {
+		q := float64(i) / 100
+		b.Quantiles = append(b.Quantiles, Quantile{Q: q, V: quantileSorted(sorted, q)})
+	}
+	b.Metrics = computeMetrics(scores, labels, threshold, cfg.BootstrapReps, splitmix64(cfg.Seed^0x3))
+	b.ECE.Folds = cfg.Folds
+	b.ECE.Raw, b.ECE.Isotonic = crossValidatedECE(scores, labels, cfg.Folds, cfg.Seed)
+	if b.ECE.Isotonic < b.ECE.Raw {
+		b.ECE.Kept = true
+		b.Calibration = fitIsotonic(scores, labels)
+	}
+
+	rows := make([]int, len(scores))
+	for i := range rows {
+		rows[i] = i
+	}
+	if len(rows) > cfg.MaxReference {
+		perm := newRand(cfg.Seed, 13).Perm(len(rows))
+		rows = perm[:cfg.MaxReference]
+		slices.Sort(rows)
+	}
+	for _, i := range rows {
+		b.Scores = append(b.Scores, scores[i])
+		b.Labels = append(b.Labels, labels[i])
+	}
+	if features != nil {
+		sub := make([][]float32, len(rows))
+		for k, i := range rows {
+			sub[k] = features[i]
+		}
+		emb, z, err := newEmbedding(sub, cfg.ProjectionDim, cfg.RFFDim, cfg.Seed)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidBaseline, err)
+		}
+		b.Embedding, b.Projected = emb, z
+	}
+	dc, err := cfg.Detector.withDefaults(b.Embedding != nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: detector: %w", ErrInvalidBaseline, err)
+	}
+	if dc.Seed == 0 {
+		dc.Seed = splitmix64(cfg.Seed ^ 0x5)
+	}
+	b.prepare()
+	b.Detector, err = calibrate(ctx, b.ref, dc)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range dc.Windows {
+		b.Descriptive = append(b.Descriptive, b.simulateDescriptive(w, cfg.DescriptiveSims, splitmix64(cfg.Seed^uint64(w))))
+	}
+	if err := b.validate(); err != nil {
+		return nil, fmt.Errorf("built baseline fails validation (a bug): %w", err)
+	}
+	return b, nil
+}
+
+// Recalibrate returns a copy of b whose detector thresholds are calibrated
+// for cfg (for example another ERT); the rest of the baseline is shared.
+func (b *Baseline) Recalibrate(ctx context.Context, cfg CalibrationConfig) (*Baseline, error) {
+	dc, err := cfg.withDefaults(b.Embedding != nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: detector: %w", ErrInvalidBaseline, err)
+	}
+	if dc.Seed == 0 {
+		dc.Seed = b.Detector.Seed
+	}
+	c := *b
+	c.fingerprint = ""
+	c.Detector, err = calibrate(ctx, b.ref, dc)
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func checkInputs(scores []float64, labels []int, features [][]float32, threshold float64) error {
+	if len(scores) < 20 {
+		return fmt.Errorf("%w: %d scores: want at least 20", ErrInvalidBaseline, len(scores))
+	}
+	if len(labels) != len(scores) {
+		return fmt.Errorf("%w: %d labels for %d scores", ErrInvalidBaseline, len(labels), len(scores))
+	}
+	if features != nil && len(features) != len(scores) {
+		return fmt.Errorf("%w: %d feature rows for %d scores", ErrInvalidBaseline, len(features), len(scores))
+	}
+	if !(threshold > 0 && threshold < 1) {
+		return fmt.Errorf("%w: threshold %v: want 0 < threshold < 1", ErrInvalidBaseline, threshold)
+	}
+	var pos int
+	for i, s := range scores {
+		if !(s >= 0 && s <= 1) {
+			return fmt.Errorf("%w: score %d = %v: want a probability in [0, 1]", ErrInvalidBaseline, i, s)
+		}
+		if labels[i] != 0 && labels[i] != 1 {
+			return fmt.Errorf("%w: label %d = %d: want 0 (uninfected) or 1 (parasitized)", ErrInvalidBaseline, i, labels[i])
+		}
+		pos += labels[i]
+	}
+	if pos == 0 || pos == len(scores) {
+		return fmt.Errorf("%w: the test set has only one class (%d of %d parasitized)", ErrInvalidBaseline, pos, len(scores))
+	}
+	return nil
+}
+
+// prepare derives the in-memory reference from the stored fields.
+func (b *Baseline) prepare() {
+	if b.Embedding != nil {
+		b.Embedding.init()
+	}
+	b.ref = newReference(b.Scores, b.Threshold, b.Embedding, b.Projected)
+}
+
+// Fingerprint identifies the baseline's content (sha256 of its JSON), so
+// that a persisted monitor state is never restored against another baseline.
+func (b *Baseline) Fingerprint() string {
+	if b.fingerprint == "" {
+		j, _ := json.Marshal(b)
+		s := sha256.Sum256(j)
+		b.fingerprint = hex.EncodeToString(s[:])
+	}
+	return b.fingerprint
+}
+
+// Save writes b as JSON to path (atomically: temp file and rename).
+func (b *Baseline) Save(path string) error {
+	j, err := json.MarshalIndent(b, "", " ")
+	if err != nil {
+		return fmt.Errorf("encode baseline: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(j, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write baseline: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write baseline: %w", err)
+	}
+	return nil
+}
+
+// LoadBaseline reads and validates a baseline file.
+func LoadBaseline(path string) (*Baseline, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open baseline: %w", err)
+	}
+	defer f.Close()
+	b, err := DecodeBaseline(io.LimitReader(f, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
+// DecodeBaseline decodes and validates a baseline strictly: unknown keys,
+// trailing data, missing or inconsistent fields are errors.
+func DecodeBaseline(r io.Reader) (*Baseline, error) {
+	d := json.NewDecoder(r)
+	d.DisallowUnknownFields()
+	var b Baseline
+	if err := d.Decode(&b); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidBaseline, err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidBaseline)
+	}
+	if err := b.validate(); err != nil {
+		return nil, err
+	}
+	b.prepare()
+	return &b, nil
+}
+
+// DecodeBaselineBytes is DecodeBaseline on a byte slice.
+func DecodeBaselineBytes(p []byte) (*Baseline, error) { return DecodeBaseline(bytes.NewReader(p)) }
+
+func (b *Baseline) validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidBaseline, fmt.Sprintf(format, a...))
+	}
+	if b.Schema != BaselineSchema {
+		return bad("schema %q: want %q", b.Schema, BaselineSchema)
+	}
+	if !(b.Threshold > 0 && b.Threshold < 1) {
+		return bad("threshold %v: want 0 < threshold < 1", b.Threshold)
+	}
+	if len(b.Scores) < 20 || len(b.Scores) > 1<<20 {
+		return bad("scores: %d values, want 20..1048576", len(b.Scores))
+	}
+	if b.TestSize < len(b.Scores) {
+		return bad("test_size %d is smaller than the %d reference scores", b.TestSize, len(b.Scores))
+	}
+	if len(b.Labels) != len(b.Scores) {
+		return bad("labels: %d values for %d scores", len(b.Labels), len(b.Scores))
+	}
+	for i, s := range b.Scores {
+		if !(s >= 0 && s <= 1) {
+			return bad("scores[%d] = %v: want [0, 1]", i, s)
+		}
+		if b.Labels[i] != 0 && b.Labels[i] != 1 {
+			return bad("labels[%d] = %d: want 0 or 1", i, b.Labels[i])
+		}
+	}
+	for _, p := range []struct {
+		name string
+		v    float64
+	}{{"positive_rate", b.PositiveRate}, {"prevalence", b.Prevalence}, {"ece.raw", b.ECE.Raw}, {"ece.isotonic", b.ECE.Isotonic}} {
+		if !(p.v >= 0 && p.v <= 1) {
+			return bad("%s %v: want [0, 1]", p.name, p.v)
+		}
+	}
+	for i, q := range b.Quantiles {
+		if !(q.Q >= 0 && q.Q <= 1) || !finite(q.V) || (i > 0 && (q.Q <= b.Quantiles[i-1].Q || q.V < b.Quantiles[i-1].V)) {
+			return bad("quantiles[%d] = %+v: want q in [0,1], both ascending", i, q)
+		}
+	}
+	m := b.Metrics
+	for _, iv := range []struct {
+		name string
+		v    Interval
+	}{{"accuracy", m.Accuracy}, {"sensitivity", m.Sensitivity}, {"specificity", m.Specificity}, {"auc", m.AUC}} {
+		if !(iv.v.Lo >= 0 && iv.v.Lo <= iv.v.Value && iv.v.Value <= iv.v.Hi && iv.v.Hi <= 1) {
+			return bad("metrics.%s %+v: want 0 <= lo <= value <= hi <= 1", iv.name, iv.v)
+		}
+	}
+	if c := b.Calibration; c != nil {
+		if len(c.X) == 0 || len(c.X) != len(c.Y) {
+			return bad("calibration: %d knots x, %d y: want the same non-zero number", len(c.X), len(c.Y))
+		}
+		for i := range c.X {
+			if !finite(c.X[i]) || !(c.Y[i] >= 0 && c.Y[i] <= 1) || (i > 0 && (c.X[i] < c.X[i-1] || c.Y[i] < c.Y[i-1])) {
+				return bad("calibration knot %d (%v, %v): want x ascending, y ascending in [0, 1]", i, c.X[i], c.Y[i])
+			}
+		}
+	}
+	if b.Embedding != nil {
+		if err := b.Embedding.validate(); err != nil {
+			return bad("%v", err)
+		}
+		if len(b.Projected) != len(b.Scores) {
+			return bad("projected: %d rows for %d scores", len(b.Projected), len(b.Scores))
+		}
+		for i, z := range b.Projected {
+			if len(z) != b.Embedding.Dim {
+				return bad("projected[%d]: %d values, want %d", i, len(z), b.Embedding.Dim)
+			}
+			for _, v := range z {
+				if !finite(float64(v)) {
+					return bad("projected[%d]: %v is not finite", i, v)
+				}
+			}
+		}
+	} else if len(b.Projected) != 0 {
+		return bad("projected rows without an embedding")
+	}
+	for i, d := range b.Descriptive {
+		if err := d.validate(); err != nil {
+			return bad("descriptive[%d]: %v", i, err)
+		}
+	}
+	if b.Detector == nil {
+		return bad("detector: missing")
+	}
+	return b.Detector.validate(b.Embedding != nil)
+}
+
+func (c *Calibration) validate(haveEmbedding bool) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: detector: %s", ErrInvalidBaseline, fmt.Sprintf(format, a...))
+	}
+	if c.ERT < 2 || c.WarnERT < 2 || c.WarnERT > c.ERT {
+		return bad("ert %d, warn_ert %d: want 2 <= warn_ert <= ert", c.ERT, c.WarnERT)
+	}
+	if c.Null != NullExchangeable && c.Null != NullBootstrap {
+		return bad("null %q: want %q or %q", c.Null, NullExchangeable, NullBootstrap)
+	}
+	if len(c.Tests) == 0 || len(c.Tests) > 64 {
+		return bad("%d tests: want 1..64", len(c.Tests))
+	}
+	if len(c.Blocks) == 0 || len(c.Blocks) > 100000 || c.Blocks[0] != 1 {
+		return bad("blocks: want a non-empty ascending list starting at 1")
+	}
+	for i := 1; i < len(c.Blocks); i++ {
+		if c.Blocks[i] <= c.Blocks[i-1] {
+			return bad("blocks[%d] = %d: want ascending", i, c.Blocks[i])
+		}
+	}
+	for i, t := range c.Tests {
+		switch t.Signal {
+		case SignalScores, SignalRate:
+		case SignalEmbedding:
+			if !haveEmbedding {
+				return bad("tests[%d]: %s without an embedding reference", i, t.Signal)
+			}
+		default:
+			return bad("tests[%d].signal %q: unknown", i, t.Signal)
+		}
+		if t.Window < 2 || t.Window > 100000 {
+			return bad("tests[%d].window %d: want 2..100000", i, t.Window)
+		}
+		if slices.Contains(c.Tests[:i], t) {
+			return bad("tests[%d]: %s on window %d listed twice", i, t.Signal, t.Window)
+		}
+	}
+	if len(c.Start) != len(c.Tests) || len(c.Warn) != len(c.Tests) || len(c.Alarm) != len(c.Tests) {
+		return bad("start/warn/alarm: want one entry per test (%d)", len(c.Tests))
+	}
+	for i := range c.Tests {
+		if c.Start[i] < 0 || c.Start[i] >= len(c.Blocks) {
+			return bad("start[%d] = %d: want a block index below %d", i, c.Start[i], len(c.Blocks))
+		}
+		if len(c.Warn[i]) != len(c.Blocks) || len(c.Alarm[i]) != len(c.Blocks) {
+			return bad("thresholds of test %d: want %d blocks", i, len(c.Blocks))
+		}
+		for j := range c.Blocks {
+			for _, v := range []float64{c.Warn[i][j], c.Alarm[i][j]} {
+				if !finite(v) || math.Abs(v) > 1e12 {
+					return bad("threshold of test %d block %d = %v: want finite", i, j, v)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func bytesReader(p []byte) io.Reader { return bytes.NewReader(p) }

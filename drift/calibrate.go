@@ -1,0 +1,395 @@
+package drift
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+)
+
+// Null models for the drift-free streams simulated at calibration.
+const (
+	// NullExchangeable draws each new score from a Pólya urn over the
+	// reference rows and the stream so far (untied scores placed uniformly
+	// in the gap around the drawn reference value). The reference and the
+	// stream are then exchangeable, as when both are samples from the same
+	// distribution, so the thresholds include the reference's own sampling
+	// error.
+	NullExchangeable = "exchangeable"
+	// NullBootstrap resamples the reference rows with replacement: the
+	// stream comes from the reference's empirical distribution. Right only
+	// for streams that literally resample the test set.
+	NullBootstrap = "bootstrap"
+)
+
+// Calibration holds the thresholds of every test for both tiers, per block
+// of steps since reset: Blocks[j] is the first step (1-based) of block j and
+// the last block extends forever.
+type Calibration struct {
+	ERT     int                `json:"ert"`
+	WarnERT int                `json:"warn_ert"`
+	Null    string             `json:"null"`
+	Sims    int                `json:"sims"`
+	Horizon int                `json:"horizon"`
+	Seed    uint64             `json:"seed"`
+	Weights map[string]float64 `json:"weights"`
+	Tests   []TestSpec         `json:"tests"`
+	Blocks  []int              `json:"blocks"`
+	// Start[i] is the first block in which test i is evaluated (its window
+	// has reached its minimum fill); thresholds before it are unused.
+	Start []int       `json:"start"`
+	Warn  [][]float64 `json:"warn"`
+	Alarm [][]float64 `json:"alarm"`
+}
+
+// CalibrationConfig says what to calibrate.
+type CalibrationConfig struct {
+	ERT     int                // alarm tier expected run time without drift, in scores
+	WarnERT int                // warn tier; 0 means ERT/10
+	Windows []int              // window sizes
+	Signals map[string]float64 // signal -> share of the false-alarm budget; nil means all available, equal shares
+	Sims    int                // simulated streams
+	Horizon int                // simulated steps per stream; 0 means 2 * largest window
+	Null    string             // NullExchangeable (default) or NullBootstrap
+	Seed    uint64
+	Workers int // 0 means min(2, GOMAXPROCS)
+}
+
+func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig, error) {
+	o := *c
+	if o.ERT == 0 {
+		o.ERT = 5000
+	}
+	if o.WarnERT == 0 {
+		o.WarnERT = max(1, o.ERT/10)
+	}
+	if len(o.Windows) == 0 {
+		o.Windows = []int{50, 200, 1000}
+	}
+	if o.Sims == 0 {
+		o.Sims = 2000
+	}
+	if o.Null == "" {
+		o.Null = NullExchangeable
+	}
+	o.Windows = slices.Clone(o.Windows)
+	slices.Sort(o.Windows)
+	o.Windows = slices.Compact(o.Windows)
+	if o.Horizon == 0 {
+		o.Horizon = 2 * o.Windows[len(o.Windows)-1]
+	}
+	if o.Signals == nil {
+		o.Signals = map[string]float64{SignalScores: 1, SignalRate: 1}
+		if haveEmbedding {
+			o.Signals[SignalEmbedding] = 1
+		}
+	}
+	switch {
+	case o.ERT < 2 || o.WarnERT < 2 || o.WarnERT > o.ERT:
+		return o, fmt.Errorf("ert %d, warn ert %d: want 2 <= warn <= ert", o.ERT, o.WarnERT)
+	case o.Windows[0] < 2 || o.Windows[len(o.Windows)-1] > 100000:
+		return o, fmt.Errorf("windows %v: want sizes in 2..100000", o.Windows)
+	case o.Sims < 100:
+		return o, fmt.Errorf("sims %d: want at least 100", o.Sims)
+	case o.Horizon < o.Windows[len(o.Windows)-1]+10:
+		return o, fmt.Errorf("horizon %d: want more than the largest window %d", o.Horizon, o.Windows[len(o.Windows)-1])
+	case o.Null != NullExchangeable && o.Null != NullBootstrap:
+		return o, fmt.Errorf("null %q: want %q or %q", o.Null, NullExchangeable, NullBootstrap)
+	}
+	var total float64
+	for s, w := range o.Signals {
+		switch s {
+		case SignalScores, SignalRate:
+		case SignalEmbedding:
+			if !haveEmbedding {
+				return o, fmt.Errorf("signal %s: the baseline has no embedding reference (no features given)", s)
+			}
+		default:
+			return o, fmt.Errorf("signal %q: want %s, %s or %s", s, SignalScores, SignalRate, SignalEmbedding)
+		}
+		if !(w > 0) || math.IsInf(w, 0) {
+			return o, fmt.Errorf("signal %s weight %v: want > 0", s, w)
+		}
+		total += w
+	}
+	if total == 0 {
+		return o, fmt.Errorf("no signal enabled")
+	}
+	return o, nil
+}
+
+// testsFor lists the tests in a fixed order: signals in a canonical order,
+// then windows ascending.
+func testsFor(signals map[string]float64, windows []int) []TestSpec {
+	var ts []TestSpec
+	for _, s := range []string{SignalScores, SignalRate, SignalEmbedding} {
+		if _, ok := signals[s]; !ok {
+			continue
+		}
+		for _, w := range windows {
+			ts = append(ts, TestSpec{Signal: s, Window: w})
+		}
+	}
+	return ts
+}
+
+// blockStarts returns the first steps of the threshold blocks: short blocks
+// while the windows fill (the null distribution changes fast), growing
+// geometrically, and one final block of at least half the largest window,
+// whose thresholds hold from then on.
+func blockStarts(windows []int, horizon int) []int {
+	maxW := windows[len(windows)-1]
+	last := horizon - maxW/2
+	set := map[int]bool{1: true, last: true}
+	for x := 1; x < last; x = max(x+5, x*5/4) {
+		set[x] = true
+	}
+	for _, w := range windows {
+		for _, v := range []int{minFill(w), w} {
+			if v < last {
+				set[v] = true
+			}
+		}
+	}
+	var b []int
+	for v := range set {
+		b = append(b, v)
+	}
+	slices.Sort(b)
+	return b
+}
+
+// calibrate simulates cfg.Sims drift-free streams through the engine and
+// sets the thresholds of both tiers.
+func calibrate(ctx context.Context, ref *reference, cfg CalibrationConfig) (*Calibration, error) {
+	tests := testsFor(cfg.Signals, cfg.Windows)
+	B, T, K := cfg.Sims, cfg.Horizon, len(tests)
+	stats := make([]float32, B*T*K)
+	workers := cfg.Workers
+	if workers <= 0 {
+		workers = min(2, runtime.GOMAXPROCS(0))
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e := newEngine(ref, tests, cfg.Seed)
+			st := newNullStream(ref, cfg.Null)
+			for b := range next {
+				e.reset()
+				st.reset(newRand(cfg.Seed, uint64(b)+1000))
+				row := stats[b*T*K : (b+1)*T*K]
+				for t := range T {
+					idx, score := st.next()
+					var phi []float64
+					if e.useMMD {
+						phi = ref.phi[idx*e.rffDim : (idx+1)*e.rffDim]
+					}
+					e.observe(score, phi)
+					for k, v := range e.stats {
+						row[t*K+k] = float32(v)
+					}
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for b := range B {
+		select {
+		case next <- b:
+		case <-ctx.Done():
+			err = ctx.Err()
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err != nil {
+		return nil, fmt.Errorf("calibrate: %w", err)
+	}
+	c := &Calibration{
+		ERT: cfg.ERT, WarnERT: cfg.WarnERT, Null: cfg.Null, Sims: B, Horizon: T, Seed: cfg.Seed,
+		Weights: cfg.Signals, Tests: tests, Blocks: blockStarts(cfg.Windows, T),
+	}
+	c.Start = make([]int, K)
+	for i, ts := range tests {
+		c.Start[i] = blockIndex(c.Blocks, minFill(ts.Window))
+	}
+	var total float64
+	for _, w := range cfg.Signals {
+		total += w
+	}
+	weights := make([]float64, K)
+	for i, ts := range tests {
+		weights[i] = cfg.Signals[ts.Signal] / total / float64(len(cfg.Windows))
+	}
+	c.Warn = thresholds(stats, B, T, K, c.Blocks, weights, 1/float64(cfg.WarnERT))
+	c.Alarm = thresholds(stats, B, T, K, c.Blocks, weights, 1/float64(cfg.ERT))
+	return c, nil
+}
+
+// blockIndex returns the block containing step t (1-based).
+func blockIndex(blocks []int, t int) int {
+	i, found := slices.BinarySearch(blocks, t)
+	if found {
+		return i
+	}
+	return i - 1
+}
+
+// thresholds runs the sequential calibration of one tier. Block by block,
+// among the simulated streams that have not alarmed yet, each test i gets the
+// (1 - lambda*w_i) quantile of its statistics in the block as threshold, and
+// lambda is chosen so that the rate of first alarms per surviving step is
+// beta. Streams that alarm drop out, which is what makes later thresholds
+// conditional on no earlier alarm.
+func thresholds(stats []float32, B, T, K int, blocks []int, weights []float64, beta float64) [][]float64 {
+	th := make([][]float64, K)
+	for i := range th {
+		th[i] = make([]float64, len(blocks))
+	}
+	alive := make([]bool, B)
+	for i := range alive {
+		alive[i] = true
+	}
+	sorted := make([][]float32, K)
+	h := make([]float32, K)
+	for bi, start := range blocks {
+		t0 := start - 1
+		t1 := T
+		if bi+1 < len(blocks) {
+			t1 = blocks[bi+1] - 1
+		}
+		for k := range K {
+			sorted[k] = sorted[k][:0]
+			for b := range B {
+				if !alive[b] {
+					continue
+				}
+				for t := t0; t < t1; t++ {
+					if v := stats[(b*T+t)*K+k]; !isNaN32(v) {
+						sorted[k] = append(sorted[k], v)
+					}
+				}
+			}
+			slices.Sort(sorted[k])
+		}
+		set := func(lambda float64) {
+			for k := range K {
+				s := sorted[k]
+				if len(s) == 0 {
+					h[k] = float32(math.Inf(1))
+					continue
+				}
+				j := int(lambda * weights[k] * float64(len(s)))
+				h[k] = s[len(s)-1-min(j, len(s)-1)]
+			}
+		}
+		// rate returns first alarms per surviving step at the current h.
+		rate := func(mark bool) float64 {
+			var alarms, steps int
+			for b := range B {
+				if !alive[b] {
+					continue
+				}
+			scan:
+				for t := t0; t < t1; t++ {
+					steps++
+					row := stats[(b*T+t)*K : (b*T+t+1)*K]
+					for k, v := range row {
+						if v > h[k] { // NaN compares false: inactive tests never alarm
+							alarms++
+							if mark {
+								alive[b] = false
+							}
+							break scan
+						}
+					}
+				}
+			}
+			if steps == 0 {
+				return 0
+			}
+			return float64(alarms) / float64(steps)
+		}
+		lo, hi := -30.0, 10.0 // log lambda
+		best, bestErr := lo, math.Inf(1)
+		for range 50 {
+			mid := (lo + hi) / 2
+			set(math.Exp(mid))
+			r := rate(false)
+			if e := math.Abs(r - beta); e < bestErr {
+				best, bestErr = mid, e
+			}
+			if r > beta {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+		set(math.Exp(best))
+		rate(true)
+		for k := range K {
+			v := float64(h[k])
+			if math.IsInf(v, 0) {
+				v = 0 // test inactive in this block; Calibration.Start says so
+			}
+			th[k][bi] = v
+		}
+	}
+	return th
+}
+
+func isNaN32(v float32) bool { return v != v }
+
+// nullStream draws drift-free reference rows.
+type nullStream struct {
+	ref  *reference
+	null string
+	r    interface {
+		IntN(int) int
+		Float64() float64
+	}
+	urn []int32
+}
+
+func newNullStream(ref *reference, null string) *nullStream {
+	return &nullStream{ref: ref, null: null}
+}
+
+func (s *nullStream) reset(r interface {
+	IntN(int) int
+	Float64() float64
+}) {
+	s.r = r
+	s.urn = s.urn[:0]
+	for i := range s.ref.scores {
+		s.urn = append(s.urn, int32(i))
+	}
+}
+
+// next returns the drawn reference row and the stream's score.
+func (s *nullStream) next() (int, float64) {
+	if s.null == NullBootstrap {
+		i := s.r.IntN(len(s.ref.scores))
+		return i, s.ref.scores[i]
+	}
+	i := int(s.urn[s.r.IntN(len(s.urn))])
+	s.urn = append(s.urn, int32(i))
+	lo, hi := s.ref.jitLo[i], s.ref.jitHi[i]
+	if lo == hi {
+		return i, lo
+	}
+	for {
+		// Open interval: the new score must not tie a reference value.
+		v := lo + s.r.Float64()*(hi-lo)
+		if v != lo && v != hi && v != s.ref.scores[i] {
+			return i, v
+		}
+	}
+}

@@ -1,0 +1,32 @@
+// Package drift owns everything that compares what the classifier sees in the
+// field with what it did on its held-out test set: the Baseline (baseline.json
+// in a model bundle), the online detectors whose thresholds are calibrated by
+// simulation to an expected run time without drift, the label-free
+// performance estimate, descriptive window statistics, and the evaluation
+// harness that measures run lengths and detection delays.
+//
+// The package is pure Go and takes plain values from its callers: scores are
+// []float64 (p(parasitized)), labels []int (1 = parasitized), features
+// [][]float32 (the backbone's pooled embedding).
+//
+// # Detection scheme
+//
+// Each signal (score distribution, predicted-positive rate, embedding) is
+// tested on several sliding windows over the most recent scores. At step t
+// (counted from the last Reset) a test alarms when its statistic exceeds a
+// threshold that depends on t while the windows fill and settles to a constant
+// afterwards. Thresholds are set when the baseline is built by simulating
+// drift-free streams and choosing, block of steps by block of steps, the
+// thresholds for which the rate of first alarms among the streams that have
+// not alarmed yet equals 1/ERT, split across signals by weight (the scheme of
+// Cobb et al., "Sequential multivariate change detection with calibrated and
+// memoryless false detection rates", AISTATS 2022). Two tiers are calibrated
+// the same way: warn (ERT/10 by default) and alarm (ERT).
+//
+// The drift-free streams are drawn as a Pólya urn over the reference rows, so
+// that the calibration accounts for the reference itself being a finite sample
+// of the test-set distribution: a live stream from the same distribution is new
+// data, not a copy of the reference. The "bootstrap" null model (plain
+// resampling of the reference) is available for comparison; it is too
+// permissive for new data with large windows.
+package drift

@@ -1,0 +1,287 @@
+package drift
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+)
+
+// EvalRows is a pool of classified cells to draw evaluation streams from:
+// scores, and optionally labels (for prevalence shifts) and features.
+type EvalRows struct {
+	Scores   []float64
+	Labels   []int
+	Features [][]float32
+
+	z   [][]float32
+	phi [][]float64
+}
+
+// prepare projects the features once, so that streams drawn from the pool
+// cost no projection per step.
+func (r *EvalRows) prepare(b *Baseline, needFeatures bool) error {
+	if len(r.Scores) == 0 {
+		return fmt.Errorf("no rows")
+	}
+	if r.Labels != nil && len(r.Labels) != len(r.Scores) {
+		return fmt.Errorf("%d labels for %d scores", len(r.Labels), len(r.Scores))
+	}
+	for i, s := range r.Scores {
+		if !(s >= 0 && s <= 1) {
+			return fmt.Errorf("row %d: score %v not in [0, 1]", i, s)
+		}
+	}
+	if !needFeatures || r.z != nil {
+		return nil
+	}
+	if len(r.Features) != len(r.Scores) {
+		return fmt.Errorf("the detector uses embeddings: %d feature rows for %d scores", len(r.Features), len(r.Scores))
+	}
+	r.z = make([][]float32, len(r.Scores))
+	r.phi = make([][]float64, len(r.Scores))
+	for i, f := range r.Features {
+		z, err := b.Embedding.Project(f)
+		if err != nil {
+			return fmt.Errorf("row %d: %w", i, err)
+		}
+		r.z[i] = z
+		r.phi[i] = make([]float64, b.Embedding.RFFDim)
+		b.Embedding.featureMap(z, r.phi[i])
+	}
+	return nil
+}
+
+// Sampler draws row indices of an EvalRows pool for one run.
+type Sampler interface {
+	Next(r *rand.Rand) int
+}
+
+// Shuffled draws rows without replacement in random order, reshuffling when
+// the pool is exhausted: new cells in random slide order.
+type Shuffled struct {
+	N    int
+	perm []int
+	i    int
+}
+
+func (s *Shuffled) Next(r *rand.Rand) int {
+	if s.i >= len(s.perm) {
+		s.perm = r.Perm(s.N)
+		s.i = 0
+	}
+	s.i++
+	return s.perm[s.i-1]
+}
+
+// Resample draws rows with replacement.
+type Resample struct{ N int }
+
+func (s Resample) Next(r *rand.Rand) int { return r.IntN(s.N) }
+
+// Prevalence draws a class with probability Rate of parasitized, then a row
+// of that class uniformly: a prevalence shift with the classifier's own
+// behaviour on each class unchanged.
+type Prevalence struct {
+	Rate     float64
+	pos, neg []int
+}
+
+// NewPrevalence indexes labels for a Prevalence sampler.
+func NewPrevalence(labels []int, rate float64) (*Prevalence, error) {
+	p := &Prevalence{Rate: rate}
+	for i, l := range labels {
+		if l == 1 {
+			p.pos = append(p.pos, i)
+		} else {
+			p.neg = append(p.neg, i)
+		}
+	}
+	if len(p.pos) == 0 || len(p.neg) == 0 || !(rate >= 0 && rate <= 1) {
+		return nil, fmt.Errorf("prevalence %v: need labels of both classes and a rate in [0, 1]", rate)
+	}
+	return p, nil
+}
+
+func (p *Prevalence) Next(r *rand.Rand) int {
+	if r.Float64() < p.Rate {
+		return p.pos[r.IntN(len(p.pos))]
+	}
+	return p.neg[r.IntN(len(p.neg))]
+}
+
+// RunLengths summarises run lengths to the first event of a tier without
+// drift.
+type RunLengths struct {
+	Runs     int            `json:"runs"`
+	Censored int            `json:"censored"` // runs that reached MaxSteps without an event (counted as MaxSteps)
+	Mean     float64        `json:"mean"`
+	SE       float64        `json:"se"` // standard error of the mean
+	Median   float64        `json:"median"`
+	BySignal map[string]int `json:"by_signal"` // which signal fired first
+}
+
+func summarise(rl []float64, censored int, by map[string]int) RunLengths {
+	var s, s2 float64
+	for _, v := range rl {
+		s += v
+		s2 += v * v
+	}
+	n := float64(len(rl))
+	mean := s / n
+	sorted := sortedCopy(rl)
+	return RunLengths{Runs: len(rl), Censored: censored, Mean: mean, SE: math.Sqrt(max(s2/n-mean*mean, 0) / n), Median: quantileSorted(sorted, 0.5), BySignal: by}
+}
+
+// NullResult holds the drift-free run lengths of both tiers.
+type NullResult struct {
+	Warn  RunLengths `json:"warn"`
+	Alarm RunLengths `json:"alarm"`
+}
+
+// EvalRunLengths runs the detectors on runs drift-free streams drawn from
+// rows and returns the run lengths to the first warn and the first alarm
+// (sequential tests only; the performance estimate is not calibrated).
+func (b *Baseline) EvalRunLengths(ctx context.Context, rows *EvalRows, newSampler func() Sampler, runs, maxSteps int, seed uint64) (NullResult, error) {
+	m, err := NewMonitor(b)
+	if err != nil {
+		return NullResult{}, err
+	}
+	if err := rows.prepare(b, m.UsesFeatures()); err != nil {
+		return NullResult{}, fmt.Errorf("eval rows: %w", err)
+	}
+	var warn, alarm []float64
+	var cw, ca int
+	byW, byA := map[string]int{}, map[string]int{}
+	for run := range runs {
+		if err := ctx.Err(); err != nil {
+			return NullResult{}, err
+		}
+		m.Reset()
+		r := newRand(seed, uint64(run))
+		s := newSampler()
+		wt, at := -1, -1
+		for step := 0; step < maxSteps && at < 0; step++ {
+			i := s.Next(r)
+			for _, ev := range m.observeRow(rows, i) {
+				if !isSequential(ev.Signal) {
+					continue
+				}
+				if ev.Level == LevelWarn && wt < 0 {
+					wt = step + 1
+					byW[ev.Signal]++
+				}
+				if ev.Level == LevelAlarm && at < 0 {
+					at = step + 1
+					byA[ev.Signal]++
+				}
+			}
+		}
+		if wt < 0 {
+			wt, cw = maxSteps, cw+1
+		}
+		if at < 0 {
+			at, ca = maxSteps, ca+1
+		}
+		warn, alarm = append(warn, float64(wt)), append(alarm, float64(at))
+	}
+	return NullResult{Warn: summarise(warn, cw, byW), Alarm: summarise(alarm, ca, byA)}, nil
+}
+
+func isSequential(signal string) bool {
+	return signal == SignalScores || signal == SignalRate || signal == SignalEmbedding
+}
+
+func (m *Monitor) observeRow(rows *EvalRows, i int) []Event {
+	if m.e.useMMD {
+		return m.observe(rows.Scores[i], rows.z[i], rows.phi[i], true)
+	}
+	return m.observe(rows.Scores[i], nil, nil, true)
+}
+
+// DelayResult summarises detection of a shift that starts at Onset.
+type DelayResult struct {
+	Runs             int            `json:"runs"`
+	FalseBeforeOnset int            `json:"false_before_onset"` // runs with an alarm before the onset (excluded below)
+	Detected         int            `json:"detected"`           // alarm within After scores of the onset
+	Within           int            `json:"within"`             // alarm within WithinLimit scores of the onset
+	WithinLimit      int            `json:"within_limit"`
+	Missed           int            `json:"missed"`
+	MeanDelay        float64        `json:"mean_delay"` // over detected runs, in scores after the onset
+	MedianDelay      float64        `json:"median_delay"`
+	BySignal         map[string]int `json:"by_signal"`
+}
+
+// DelayConfig sets up a detection-delay evaluation.
+type DelayConfig struct {
+	Runs   int
+	Onset  int // drift-free scores before the shift
+	After  int // scores after the onset before a run counts as missed
+	Within int // the delay target (e.g. 1000)
+	Level  string
+	Seed   uint64
+}
+
+// EvalDelay streams Onset drift-free rows (from nullRows) and then shifted
+// rows (from shiftRows) and measures the delay to the first event of
+// cfg.Level.
+func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull func() Sampler, shiftRows *EvalRows, newShift func() Sampler, cfg DelayConfig) (DelayResult, error) {
+	m, err := NewMonitor(b)
+	if err != nil {
+		return DelayResult{}, err
+	}
+	if err := nullRows.prepare(b, m.UsesFeatures()); err != nil {
+		return DelayResult{}, fmt.Errorf("drift-free rows: %w", err)
+	}
+	if err := shiftRows.prepare(b, m.UsesFeatures()); err != nil {
+		return DelayResult{}, fmt.Errorf("shifted rows: %w", err)
+	}
+	if cfg.Level == "" {
+		cfg.Level = LevelAlarm
+	}
+	res := DelayResult{Runs: cfg.Runs, WithinLimit: cfg.Within, BySignal: map[string]int{}}
+	var delays []float64
+	for run := range cfg.Runs {
+		if err := ctx.Err(); err != nil {
+			return DelayResult{}, err
+		}
+		m.Reset()
+		r := newRand(cfg.Seed, uint64(run))
+		ns, ss := newNull(), newShift()
+		at, sig := -1, ""
+		for step := 0; step < cfg.Onset+cfg.After && at < 0; step++ {
+			var evs []Event
+			if step < cfg.Onset {
+				evs = m.observeRow(nullRows, ns.Next(r))
+			} else {
+				evs = m.observeRow(shiftRows, ss.Next(r))
+			}
+			for _, ev := range evs {
+				if isSequential(ev.Signal) && ev.Level == cfg.Level && at < 0 {
+					at, sig = step, ev.Signal
+				}
+			}
+		}
+		switch {
+		case at >= 0 && at < cfg.Onset:
+			res.FalseBeforeOnset++
+		case at < 0:
+			res.Missed++
+		default:
+			d := at - cfg.Onset + 1
+			res.Detected++
+			if d <= cfg.Within {
+				res.Within++
+			}
+			res.BySignal[sig]++
+			delays = append(delays, float64(d))
+		}
+	}
+	if len(delays) > 0 {
+		res.MeanDelay = sum(delays) / float64(len(delays))
+		slices.Sort(delays)
+		res.MedianDelay = quantileSorted(delays, 0.5)
+	}
+	return res, nil
+}

@@ -1,0 +1,404 @@
+package drift
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+)
+
+// Event levels.
+const (
+	LevelWarn  = "warn"
+	LevelAlarm = "alarm"
+)
+
+// Signals of the label-free performance estimate. They alert (level warn)
+// when the estimate on a full window falls below the baseline's lower 95%
+// bound; they are not calibrated to an ERT.
+const (
+	SignalEstAccuracy    = "estimated_accuracy"
+	SignalEstSensitivity = "estimated_sensitivity"
+	SignalEstSpecificity = "estimated_specificity"
+)
+
+// ErrBadInput is wrapped by Observe for scores or features it cannot use.
+var ErrBadInput = errors.New("bad drift input")
+
+// Event is one detection: a signal crossing a tier's threshold for the first
+// time since the last Reset.
+type Event struct {
+	Index     int64   `json:"index"` // 0-based position of the triggering score in the stream
+	Signal    string  `json:"signal"`
+	Level     string  `json:"level"`
+	Statistic float64 `json:"statistic"`
+	Threshold float64 `json:"threshold"`
+	Window    int     `json:"window"`
+}
+
+// Monitor runs the calibrated detectors and the performance estimate over a
+// live stream. It is not safe for concurrent use; the owner serialises
+// Observe, Reset and the (un)marshalling.
+type Monitor struct {
+	b     *Baseline
+	cal   *Calibration
+	e     *engine
+	total int64 // scores observed since construction
+	block int
+	fired [2]map[string]bool // per tier (0 warn, 1 alarm): signals that fired since reset
+
+	// Performance estimate: calibrated probabilities of the largest window
+	// and, per window, the expected TP, FP, TN, FN.
+	probs   []float64
+	perf    [][4]float64
+	perfLow map[string]bool // estimate signal+window that alerted since reset
+	z       []float32       // ring of projected features, for persistence
+	phi     []float64
+}
+
+// NewMonitor returns a monitor against b with b's detector calibration.
+func NewMonitor(b *Baseline) (*Monitor, error) {
+	if b == nil || b.Detector == nil || b.ref == nil {
+		return nil, fmt.Errorf("%w: baseline not built or loaded through this package", ErrInvalidBaseline)
+	}
+	m := &Monitor{b: b, cal: b.Detector, e: newEngine(b.ref, b.Detector.Tests, b.Detector.Seed)}
+	m.probs = make([]float64, m.e.maxW)
+	m.perf = make([][4]float64, len(m.e.windows))
+	if m.e.useMMD {
+		m.z = make([]float32, m.e.maxW*b.Embedding.Dim)
+		m.phi = make([]float64, b.Embedding.RFFDim)
+	}
+	m.Reset()
+	return m, nil
+}
+
+// UsesFeatures reports whether Observe needs features.
+func (m *Monitor) UsesFeatures() bool { return m.e.useMMD }
+
+// Reset starts detection afresh (after an acknowledged alarm or a new model):
+// windows are emptied and thresholds start again from the first block.
+func (m *Monitor) Reset() {
+	m.e.reset()
+	m.block = 0
+	m.fired = [2]map[string]bool{{}, {}}
+	m.perfLow = map[string]bool{}
+	clear(m.perf)
+}
+
+// perfAdd adds (sign=1) or removes (sign=-1) the expected confusion counts
+// of the score in ring slot.
+func (m *Monitor) perfAdd(wi, slot int, sign float64) {
+	p := m.probs[slot]
+	if m.e.positive(m.e.ringScore[slot]) {
+		m.perf[wi][0] += sign * p
+		m.perf[wi][1] += sign * (1 - p)
+	} else {
+		m.perf[wi][2] += sign * (1 - p)
+		m.perf[wi][3] += sign * p
+	}
+}
+
+// Index is the number of scores observed since the monitor was made.
+func (m *Monitor) Index() int64 { return m.total }
+
+// SinceReset is the number of scores observed since the last Reset.
+func (m *Monitor) SinceReset() int64 { return m.e.t }
+
+// Observe adds one classified cell: its score p(parasitized) and, when
+// UsesFeatures, its backbone features. It returns the events it triggered.
+func (m *Monitor) Observe(score float64, features []float32) ([]Event, error) {
+	if !(score >= 0 && score <= 1) {
+		return nil, fmt.Errorf("%w: score %v: want a probability in [0, 1]", ErrBadInput, score)
+	}
+	var z []float32
+	if m.e.useMMD {
+		var err error
+		if z, err = m.b.Embedding.Project(features); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadInput, err)
+		}
+		for _, v := range z {
+			if !finite(float64(v)) {
+				return nil, fmt.Errorf("%w: features contain a non-finite value", ErrBadInput)
+			}
+		}
+	}
+	return m.observe(score, z, nil, true), nil
+}
+
+// observe takes projected features z and, when the caller has them already,
+// their feature map phi.
+func (m *Monitor) observe(score float64, z []float32, phi []float64, emit bool) []Event {
+	slot := int(m.e.t % int64(m.e.maxW))
+	if m.e.useMMD {
+		if phi == nil {
+			m.b.Embedding.featureMap(z, m.phi)
+			phi = m.phi
+		}
+		copy(m.z[slot*len(z):(slot+1)*len(z)], z)
+	} else {
+		phi = nil
+	}
+	for wi, w := range m.e.windows {
+		if m.e.count[wi] == int64(w) {
+			m.perfAdd(wi, int((m.e.t-int64(w))%int64(m.e.maxW)), -1)
+		}
+	}
+	m.probs[slot] = m.b.Calibration.Apply(score)
+	m.e.observe(score, phi)
+	for wi := range m.e.windows {
+		m.perfAdd(wi, slot, 1)
+	}
+	if m.e.t%int64(m.e.maxW) == 0 {
+		m.perfResum()
+	}
+	idx := m.total
+	m.total++
+	t := int(min(m.e.t, math.MaxInt32))
+	for m.block+1 < len(m.cal.Blocks) && m.cal.Blocks[m.block+1] <= t {
+		m.block++
+	}
+	var events []Event
+	for i, ts := range m.cal.Tests {
+		if m.block < m.cal.Start[i] {
+			continue
+		}
+		s := m.e.stats[i]
+		if math.IsNaN(s) {
+			continue
+		}
+		for tier, th := range [2][][]float64{m.cal.Warn, m.cal.Alarm} {
+			h := th[i][m.block]
+			if s > h && !m.fired[tier][ts.Signal] {
+				m.fired[tier][ts.Signal] = true
+				events = append(events, Event{Index: idx, Signal: ts.Signal, Level: [2]string{LevelWarn, LevelAlarm}[tier], Statistic: s, Threshold: h, Window: ts.Window})
+			}
+		}
+	}
+	for wi, w := range m.e.windows {
+		if m.e.count[wi] < int64(w) {
+			continue
+		}
+		p := m.estimate(wi)
+		for _, c := range []struct {
+			sig string
+			v   float64
+			lo  float64
+		}{
+			{SignalEstAccuracy, p.Accuracy, m.b.Metrics.Accuracy.Lo},
+			{SignalEstSensitivity, p.Sensitivity, m.b.Metrics.Sensitivity.Lo},
+			{SignalEstSpecificity, p.Specificity, m.b.Metrics.Specificity.Lo},
+		} {
+			key := fmt.Sprint(c.sig, "/", p.Window)
+			if c.v < c.lo && !m.perfLow[key] {
+				m.perfLow[key] = true
+				events = append(events, Event{Index: idx, Signal: c.sig, Level: LevelWarn, Statistic: c.v, Threshold: c.lo, Window: p.Window})
+			}
+		}
+	}
+	if !emit {
+		return nil
+	}
+	return events
+}
+
+// Estimate is the label-free (confidence-based) performance estimate on one
+// window: the expected accuracy, sensitivity and specificity if the
+// calibrated probabilities are right. It cannot see concept drift (the same
+// image meaning something else) nor inputs unlike anything in the test set,
+// where the probabilities themselves are wrong; it reacts to shifts in the
+// mix of confident and unsure cases and in prevalence.
+type Estimate struct {
+	Window      int     `json:"window"`
+	N           int     `json:"n"`
+	Accuracy    float64 `json:"accuracy"`
+	Sensitivity float64 `json:"sensitivity"`
+	Specificity float64 `json:"specificity"`
+}
+
+// Performance returns the estimate for each window size.
+func (m *Monitor) Performance() []Estimate {
+	out := make([]Estimate, 0, len(m.e.windows))
+	for wi := range m.e.windows {
+		out = append(out, m.estimate(wi))
+	}
+	return out
+}
+
+func (m *Monitor) estimate(wi int) Estimate {
+	n := m.e.count[wi]
+	tp, fp, tn, fn := m.perf[wi][0], m.perf[wi][1], m.perf[wi][2], m.perf[wi][3]
+	est := Estimate{Window: m.e.windows[wi], N: int(n), Accuracy: math.NaN(), Sensitivity: math.NaN(), Specificity: math.NaN()}
+	if n > 0 {
+		est.Accuracy = (tp + tn) / float64(n)
+		est.Sensitivity = tp / (tp + fn)
+		est.Specificity = tn / (tn + fp)
+	}
+	return est
+}
+
+// perfResum rebuilds the expected confusion counts from the ring, bounding
+// floating-point drift from the running sums (amortised O(1) per score).
+func (m *Monitor) perfResum() {
+	clear(m.perf)
+	for wi := range m.e.windows {
+		for i := m.e.t - m.e.count[wi]; i < m.e.t; i++ {
+			m.perfAdd(wi, int(i%int64(m.e.maxW)), 1)
+		}
+	}
+}
+
+// WindowScores returns the scores in the window of size w, oldest first.
+func (m *Monitor) WindowScores(w int) []float64 {
+	wi := slices.Index(m.e.windows, w)
+	if wi < 0 {
+		return nil
+	}
+	out := make([]float64, 0, m.e.count[wi])
+	for i := m.e.t - m.e.count[wi]; i < m.e.t; i++ {
+		out = append(out, m.e.ringScore[int(i%int64(m.e.maxW))])
+	}
+	return out
+}
+
+// Windows returns the window sizes, ascending.
+func (m *Monitor) Windows() []int { return slices.Clone(m.e.windows) }
+
+// TestStatus is one test's current statistic and thresholds.
+type TestStatus struct {
+	TestSpec
+	N         int     `json:"n"`
+	Active    bool    `json:"active"`
+	Statistic float64 `json:"statistic"`
+	Warn      float64 `json:"warn"`
+	Alarm     float64 `json:"alarm"`
+}
+
+// Status returns every test's current statistic and thresholds (for metrics).
+func (m *Monitor) Status() []TestStatus {
+	var out []TestStatus
+	for i, ts := range m.cal.Tests {
+		wi := slices.Index(m.e.windows, ts.Window)
+		s := m.e.stats[i]
+		out = append(out, TestStatus{TestSpec: ts, N: int(m.e.count[wi]), Active: m.block >= m.cal.Start[i] && !math.IsNaN(s) && m.e.t > 0,
+			Statistic: s, Warn: m.cal.Warn[i][m.block], Alarm: m.cal.Alarm[i][m.block]})
+	}
+	return out
+}
+
+// MonitorStateSchema identifies the persisted monitor state format.
+const MonitorStateSchema = "scopewatch.drift-state/v1"
+
+// monitorState is what MarshalBinary persists: the scores of the largest
+// window (and their projected features), counters and latches; everything
+// else is rebuilt from them in O(window log n).
+type monitorState struct {
+	Schema     string          `json:"schema"`
+	Baseline   string          `json:"baseline"` // fingerprint
+	Total      int64           `json:"total"`
+	SinceReset int64           `json:"since_reset"`
+	Scores     []float64       `json:"scores"`
+	Projected  [][]float32     `json:"projected,omitempty"`
+	Warned     []string        `json:"warned"`
+	Alarmed    []string        `json:"alarmed"`
+	PerfLow    map[string]bool `json:"perf_low"`
+}
+
+// ErrStateMismatch is returned when restoring a state saved against another
+// baseline; the caller should Reset instead.
+var ErrStateMismatch = errors.New("drift state belongs to another baseline")
+
+// MarshalBinary encodes the monitor's state (JSON).
+func (m *Monitor) MarshalBinary() ([]byte, error) {
+	st := monitorState{Schema: MonitorStateSchema, Baseline: m.b.Fingerprint(), Total: m.total, SinceReset: m.e.t, PerfLow: m.perfLow}
+	n := min(m.e.t, int64(m.e.maxW))
+	for i := m.e.t - n; i < m.e.t; i++ {
+		slot := int(i % int64(m.e.maxW))
+		st.Scores = append(st.Scores, m.e.ringScore[slot])
+		if m.e.useMMD {
+			d := m.b.Embedding.Dim
+			st.Projected = append(st.Projected, slices.Clone(m.z[slot*d:(slot+1)*d]))
+		}
+	}
+	for s := range m.fired[0] {
+		st.Warned = append(st.Warned, s)
+	}
+	for s := range m.fired[1] {
+		st.Alarmed = append(st.Alarmed, s)
+	}
+	slices.Sort(st.Warned)
+	slices.Sort(st.Alarmed)
+	return json.Marshal(st)
+}
+
+// MarshalJSON is MarshalBinary.
+func (m *Monitor) MarshalJSON() ([]byte, error) { return m.MarshalBinary() }
+
+// UnmarshalBinary restores a state made by MarshalBinary on a monitor built
+// from the same baseline. On error the monitor is left as it was.
+func (m *Monitor) UnmarshalBinary(p []byte) error {
+	var st monitorState
+	d := json.NewDecoder(bytesReader(p))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&st); err != nil {
+		return fmt.Errorf("decode drift state: %w", err)
+	}
+	if st.Schema != MonitorStateSchema {
+		return fmt.Errorf("decode drift state: schema %q, want %q", st.Schema, MonitorStateSchema)
+	}
+	if st.Baseline != m.b.Fingerprint() {
+		return ErrStateMismatch
+	}
+	want := min(st.SinceReset, int64(m.e.maxW))
+	if st.SinceReset < 0 || st.Total < st.SinceReset || int64(len(st.Scores)) != want {
+		return fmt.Errorf("decode drift state: %d scores for %d since reset (window %d, total %d)", len(st.Scores), st.SinceReset, m.e.maxW, st.Total)
+	}
+	if m.e.useMMD != (len(st.Projected) > 0 || want == 0) || (m.e.useMMD && len(st.Projected) != len(st.Scores)) {
+		return fmt.Errorf("decode drift state: %d projected rows for %d scores", len(st.Projected), len(st.Scores))
+	}
+	for i, s := range st.Scores {
+		if !(s >= 0 && s <= 1) {
+			return fmt.Errorf("decode drift state: score %d = %v", i, s)
+		}
+		if m.e.useMMD {
+			if len(st.Projected[i]) != m.b.Embedding.Dim {
+				return fmt.Errorf("decode drift state: projected row %d has %d values, want %d", i, len(st.Projected[i]), m.b.Embedding.Dim)
+			}
+			for _, v := range st.Projected[i] {
+				if !finite(float64(v)) {
+					return fmt.Errorf("decode drift state: projected row %d is not finite", i)
+				}
+			}
+		}
+	}
+	for _, s := range slices.Concat(st.Warned, st.Alarmed) {
+		if !slices.ContainsFunc(m.cal.Tests, func(t TestSpec) bool { return t.Signal == s }) {
+			return fmt.Errorf("decode drift state: unknown signal %q", s)
+		}
+	}
+	m.Reset()
+	m.e.t = st.SinceReset - int64(len(st.Scores))
+	for i, s := range st.Scores {
+		var z []float32
+		if m.e.useMMD {
+			z = st.Projected[i]
+		}
+		m.observe(s, z, nil, false)
+	}
+	m.total = st.Total
+	m.fired = [2]map[string]bool{{}, {}}
+	for _, s := range st.Warned {
+		m.fired[0][s] = true
+	}
+	for _, s := range st.Alarmed {
+		m.fired[1][s] = true
+	}
+	m.perfLow = map[string]bool{}
+	for k, v := range st.PerfLow {
+		m.perfLow[k] = v
+	}
+	return nil
+}
+
+// UnmarshalJSON is UnmarshalBinary.
+func (m *Monitor) UnmarshalJSON(p []byte) error { return m.UnmarshalBinary(p) }
