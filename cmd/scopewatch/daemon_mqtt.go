@@ -22,9 +22,9 @@ type mqttLink struct {
 	// drainMu keeps the shutdown flush and the loop from sending the same
 	// message twice.
 	drainMu sync.Mutex
-	wakeCh chan struct{}
-	up     chan struct{} // signalled on every (re)connect
-	since  time.Time
+	wakeCh  chan struct{}
+	up      chan struct{} // signalled on every (re)connect
+	since   time.Time
 }
 
 type statusPayload struct {
