@@ -28,7 +28,7 @@ var (
 	// invalid value.
 	ErrManifest = errors.New("invalid bundle manifest")
 	// ErrMissingFile: a file the bundle needs (manifest.json or one listed
-	// in files) is absent or not a regular file.
+	// in files) is absent, not a regular file, or larger than allowed.
 	ErrMissingFile = errors.New("bundle file missing")
 	// ErrHashMismatch: a file's sha256 differs from the one in files.
 	ErrHashMismatch = errors.New("bundle file sha256 mismatch")
@@ -141,9 +141,9 @@ func OpenBundle(p string, opts BundleOptions) (b *Bundle, err error) {
 	if st.IsDir() {
 		b.Dir = p
 	} else {
-		dir, err := extractBundleArchive(p, opts.TempDir, maxFile, maxTotal)
-		if err != nil {
-			return nil, err
+		dir, xerr := extractBundleArchive(p, opts.TempDir, maxFile, maxTotal)
+		if xerr != nil {
+			return nil, xerr
 		}
 		b.Dir, b.tempDir = dir, dir
 		defer func() {

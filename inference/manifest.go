@@ -21,6 +21,10 @@ const ManifestFile = "manifest.json"
 // manifest has no field naming it, so the name is fixed.
 const BackboneFile = "backbone.onnx"
 
+// HeadFile is the conventional name of the head; the manifest's "head"
+// field is what counts.
+const HeadFile = "head.safetensors"
+
 // PositiveClass is the class whose probability is compared with the
 // manifest's threshold.
 const PositiveClass = "parasitized"

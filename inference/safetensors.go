@@ -253,7 +253,7 @@ func ParseSafetensors(data []byte) (*Safetensors, error) {
 func EncodeSafetensors(tensors map[string]Tensor, metadata map[string]string) ([]byte, error) {
 	names := make([]string, 0, len(tensors))
 	for n := range tensors {
-		if n == "__metadata__" || n == "" {
+		if n == "__metadata__" {
 			return nil, fmt.Errorf("%w: invalid tensor name %q", ErrSafetensors, n)
 		}
 		names = append(names, n)
