@@ -91,22 +91,28 @@ func (g *cellGeom) draw(c *canvas, od odVec) *patch {
 	box := boxAround(g.cx, g.cy, g.extent()+1).Intersect(image.Rect(0, 0, c.w, c.h))
 	p := &patch{r: box, cov: make([]float32, box.Dx()*box.Dy())}
 	edgePx := g.r * math.Min(g.ax, g.ay)
+	outline := g.h.table()
+	reach := g.h.max() + 1/edgePx
 	for y := box.Min.Y; y < box.Max.Y; y++ {
 		for x := box.Min.X; x < box.Max.X; x++ {
 			px, py := float64(x)+0.5, float64(y)+0.5
 			u, v := g.local(px, py)
-			rho := math.Hypot(u, v) / g.h.at(math.Atan2(v, u))
+			rho0 := math.Hypot(u, v)
+			if rho0 > reach {
+				continue
+			}
+			rho := rho0 / outline.at(math.Atan2(v, u))
 			cov := clamp01((1-rho)*edgePx + 0.5)
 			if cov == 0 {
 				continue
 			}
 			p.cov[(y-box.Min.Y)*box.Dx()+(x-box.Min.X)] = float32(cov)
 			q := rho / g.pallorW
-			t := 1 - g.pallor*math.Exp(-q*q)
+			t := 1 - g.pallor*float64(expNeg(float32(q*q)))
 			d := (rho - 0.82) / 0.12
-			t *= 1 + g.rim*math.Exp(-d*d)
+			t *= 1 + g.rim*float64(expNeg(float32(d*d)))
 			for _, tx := range g.tex {
-				t *= 1 + tx[3]*math.Sin(px*tx[0]+py*tx[1]+tx[2])
+				t *= 1 + tx[3]*fastSin(px*tx[0]+py*tx[1]+tx[2])
 			}
 			c.deposit(y*c.w+x, &od, float32(t*cov))
 		}
@@ -321,38 +327,39 @@ func (cr *cellRenderer) howellJolly(g *cellGeom, clip *patch) {
 // as in the NIH set. The image is the lossless render (no JPEG artefacts);
 // Cell adds those when the knobs ask for JPEG.
 func (s *Slide) RenderCell(rng *rand.Rand, label Label) (*image.RGBA, CellInfo) {
-	r := s.CropRadius * (1 + 0.08*rng.NormFloat64())
+	r := s.CropRadius * (1 + 0.12*(2*rng.Float64()-1))
 	// Gametocytes elongate the cell; leave room for that.
 	size := int(math.Ceil(2*r*1.6)) + 8
 	c := newCanvas(size, size)
 	jx, jy := (rng.Float64()-0.5)*4, (rng.Float64()-0.5)*4
 	cr := cellRenderer{s: s, c: c, rng: rng}
 	_, clip, info := cr.draw(float64(size)/2+jx, float64(size)/2+jy, r, label)
-	img := s.develop(c, rng, clip)
-	return tightCrop(img, clip), info
+	// Develop only the square around the cell: that is what the segmenter
+	// would crop, and it halves the work.
+	sq := squareAround(clip.box(), 4)
+	sub, subClip := c.sub(sq, clip)
+	return s.develop(sub, rng, subClip), info
 }
 
-// tightCrop trims the crop to the cell's box plus a small border, as a
-// segmenter's crop would be, keeping it square.
-func tightCrop(img *image.RGBA, clip *patch) *image.RGBA {
-	b := clip.box()
-	if b.Empty() {
-		return img
-	}
-	side := max(b.Dx(), b.Dy()) + 4
+// squareAround is the square of side max(w,h)+2*border centred on b.
+func squareAround(b image.Rectangle, border int) image.Rectangle {
+	side := max(b.Dx(), b.Dy()) + 2*border
 	cx, cy := (b.Min.X+b.Max.X)/2, (b.Min.Y+b.Max.Y)/2
-	r := image.Rect(cx-side/2, cy-side/2, cx-side/2+side, cy-side/2+side)
-	out := image.NewRGBA(image.Rect(0, 0, side, side))
-	for i := 3; i < len(out.Pix); i += 4 {
-		out.Pix[i] = 255
+	return image.Rect(cx-side/2, cy-side/2, cx-side/2+side, cy-side/2+side)
+}
+
+// sub copies the part r of the canvas (zero outside it) into a new canvas
+// with its origin at r.Min, and moves clip along.
+func (c *canvas) sub(r image.Rectangle, clip *patch) (*canvas, *patch) {
+	out := newCanvas(r.Dx(), r.Dy())
+	src := r.Intersect(image.Rect(0, 0, c.w, c.h))
+	for ch := range c.od {
+		for y := src.Min.Y; y < src.Max.Y; y++ {
+			copy(out.od[ch][(y-r.Min.Y)*out.w+(src.Min.X-r.Min.X):], c.od[ch][y*c.w+src.Min.X:y*c.w+src.Max.X])
+		}
 	}
-	src := r.Intersect(img.Bounds())
-	for y := src.Min.Y; y < src.Max.Y; y++ {
-		so := img.PixOffset(src.Min.X, y)
-		do := out.PixOffset(src.Min.X-r.Min.X, y-r.Min.Y)
-		copy(out.Pix[do:do+4*src.Dx()], img.Pix[so:so+4*src.Dx()])
-	}
-	return out
+	p := &patch{r: clip.r.Sub(r.Min), cov: clip.cov}
+	return out, p
 }
 
 // Cell draws one cell crop; with Knobs.JPEGQuality set it carries the JPEG

@@ -97,11 +97,11 @@ func (s *Slide) RenderField(rng *rand.Rand, name string) (*image.RGBA, FieldTrut
 	r := s.FieldRadius
 	outer := r*1.25 + 2
 	nmax := int(packing * FieldWidth * FieldHeight / (math.Pi * outer * outer))
-	target := MinFieldCells + int(s.Density*float64(MaxFieldCells-MinFieldCells)*(0.9+0.2*rng.Float64()))
+	// Density sets the count; a higher magnification leaves fewer cells in
+	// view, and no field is packed beyond what random placement can reach.
+	m := s.Knobs.mag()
+	target := int((MinFieldCells + s.Density*float64(MaxFieldCells-MinFieldCells)*(0.9+0.2*rng.Float64())) / (m * m))
 	target = min(target, nmax, MaxFieldCells)
-	if m := s.Knobs.mag(); m != 1 {
-		target = min(target, int(float64(MinFieldCells+int(s.Density*float64(MaxFieldCells-MinFieldCells)))/(m*m)))
-	}
 	target = max(target, 1)
 
 	grid := newGrid(FieldWidth, FieldHeight, 4*outer)

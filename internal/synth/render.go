@@ -252,6 +252,55 @@ func (h *harmonics) at(theta float64) float64 {
 	return f
 }
 
+// outlineTable samples a harmonics outline over the full turn so that
+// per-pixel lookups cost an interpolation instead of four cosines.
+type outlineTable [outlineSteps + 1]float64
+
+const outlineSteps = 512
+
+func (h *harmonics) table() *outlineTable {
+	var t outlineTable
+	for i := range t {
+		t[i] = h.at(2 * math.Pi * float64(i) / outlineSteps)
+	}
+	return &t
+}
+
+// at takes theta in -pi..pi, as math.Atan2 returns it.
+func (t *outlineTable) at(theta float64) float64 {
+	f := (theta + math.Pi) * (outlineSteps / (2 * math.Pi))
+	i := int(f)
+	if i >= outlineSteps {
+		return t[outlineSteps]
+	}
+	fr := f - float64(i)
+	// Index shift: table starts at theta 0, lookups at -pi.
+	j := (i + outlineSteps/2) % outlineSteps
+	return t[j] + fr*(t[j+1]-t[j])
+}
+
+// fastSin is a table sine, good to 1e-4: enough for texture.
+func fastSin(x float64) float64 {
+	f := x * (sinSteps / (2 * math.Pi))
+	f -= math.Floor(f/sinSteps) * sinSteps
+	i := int(f)
+	if i >= sinSteps {
+		i = 0
+	}
+	fr := f - float64(i)
+	return sinTable[i] + fr*(sinTable[i+1]-sinTable[i])
+}
+
+const sinSteps = 1024
+
+var sinTable = func() []float64 {
+	t := make([]float64, sinSteps+1)
+	for i := range t {
+		t[i] = math.Sin(2 * math.Pi * float64(i) / sinSteps)
+	}
+	return t
+}()
+
 func (h *harmonics) max() float64 {
 	f := 1.0
 	for _, a := range h.a {

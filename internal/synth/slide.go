@@ -114,7 +114,7 @@ func NewSlide(id string, rng *rand.Rand, k Knobs) Slide {
 	s.Density = rng.Float64()
 
 	mag := k.mag()
-	s.CropRadius = (46 + 14*rng.Float64()) * mag
+	s.CropRadius = (52 + 14*rng.Float64()) * mag
 	s.FieldRadius = (24 + 6*rng.Float64()) * mag
 
 	pr := rng.Float64()
@@ -191,7 +191,7 @@ func (s *Slide) develop(c *canvas, rng *rand.Rand, mask *patch) *image.RGBA {
 		p := c.od[ch] // reused: intensity overwrites OD in place
 		ill := float32(s.Illumination[ch])
 		for i := 0; i < n; i++ {
-			p[i] = ill * float32(math.Exp(-float64(p[i])))
+			p[i] = ill * expNeg(p[i])
 		}
 		if s.Vignetting > 0 && mask == nil {
 			for y := 0; y < h; y++ {
@@ -218,10 +218,13 @@ func (s *Slide) develop(c *canvas, rng *rand.Rand, mask *patch) *image.RGBA {
 		for x := 0; x < w; x++ {
 			i := y*w + x
 			var m float32 = 1
-			if mask != nil {
-				m = mask.at(x, y)
-			}
 			o := img.PixOffset(x, y)
+			if mask != nil {
+				if m = mask.at(x, y); m == 0 {
+					img.Pix[o+3] = 255 // black outside the cell
+					continue
+				}
+			}
 			for ch := 0; ch < 3; ch++ {
 				v := float64(planes[ch][i])
 				if g != 1 {
@@ -236,3 +239,32 @@ func (s *Slide) develop(c *canvas, rng *rand.Rand, mask *patch) *image.RGBA {
 	}
 	return img
 }
+
+// expNeg is exp(-x) for x >= 0 by table lookup with linear interpolation:
+// the exact function dominated rendering time and 8-bit output cannot tell
+// the difference (relative error < 1e-5).
+func expNeg(x float32) float32 {
+	if x <= 0 {
+		if x == 0 {
+			return 1
+		}
+		return float32(math.Exp(-float64(x)))
+	}
+	f := x * expSteps
+	i := int(f)
+	if i >= len(expTable)-1 {
+		return 0
+	}
+	t := f - float32(i)
+	return expTable[i] + t*(expTable[i+1]-expTable[i])
+}
+
+const expSteps = 512
+
+var expTable = func() []float32 {
+	t := make([]float32, 12*expSteps+2)
+	for i := range t {
+		t[i] = float32(math.Exp(-float64(i) / expSteps))
+	}
+	return t
+}()

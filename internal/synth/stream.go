@@ -8,6 +8,7 @@ import (
 	"image/png"
 	"io"
 	"math/rand"
+	"sync"
 )
 
 // DefaultCellsPerSlide is how many crops a slide contributes unless told
@@ -116,6 +117,19 @@ func Encode(w io.Writer, img image.Image, k Knobs) error {
 	if k.JPEGQuality > 0 {
 		return jpeg.Encode(w, img, &jpeg.Options{Quality: k.JPEGQuality})
 	}
-	enc := png.Encoder{CompressionLevel: png.BestSpeed}
+	enc := png.Encoder{CompressionLevel: png.BestSpeed, BufferPool: pngPool{}}
 	return enc.Encode(w, img)
 }
+
+// pngPool reuses the encoder's deflate state (about 1 MB), which otherwise
+// costs as much as drawing the crop.
+type pngPool struct{}
+
+var pngBuffers sync.Pool
+
+func (pngPool) Get() *png.EncoderBuffer {
+	b, _ := pngBuffers.Get().(*png.EncoderBuffer)
+	return b
+}
+
+func (pngPool) Put(b *png.EncoderBuffer) { pngBuffers.Put(b) }
