@@ -1,13 +1,167 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"image"
 	"log/slog"
+	"math"
+	"sync/atomic"
 
+	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/config"
 )
 
-// openAnalyzer loads the configured model bundle.
+// modelAnalyzer is the analyzer over the inference package: a verified
+// bundle, its classifier and (for fields) segmentation.
+type modelAnalyzer struct {
+	bundle       *inference.Bundle
+	clf          *inference.Classifier
+	fieldMinSide int
+	manifestThr  float64
+	threshold    atomic.Uint64 // float64 bits; 0 means the manifest's
+	fields       fieldAnalyzer
+}
+
+// fieldAnalyzer segments a whole field into cells and classifies each.
+type fieldAnalyzer interface {
+	AnalyzeField(ctx context.Context, data []byte) (w, h int, cells []fieldCell, err error)
+}
+
+type fieldCell struct {
+	Box image.Rectangle
+	P   float64
+}
+
+var _ analyzer = (*modelAnalyzer)(nil)
+
+// openAnalyzer loads and verifies the configured model bundle.
 func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
-	return nil, fmt.Errorf("%w: the inference classifier is not wired yet", errNoModel)
+	keysPath := cfg.Model.Keys
+	if keysPath == "" {
+		keysPath = inference.DefaultKeysPath()
+	}
+	opts := inference.BundleOptions{AllowUnsigned: cfg.Model.AllowUnsigned}
+	if keysPath != "" {
+		keys, err := inference.LoadPublicKeys(keysPath)
+		if err != nil {
+			return nil, fmt.Errorf("model.keys: %w", err)
+		}
+		opts.TrustedKeys = keys
+	}
+	b, err := inference.OpenBundle(cfg.Model.Path, opts)
+	if err != nil {
+		return nil, err
+	}
+	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{
+		Batch:      cfg.Model.Batch,
+		Workers:    1,
+		NoFeatures: true,
+		Engine:     inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary},
+		Decode:     inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
+	})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	a := &modelAnalyzer{bundle: b, clf: clf, fieldMinSide: cfg.Images.FieldMinSide, manifestThr: clf.Threshold()}
+	a.SetThreshold(cfg.Model.Threshold)
+	a.fields = newFieldAnalyzer(clf, cfg)
+	log.Info("model loaded", "version", clf.Version(), "path", cfg.Model.Path, "threshold", a.currentThreshold(),
+		"signed_by", signerName(b), "fields", a.fields != nil)
+	return a, nil
+}
+
+func signerName(b *inference.Bundle) string {
+	if b.Signer == nil {
+		return "unsigned"
+	}
+	return inference.FormatPublicKey(b.Signer)
+}
+
+func (a *modelAnalyzer) ModelVersion() string { return a.clf.Version() }
+
+func (a *modelAnalyzer) SetThreshold(t float64) { a.threshold.Store(math.Float64bits(t)) }
+
+func (a *modelAnalyzer) currentThreshold() float64 {
+	if t := math.Float64frombits(a.threshold.Load()); t > 0 {
+		return t
+	}
+	return a.manifestThr
+}
+
+func (a *modelAnalyzer) Close() error {
+	err := a.clf.Close()
+	if e := a.bundle.Close(); err == nil {
+		err = e
+	}
+	return err
+}
+
+func (a *modelAnalyzer) cell(box image.Rectangle, p float64) cellResult {
+	pos := p >= a.currentThreshold()
+	label := "uninfected"
+	if pos {
+		label = "parasitized"
+	}
+	return cellResult{Box: box, P: p, Label: label, Parasitized: pos}
+}
+
+func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (analysis, error) {
+	_, w, h, err := a.clf.Decoder().Header(data)
+	if err != nil {
+		return analysis{}, asBadImage(err)
+	}
+	if kind == "auto" {
+		kind = "crop"
+		if w >= a.fieldMinSide && h >= a.fieldMinSide {
+			kind = "field"
+		}
+	}
+	an := analysis{Kind: kind, Width: w, Height: h}
+	if kind == "field" {
+		if a.fields == nil {
+			return analysis{}, errors.New("field segmentation is not available in this build")
+		}
+		fw, fh, cells, err := a.fields.AnalyzeField(ctx, data)
+		if err != nil {
+			return analysis{}, asBadImage(err)
+		}
+		an.Width, an.Height = fw, fh
+		for _, c := range cells {
+			an.Cells = append(an.Cells, a.cell(c.Box, c.P))
+		}
+		return an, nil
+	}
+	res, err := a.clf.Classify(ctx, []inference.Input{{Data: data}})
+	if err != nil {
+		return analysis{}, err
+	}
+	if res[0].Err != nil {
+		return analysis{}, asBadImage(res[0].Err)
+	}
+	an.Cells = []cellResult{a.cell(image.Rect(0, 0, w, h), res[0].PParasitized)}
+	return an, nil
+}
+
+// asBadImage marks the decoder's refusals as bad input (quarantine, 4xx),
+// with a short reason for the metrics; other errors pass unchanged.
+func asBadImage(err error) error {
+	for _, r := range []struct {
+		sentinel error
+		reason   string
+	}{
+		{inference.ErrEmpty, "empty"},
+		{inference.ErrNotImage, "not_image"},
+		{inference.ErrTooLarge, "too_large"},
+		{inference.ErrTruncated, "truncated"},
+		{inference.ErrDecode, "corrupt"},
+		{inference.ErrUnsupported, "unsupported"},
+	} {
+		if errors.Is(err, r.sentinel) {
+			return &badImageError{Reason: r.reason, Err: err}
+		}
+	}
+	return err
 }
