@@ -1,0 +1,201 @@
+package inference
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"gocv.io/x/gocv"
+)
+
+// Preprocessor turns a decoded 8-bit BGR image into the network's input
+// tensor exactly as the manifest's input spec says: resize to width x height,
+// channel order, value = (pixel*scale - mean[c]) / std[c], NCHW or NHWC.
+//
+// The resize is the training recipe's (models/recipe/common.py,
+// resize_like_opencv): bilinear with half-pixel centres and no antialiasing,
+// as torch's F.interpolate(align_corners=False) computes it in float32 on a
+// channels-last tensor, rounded half to even back to 8 bits. OpenCV's
+// INTER_LINEAR is the same filter but with 11-bit fixed-point weights, which
+// moves some pixels by one level; computing it here keeps the network's input
+// identical to what it was trained on.
+//
+// A Preprocessor is safe for concurrent use and allocates nothing per image
+// once it has seen an input size (interpolation tables are cached per size).
+type Preprocessor struct {
+	spec InputSpec
+	// lut[c][v] is the normalised value of 8-bit sample v in output
+	// channel c; it replaces a multiply, subtract and divide per sample.
+	lut [3][256]float32
+	// src[c] is the BGR index feeding output channel c.
+	src [3]int
+
+	mu     sync.RWMutex
+	tables map[[2]int]*linearTable
+}
+
+// NewPreprocessor validates spec and precomputes its tables.
+func NewPreprocessor(spec InputSpec) (*Preprocessor, error) {
+	if spec.Width <= 0 || spec.Height <= 0 {
+		return nil, fmt.Errorf("input.width/height must be positive, got %dx%d", spec.Width, spec.Height)
+	}
+	if spec.Layout != "NCHW" && spec.Layout != "NHWC" {
+		return nil, fmt.Errorf("input.layout must be NCHW or NHWC, got %q", spec.Layout)
+	}
+	if !(spec.Scale > 0) || math.IsInf(spec.Scale, 0) {
+		return nil, fmt.Errorf("input.scale must be a positive number, got %v", spec.Scale)
+	}
+	p := &Preprocessor{spec: spec, tables: map[[2]int]*linearTable{}}
+	switch spec.Color {
+	case "RGB":
+		p.src = [3]int{2, 1, 0}
+	case "BGR":
+		p.src = [3]int{0, 1, 2}
+	default:
+		return nil, fmt.Errorf("input.color must be RGB or BGR, got %q", spec.Color)
+	}
+	for c := range 3 {
+		if !(spec.Std[c] > 0) || math.IsInf(spec.Std[c], 0) || math.IsNaN(spec.Mean[c]) || math.IsInf(spec.Mean[c], 0) {
+			return nil, fmt.Errorf("input.mean[%d]/std[%d] must be finite with std > 0, got %v/%v", c, c, spec.Mean[c], spec.Std[c])
+		}
+		// float32 arithmetic in the recipe's order (x*scale, minus mean,
+		// divided by std) so values match the training tensors bit for bit.
+		scale, mean, std := float32(spec.Scale), float32(spec.Mean[c]), float32(spec.Std[c])
+		for v := range 256 {
+			p.lut[c][v] = (float32(v)*scale - mean) / std
+		}
+	}
+	return p, nil
+}
+
+// Size is the number of float32 values one image becomes.
+func (p *Preprocessor) Size() int { return 3 * p.spec.Width * p.spec.Height }
+
+// Mat preprocesses m (8-bit, 3-channel BGR, as Decoder.Decode returns) into
+// dst, which must have length Size().
+func (p *Preprocessor) Mat(dst []float32, m gocv.Mat) error {
+	if m.Empty() {
+		return fmt.Errorf("preprocess: empty image")
+	}
+	if m.Type() != gocv.MatTypeCV8UC3 {
+		return fmt.Errorf("preprocess: want an 8-bit 3-channel image, got Mat type %d", int(m.Type()))
+	}
+	if !m.IsContinuous() {
+		c := m.Clone()
+		defer c.Close()
+		m = c
+	}
+	pix, err := m.DataPtrUint8()
+	if err != nil {
+		return fmt.Errorf("preprocess: %w", err)
+	}
+	return p.BGR(dst, pix, m.Cols(), m.Rows())
+}
+
+// BGR preprocesses packed 8-bit BGR pixels (w*h*3 bytes, rows top to
+// bottom) into dst.
+func (p *Preprocessor) BGR(dst []float32, pix []byte, w, h int) error {
+	if w <= 0 || h <= 0 || len(pix) < w*h*3 {
+		return fmt.Errorf("preprocess: %d bytes do not hold a %dx%d BGR image", len(pix), w, h)
+	}
+	if len(dst) != p.Size() {
+		return fmt.Errorf("preprocess: destination has %d values, want %d", len(dst), p.Size())
+	}
+	ow, oh := p.spec.Width, p.spec.Height
+	xt := p.table(w, ow)
+	yt := p.table(h, oh)
+	plane := ow * oh
+	nchw := p.spec.Layout == "NCHW"
+	lut0, lut1, lut2 := &p.lut[0], &p.lut[1], &p.lut[2]
+	s0, s1, s2 := p.src[0], p.src[1], p.src[2]
+	var px [3]uint8
+	for y := range oh {
+		r0 := pix[yt.i0[y]*w*3 : (yt.i0[y]+1)*w*3]
+		r1 := pix[yt.i1[y]*w*3 : (yt.i1[y]+1)*w*3]
+		h0, h1 := yt.l0[y], yt.l1[y]
+		for x := range ow {
+			a, b := xt.i0[x]*3, xt.i1[x]*3
+			w00, w01 := h0*xt.l0[x], h0*xt.l1[x]
+			w10, w11 := h1*xt.l0[x], h1*xt.l1[x]
+			for c := range 3 {
+				// float32() on each product forbids fused multiply-adds
+				// (arm64), keeping torch's rounding of every step.
+				v := float32(float32(r0[a+c])*w00) + float32(float32(r0[b+c])*w01) + float32(float32(r1[a+c])*w10) + float32(float32(r1[b+c])*w11)
+				px[c] = round8(v)
+			}
+			v0, v1, v2 := lut0[px[s0]], lut1[px[s1]], lut2[px[s2]]
+			if nchw {
+				i := y*ow + x
+				dst[i], dst[plane+i], dst[2*plane+i] = v0, v1, v2
+			} else {
+				i := (y*ow + x) * 3
+				dst[i], dst[i+1], dst[i+2] = v0, v1, v2
+			}
+		}
+	}
+	return nil
+}
+
+// round8 rounds half to even (torch.round) and saturates to 0..255.
+func round8(v float32) uint8 {
+	r := math.RoundToEven(float64(v))
+	if r <= 0 {
+		return 0
+	}
+	if r >= 255 {
+		return 255
+	}
+	return uint8(r)
+}
+
+// linearTable holds, for each output index along one axis, the two input
+// indices and their weights.
+type linearTable struct {
+	i0, i1 []int
+	l0, l1 []float32
+}
+
+func (p *Preprocessor) table(in, out int) *linearTable {
+	key := [2]int{in, out}
+	p.mu.RLock()
+	t := p.tables[key]
+	p.mu.RUnlock()
+	if t != nil {
+		return t
+	}
+	t = linearIndices(in, out)
+	p.mu.Lock()
+	// Input sizes vary per crop; bound the cache so a stream of odd sizes
+	// cannot grow it without limit.
+	if len(p.tables) > 1024 {
+		clear(p.tables)
+	}
+	p.tables[key] = t
+	p.mu.Unlock()
+	return t
+}
+
+// linearIndices ports compute_source_index_and_lambda of torch's CPU
+// upsample kernel (align_corners=False, float32 arithmetic).
+func linearIndices(in, out int) *linearTable {
+	t := &linearTable{i0: make([]int, out), i1: make([]int, out), l0: make([]float32, out), l1: make([]float32, out)}
+	scale := float32(in) / float32(out)
+	for o := range out {
+		if in == out {
+			t.i0[o], t.i1[o], t.l0[o], t.l1[o] = o, o, 1, 0
+			continue
+		}
+		src := scale*(float32(o)+0.5) - 0.5
+		if src < 0 {
+			src = 0
+		}
+		i0 := int(src)
+		i1 := i0
+		if i0 < in-1 {
+			i1++
+		}
+		l1 := min(max(src-float32(i0), 0), 1)
+		t.i0[o], t.i1[o], t.l0[o], t.l1[o] = i0, i1, 1-l1, l1
+	}
+	return t
+}
