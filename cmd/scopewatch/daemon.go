@@ -210,6 +210,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		intake.Add(1)
 		go func() { defer intake.Done(); d.inbox.run(intakeCtx) }()
 	}
+	if cfg.Camera.Enabled {
+		intake.Add(1)
+		go func() { defer intake.Done(); d.runCamera(intakeCtx, openCapture) }()
+	}
 
 	d.ready.Store(true)
 	d.beat()

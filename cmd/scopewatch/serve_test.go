@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
@@ -504,4 +505,46 @@ func TestConfigCommand(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "slides.target_cell") || !strings.Contains(err.Error(), "target_cells") {
 		t.Fatalf("bad config: %v", err)
 	}
+}
+
+type fakeFrames struct {
+	t      *testing.T
+	frames int
+}
+
+func (f *fakeFrames) Frame() ([]byte, error) {
+	if f.frames == 0 {
+		return nil, inference.ErrEndOfStream
+	}
+	f.frames--
+	return pngBytes(f.t, 40, 40, 250), nil
+}
+func (f *fakeFrames) Live() bool   { return false }
+func (f *fakeFrames) Close() error { return nil }
+
+func TestCameraFramesAreCounted(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) {
+		c.Camera.Source = "clip.avi"
+		c.Camera.Interval = 50 * time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	opens := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		td.d.runCamera(ctx, func(string) (frameSource, error) {
+			opens++
+			if opens == 1 {
+				return nil, errors.New("device busy") // reopened with backoff
+			}
+			return &fakeFrames{t: t, frames: 3}, nil
+		})
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("camera loop did not end at the end of the video")
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { _, cells, _, _ := slideState(t, td, "camera"); return cells == 3 }, "3 frames counted")
 }
