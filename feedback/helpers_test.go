@@ -1,0 +1,8 @@
+package feedback
+
+import "database/sql"
+
+type storeDB struct {
+	*sql.DB
+	path string
+}
