@@ -38,6 +38,7 @@ type cellGeom struct {
 	pallorW    float64 // its radius, in units of r
 	rim        float64 // extra density at the rim
 	tex        [3][4]float64
+	grain      float64
 }
 
 func newCellGeom(rng *rand.Rand, cx, cy, r float64, elong float64) cellGeom {
@@ -53,6 +54,7 @@ func newCellGeom(rng *rand.Rand, cx, cy, r float64, elong float64) cellGeom {
 	g.pallor = 0.3 + 0.35*rng.Float64()
 	g.pallorW = 0.35 + 0.2*rng.Float64()
 	g.rim = 0.1 + 0.15*rng.Float64()
+	g.grain = 0.1 + 0.2*rng.Float64()
 	for i := range g.tex {
 		g.tex[i] = [4]float64{(rng.Float64() - 0.5) * 6 / r, (rng.Float64() - 0.5) * 6 / r, rng.Float64() * 2 * math.Pi, 0.04 * rng.Float64()}
 	}
@@ -87,7 +89,7 @@ func (g *cellGeom) randInside(rng *rand.Rand, rmin, rmax float64) (x, y float64)
 }
 
 // draw deposits the cell's haemoglobin/eosin and returns its coverage.
-func (g *cellGeom) draw(c *canvas, od odVec) *patch {
+func (g *cellGeom) draw(c *canvas, od odVec, rng *rand.Rand) *patch {
 	box := boxAround(g.cx, g.cy, g.extent()+1).Intersect(image.Rect(0, 0, c.w, c.h))
 	p := &patch{r: box, cov: make([]float32, box.Dx()*box.Dy())}
 	edgePx := g.r * math.Min(g.ax, g.ay)
@@ -114,6 +116,8 @@ func (g *cellGeom) draw(c *canvas, od odVec) *patch {
 			for _, tx := range g.tex {
 				t *= 1 + tx[3]*fastSin(px*tx[0]+py*tx[1]+tx[2])
 			}
+			// Fine grain of the film; the optics blur correlates it.
+			t *= 1 + g.grain*(rng.Float64()-0.5)
 			c.deposit(y*c.w+x, &od, float32(t*cov))
 		}
 	}
@@ -149,7 +153,7 @@ func (cr *cellRenderer) draw(cx, cy, r float64, label Label) (cellGeom, *patch, 
 	if info.Stage == StageGametocyte {
 		g.pallor *= 0.3
 	}
-	clip := g.draw(cr.c, cr.s.pal.rbc)
+	clip := g.draw(cr.c, cr.s.pal.rbc, rng)
 
 	// Look-alikes first, then the parasite on top; the same rates in both
 	// classes so that their presence says nothing about the label.

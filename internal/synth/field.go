@@ -260,7 +260,7 @@ func (s *Slide) drawWBC(c *canvas, rng *rand.Rand, x, y, r float64, kind string)
 	if kind == "lymphocyte" {
 		cyto = s.pal.lymphCyto
 	}
-	clip := g.draw(c, cyto)
+	clip := g.draw(c, cyto, rng)
 	if kind == "lymphocyte" {
 		nx, ny := g.randInside(rng, 0, 0.1)
 		c.blob(clip, nx, ny, r*(0.72+0.1*rng.Float64()), randHarmonics(rng, 2, 3, 0.12), 0.2, s.pal.nucleus, 1.2+0.3*rng.Float64())

@@ -432,7 +432,7 @@ func TestKnobsValidate(t *testing.T) {
 var testFields = sync.OnceValue(func() []testField {
 	var out []testField
 	for i := range 4 {
-		img, tr, slide := FieldAt(31, Knobs{}, 2, i)
+		img, tr, slide := FieldAt(31, Knobs{Prevalence: 0.05}, 2, i)
 		out = append(out, testField{img, tr, slide})
 	}
 	return out
@@ -599,6 +599,23 @@ func TestFieldsVary(t *testing.T) {
 		para += tr.Parasitized
 	}
 	if wbc == 0 || para == 0 {
-		t.Errorf("6 fields: %d white cells, %d parasitized red cells; want some of each", wbc, para)
+		t.Errorf("%d fields: %d white cells, %d parasitized red cells; want some of each", len(testFields()), wbc, para)
+	}
+}
+
+// BenchmarkCell renders and encodes one crop, as WriteCells does per image.
+func BenchmarkCell(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		s := CellAt(1, Knobs{}, 50, i)
+		var buf bytes.Buffer
+		if err := Encode(&buf, s.raw, Knobs{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkField(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		FieldAt(1, Knobs{}, 4, i)
 	}
 }
