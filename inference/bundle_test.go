@@ -349,6 +349,20 @@ func TestOpenBundleCorruption(t *testing.T) {
 			want:    ErrManifest, mention: []string{`"input.std[1]"`},
 		},
 		{
+			name: "mean with four channels",
+			corrupt: func(t *testing.T, dir string) {
+				editManifestText(t, dir, func(v map[string]any) { v["input"].(map[string]any)["mean"] = []float64{0.1, 0.2, 0.3, 0.4} })
+			},
+			want: ErrManifest, mention: []string{`"input.mean"`, "3 numbers"},
+		},
+		{
+			name: "std with two channels",
+			corrupt: func(t *testing.T, dir string) {
+				editManifestText(t, dir, func(v map[string]any) { v["input"].(map[string]any)["std"] = []float64{0.2, 0.2} })
+			},
+			want: ErrManifest, mention: []string{`"input.std"`},
+		},
+		{
 			name:    "threshold 1",
 			corrupt: func(t *testing.T, dir string) { replaceInManifest(t, dir, `"threshold": 0.5`, `"threshold": 1`) },
 			want:    ErrManifest, mention: []string{`"threshold"`},

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -101,6 +102,25 @@ var requiredKeys = map[string][]string{
 	"outputs": {"features", "features_dim"},
 }
 
+// manifestKeys are the keys each object may hold, spelled exactly:
+// encoding/json matches struct fields case-insensitively, and a manifest
+// holding both "threshold" and "Threshold" must not be accepted as meaning
+// one of them.
+var manifestKeys = map[string][]string{
+	"":        {"name", "version", "created", "architecture", "classes", "input", "outputs", "head", "threshold", "files", "baseline", "signer", "signature"},
+	"input":   {"name", "width", "height", "layout", "color", "scale", "mean", "std"},
+	"outputs": {"features", "features_dim", "probabilities"},
+}
+
+func checkExactKeys(obj map[string]json.RawMessage, allowed []string, prefix string) error {
+	for k := range obj {
+		if !slices.Contains(allowed, k) {
+			return fmt.Errorf("%w: %s: unknown field %q (known: %s)", ErrManifest, ManifestFile, prefix+k, strings.Join(allowed, ", "))
+		}
+	}
+	return nil
+}
+
 // ParseManifest decodes and validates manifest.json. It checks the document
 // alone (syntax, unknown and duplicate keys, required fields, value ranges,
 // file names); files on disk and the signature are checked by OpenBundle.
@@ -137,14 +157,32 @@ func decodeManifest(data []byte, withFiles bool) (*Manifest, error) {
 			return nil, fmt.Errorf("%w: %s: field %q is required", ErrManifest, ManifestFile, k)
 		}
 	}
+	if err := checkExactKeys(top, manifestKeys[""], ""); err != nil {
+		return nil, err
+	}
 	for _, obj := range []string{"input", "outputs"} {
 		var sub map[string]json.RawMessage
 		if err := json.Unmarshal(top[obj], &sub); err != nil || sub == nil {
 			return nil, fmt.Errorf("%w: %s: field %q must be a JSON object", ErrManifest, ManifestFile, obj)
 		}
+		if err := checkExactKeys(sub, manifestKeys[obj], obj+"."); err != nil {
+			return nil, err
+		}
 		for _, k := range requiredKeys[obj] {
 			if _, ok := sub[k]; !ok {
 				return nil, fmt.Errorf("%w: %s: field %q is required", ErrManifest, ManifestFile, obj+"."+k)
+			}
+		}
+		if obj != "input" {
+			continue
+		}
+		// encoding/json fills a [3]float64 from an array of any length
+		// (dropping extras, zeroing the missing), so the length is checked
+		// on the raw value.
+		for _, k := range []string{"mean", "std"} {
+			var v []float64
+			if err := json.Unmarshal(sub[k], &v); err != nil || len(v) != 3 {
+				return nil, fmt.Errorf("%w: %s: field %q must be an array of 3 numbers, one per channel, got %s", ErrManifest, ManifestFile, "input."+k, truncate(string(sub[k]), 60))
 			}
 		}
 	}
@@ -402,4 +440,11 @@ func checkJSONKeys(data []byte) error {
 			}
 		}
 	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

@@ -182,6 +182,16 @@ func ParseSafetensors(data []byte) (*Safetensors, error) {
 			}
 			continue
 		}
+		var keys map[string]json.RawMessage
+		if err := json.Unmarshal(msg, &keys); err != nil || keys == nil {
+			return nil, bad("tensor %q: entry must be a JSON object", name)
+		}
+		for k := range keys {
+			// Exact spelling: encoding/json would also take "DType".
+			if k != "dtype" && k != "shape" && k != "data_offsets" {
+				return nil, bad("tensor %q: unknown field %q", name, k)
+			}
+		}
 		var e stHeaderEntry
 		d := json.NewDecoder(bytes.NewReader(msg))
 		d.DisallowUnknownFields()

@@ -98,6 +98,8 @@ func TestSafetensorsRejects(t *testing.T) {
 		{"duplicate tensor", rawSafetensors(`{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, []byte{1, 2}), "duplicate"},
 		{"unknown dtype", rawSafetensors(`{"a":{"dtype":"F31","shape":[2],"data_offsets":[0,8]}}`, eight), "F31"},
 		{"unknown field", rawSafetensors(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"order":"C"}}`, eight), "order"},
+		{"field in other case", rawSafetensors(`{"a":{"DType":"F32","shape":[2],"data_offsets":[0,8]}}`, eight), "DType"},
+		{"entry not an object", rawSafetensors(`{"a":[1]}`, eight), "JSON object"},
 		{"missing shape", rawSafetensors(`{"a":{"dtype":"F32","data_offsets":[0,8]}}`, eight), "required"},
 		{"three offsets", rawSafetensors(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}}`, eight), "[begin, end]"},
 		{"negative dim", rawSafetensors(`{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}`, eight), "negative"},
