@@ -8,20 +8,21 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
-// mqttLink publishes the retained status and drains serve_outbox: a message
-// is marked sent only after the broker's PUBACK, so results produced while
-// the broker is away go out when it is back, and a crash re-sends at most
-// the messages whose PUBACK was not yet recorded (receivers dedupe by id).
+// mqttLink owns the broker connection: the retained status (online /
+// degraded, offline as the last will and on a clean stop) and the relay
+// from serve_outbox into the shared outbox, whose sender publishes at QoS1
+// and deletes a record only after the broker's PUBACK. Results produced
+// while the broker is away wait in SQLite, not in memory.
 type mqttLink struct {
-	d      *Daemon
-	mu     sync.Mutex
-	client mqtt.Client
-	// drainMu keeps the shutdown flush and the loop from sending the same
-	// message twice.
-	drainMu sync.Mutex
+	d       *Daemon
+	mu      sync.Mutex
+	client  mqtt.Client
+	outbox  *feedback.Outbox
+	relayMu sync.Mutex
 	wakeCh  chan struct{}
 	up      chan struct{} // signalled on every (re)connect
 	since   time.Time
@@ -65,7 +66,7 @@ func (m *mqttLink) connected() bool {
 }
 
 // publishStatus sends the current retained status (fire and forget: it is
-// re-sent on every connect, and the latest value is all that matters).
+// re-sent on every connect, and only the latest value matters).
 func (m *mqttLink) publishStatus() {
 	m.mu.Lock()
 	c := m.client
@@ -79,6 +80,14 @@ func (m *mqttLink) publishStatus() {
 
 func (m *mqttLink) run(ctx context.Context) {
 	cfg := m.d.config()
+	outbox, err := feedback.NewOutbox(ctx, m.d.db.db, feedback.OutboxConfig{
+		AlertTopic: m.d.topic("alert"), Device: cfg.Device, Now: m.d.now, Log: m.d.log, Metrics: m.d.metrics.outbox,
+	})
+	if err != nil {
+		m.d.log.Error("mqtt outbox unavailable; results stay in the database", "err", err)
+		m.d.setDegraded("outbox", err.Error(), true)
+		return
+	}
 	clientID := cfg.MQTT.ClientID
 	if clientID == "" {
 		clientID = "scopewatch-" + cfg.Site + "-" + cfg.Device
@@ -108,13 +117,18 @@ func (m *mqttLink) run(ctx context.Context) {
 		m.d.setDegraded("mqtt_config", err.Error(), true)
 		return
 	}
-	if cfg.MQTT.TLS.InsecureSkipVerify {
-		m.d.log.Warn("mqtt.tls.insecure_skip_verify is set: the broker certificate is not checked")
+	if err := outbox.Start(client); err != nil {
+		m.d.log.Error("mqtt outbox sender failed to start", "err", err)
 	}
 	m.mu.Lock()
-	m.client = client
+	m.client, m.outbox = client, outbox
 	m.mu.Unlock()
 	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := outbox.Close(closeCtx); err != nil {
+			m.d.log.Warn("closing the outbox", "err", err)
+		}
 		// A clean goodbye: offline retained, then disconnect (the will is
 		// only for crashes).
 		if client.IsConnectionOpen() {
@@ -126,6 +140,7 @@ func (m *mqttLink) run(ctx context.Context) {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
+		m.relay(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -134,52 +149,66 @@ func (m *mqttLink) run(ctx context.Context) {
 		case <-m.wakeCh:
 		case <-tick.C:
 		}
-		m.drain(ctx)
 	}
 }
 
-// drain publishes pending messages in priority order while connected.
-func (m *mqttLink) drain(ctx context.Context) int {
-	m.drainMu.Lock()
-	defer m.drainMu.Unlock()
+// relay hands serve_outbox rows to the shared outbox and marks them.
+func (m *mqttLink) relay(ctx context.Context) {
+	m.relayMu.Lock()
+	defer m.relayMu.Unlock()
 	m.mu.Lock()
-	c := m.client
+	ob := m.outbox
 	m.mu.Unlock()
-	sent := 0
-	for c != nil && c.IsConnectionOpen() && ctx.Err() == nil {
-		msgs, err := m.d.db.pending(ctx, 32)
-		if err != nil {
-			m.d.log.Warn("reading outbox failed", "err", err)
-			return sent
-		}
-		if len(msgs) == 0 {
-			return sent
-		}
-		// Publish the batch, then wait for each PUBACK.
-		toks := make([]mqtt.Token, len(msgs))
-		for i, msg := range msgs {
-			toks[i] = c.Publish(msg.Topic, 1, false, msg.Payload)
-		}
-		for i, t := range toks {
-			if !t.WaitTimeout(15*time.Second) || t.Error() != nil {
-				m.d.metrics.errors.WithLabelValues("mqtt_publish").Inc()
-				m.d.log.Debug("publish not acknowledged; will retry", "id", msgs[i].ID, "err", t.Error())
-				return sent
-			}
-			if err := m.d.db.markSent(ctx, msgs[i].ID); err != nil {
-				m.d.log.Error("recording PUBACK failed; the message may be sent again", "id", msgs[i].ID, "err", err)
-				return sent
-			}
-			m.d.metrics.published.Inc()
-			sent++
-		}
+	if ob == nil {
+		return
 	}
-	return sent
+	for ctx.Err() == nil {
+		msgs, err := m.d.db.pending(ctx, 64)
+		if err != nil || len(msgs) == 0 {
+			if err != nil {
+				m.d.log.Warn("reading serve_outbox failed", "err", err)
+			}
+			return
+		}
+		recs := make([]feedback.Record, len(msgs))
+		ids := make([]string, len(msgs))
+		for i, msg := range msgs {
+			kind := feedback.KindResult
+			if msg.Priority == prioAlert {
+				kind = feedback.KindAlert
+			}
+			recs[i] = feedback.Record{ID: msg.ID, Kind: kind, Topic: msg.Topic, Payload: msg.Payload, QoS: 1}
+			ids[i] = msg.ID
+		}
+		if err := ob.EnqueueBatch(ctx, recs...); err != nil {
+			m.d.log.Error("handing results to the outbox failed; will retry", "err", err)
+			m.d.metrics.errors.WithLabelValues("outbox").Inc()
+			return
+		}
+		if err := m.d.db.markRelayed(ctx, ids); err != nil {
+			m.d.log.Error("marking results relayed failed; they will be handed over again (receivers dedupe by id)", "err", err)
+			return
+		}
+		m.d.metrics.published.Add(float64(len(ids)))
+	}
 }
 
-// flush drains what is pending within ctx (used at shutdown).
+// flush relays what is left and waits, within ctx, for the outbox to drain
+// while connected (used at shutdown; what is not acknowledged stays in the
+// database for the next start).
 func (m *mqttLink) flush(ctx context.Context) {
-	if m.connected() {
-		m.drain(ctx)
+	m.relay(ctx)
+	m.mu.Lock()
+	ob := m.outbox
+	m.mu.Unlock()
+	if ob == nil {
+		return
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for m.connected() && ctx.Err() == nil && time.Now().Before(deadline) {
+		if n, _ := ob.Depth(); n == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -12,9 +12,12 @@ import (
 )
 
 // serveSchema holds the daemon's tables: slides, images, per-cell
-// predictions, events, a small key/value meta table (boot sequence) and the
-// messages waiting for the broker (results, alerts, status is not queued:
-// it is retained and re-sent on every connect).
+// predictions, events, a small key/value meta table (boot sequence) and
+// serve_outbox, where a result is written in the same transaction that
+// completes its slide. A relay hands serve_outbox rows to the shared MQTT
+// outbox (feedback.Outbox, which sends after PUBACK) and marks them
+// relayed; a crash between the two re-hands the row, which the shared
+// outbox ignores while the id is pending (and receivers dedupe otherwise).
 var serveSchema = store.Schema{
 	Owner: "serve",
 	Migrations: []store.Migration{{SQL: `
@@ -85,10 +88,9 @@ CREATE TABLE serve_outbox (
 	payload    BLOB NOT NULL,
 	priority   INTEGER NOT NULL,
 	created_at INTEGER NOT NULL,
-	attempts   INTEGER NOT NULL DEFAULT 0,
-	sent_at    INTEGER
+	relayed_at INTEGER
 );
-CREATE INDEX serve_outbox_pending ON serve_outbox(sent_at, priority, created_at);
+CREATE INDEX serve_outbox_pending ON serve_outbox(relayed_at, priority, created_at);
 `}},
 }
 
@@ -349,9 +351,10 @@ func (s *dbStore) enqueue(ctx context.Context, m outboxMsg) error {
 	return tx.Commit()
 }
 
-// pending returns up to n unsent messages, alerts before results, oldest first.
+// pending returns up to n messages not yet relayed, alerts before results,
+// oldest first.
 func (s *dbStore) pending(ctx context.Context, n int) ([]outboxMsg, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, topic, payload, priority FROM serve_outbox WHERE sent_at IS NULL
+	rows, err := s.db.QueryContext(ctx, `SELECT id, topic, payload, priority FROM serve_outbox WHERE relayed_at IS NULL
 		ORDER BY priority, created_at, id LIMIT ?`, n)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
@@ -368,17 +371,24 @@ func (s *dbStore) pending(ctx context.Context, n int) ([]outboxMsg, error) {
 	return out, rows.Err()
 }
 
-func (s *dbStore) markSent(ctx context.Context, id string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE serve_outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ?`, s.now().UnixMilli(), id)
+func (s *dbStore) markRelayed(ctx context.Context, ids []string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("mark %s sent: %w", id, err)
+		return fmt.Errorf("mark relayed: %w", err)
 	}
-	return nil
+	defer tx.Rollback()
+	now := s.now().UnixMilli()
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `UPDATE serve_outbox SET relayed_at = ? WHERE id = ?`, now, id); err != nil {
+			return fmt.Errorf("mark %s relayed: %w", id, err)
+		}
+	}
+	return tx.Commit()
 }
 
 func (s *dbStore) countPending(ctx context.Context) (int, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM serve_outbox WHERE sent_at IS NULL`).Scan(&n)
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM serve_outbox WHERE relayed_at IS NULL`).Scan(&n)
 	return n, err
 }
 
@@ -433,9 +443,9 @@ func (s *dbStore) prune(ctx context.Context, cutoff time.Time) (int64, error) {
 		`DELETE FROM cell_predictions WHERE created_at < ?`,
 		`DELETE FROM images WHERE created_at < ?`,
 		`DELETE FROM events WHERE at < ?`,
-		`DELETE FROM serve_outbox WHERE sent_at IS NOT NULL AND sent_at < ?`,
+		`DELETE FROM serve_outbox WHERE relayed_at IS NOT NULL AND relayed_at < ?`,
 		`DELETE FROM slides WHERE state = 'complete' AND completed_at < ?
-			AND NOT EXISTS (SELECT 1 FROM serve_outbox o WHERE o.id = slides.result_id AND o.sent_at IS NULL)`,
+			AND NOT EXISTS (SELECT 1 FROM serve_outbox o WHERE o.id = 'result/' || slides.result_id AND o.relayed_at IS NULL)`,
 	} {
 		res, err := s.db.ExecContext(ctx, q, c)
 		if err != nil {

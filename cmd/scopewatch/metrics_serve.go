@@ -3,6 +3,8 @@ package main
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/scopewatch/scopewatch/feedback"
 )
 
 // serveMetrics are the daemon's Prometheus series (own registry, so that a
@@ -26,6 +28,7 @@ type serveMetrics struct {
 	modelInfo       *prometheus.GaugeVec
 	dbBytes         prometheus.Gauge
 	diskFree        prometheus.Gauge
+	outbox          *feedback.PromMetrics
 }
 
 func newServeMetrics(d *Daemon) *serveMetrics {
@@ -52,10 +55,10 @@ func newServeMetrics(d *Daemon) *serveMetrics {
 			Help: "Time images waited for a worker.", Buckets: latency}),
 		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_queue_depth",
 			Help: "Images waiting for a worker."}),
-		outboxPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_outbox_pending",
-			Help: "Results and alerts waiting for the broker's acknowledgement."}),
-		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_mqtt_published_total",
-			Help: "Outbox messages acknowledged by the broker."}),
+		outboxPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_results_unrelayed",
+			Help: "Results and alerts not yet handed to the MQTT outbox (see scopewatch_outbox_depth_records for those awaiting PUBACK)."}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_results_relayed_total",
+			Help: "Results and alerts handed to the MQTT outbox."}),
 		mqttConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_mqtt_connected",
 			Help: "1 while connected to the broker."}),
 		mqttDisconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_mqtt_connection_lost_total",
@@ -71,5 +74,10 @@ func newServeMetrics(d *Daemon) *serveMetrics {
 		m.queueWait, m.queueDepth, m.outboxPending, m.published, m.mqttConnected, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var err error
+	if m.outbox, err = feedback.NewPromMetrics(m.reg); err != nil {
+		// Only a duplicate registration fails, and the registry is new.
+		panic(err)
+	}
 	return m
 }

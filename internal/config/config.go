@@ -117,10 +117,9 @@ type MQTT struct {
 
 // TLS configures the broker connection's TLS (used for ssl:// and tls:// brokers).
 type TLS struct {
-	CAFile             string `yaml:"ca_file"`
-	CertFile           string `yaml:"cert_file"`
-	KeyFile            string `yaml:"key_file"`
-	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Camera is the optional VideoCapture source.
