@@ -163,22 +163,7 @@ func (h *Head) Probabilities(features []float32, out []float64) {
 		x[i] = float64(v)
 	}
 	for j := range h.hidden {
-		w := h.w1[j*h.in : (j+1)*h.in]
-		w = w[:len(x)]
-		// Four partial sums break the dependency chain of the adds; the order
-		// of float64 additions moves the result by ~1e-16, far below float32.
-		var s0, s1, s2, s3 float64
-		i := 0
-		for ; i+4 <= len(x); i += 4 {
-			s0 += w[i] * x[i]
-			s1 += w[i+1] * x[i+1]
-			s2 += w[i+2] * x[i+2]
-			s3 += w[i+3] * x[i+3]
-		}
-		for ; i < len(x); i++ {
-			s0 += w[i] * x[i]
-		}
-		a := h.b1[j] + (s0 + s1) + (s2 + s3)
+		a := h.b1[j] + dot(h.w1[j*h.in:(j+1)*h.in], x)
 		if a <= 0 { // ReLU; a NaN is not <= 0 and propagates to the output
 			continue
 		}
@@ -188,6 +173,25 @@ func (h *Head) Probabilities(features []float32, out []float64) {
 		}
 	}
 	softmaxInPlace(out)
+}
+
+// dot is the inner product of equally long w and x. Four partial sums break
+// the dependency chain of the adds; the order of float64 additions moves the
+// result by ~1e-16, far below float32 resolution. The loop shape (len >= 4,
+// then reslice) lets the compiler drop the bounds checks.
+func dot(w, x []float64) float64 {
+	var s0, s1, s2, s3 float64
+	for len(w) >= 4 && len(x) >= 4 {
+		s0 += w[0] * x[0]
+		s1 += w[1] * x[1]
+		s2 += w[2] * x[2]
+		s3 += w[3] * x[3]
+		w, x = w[4:], x[4:]
+	}
+	for i := range min(len(w), len(x)) {
+		s0 += w[i] * x[i]
+	}
+	return (s0 + s1) + (s2 + s3)
 }
 
 // ProbabilitiesBatch applies Probabilities to n = len(features)/InputDim
