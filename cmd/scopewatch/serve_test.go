@@ -548,3 +548,43 @@ func TestCameraFramesAreCounted(t *testing.T) {
 	}
 	testutil.Eventually(t, 5*time.Second, func() bool { _, cells, _, _ := slideState(t, td, "camera"); return cells == 3 }, "3 frames counted")
 }
+
+func TestDiskCapAlertsAndSheds(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) {
+		c.Storage.MaxDBBytes = 1 << 20
+		c.Storage.CheckInterval = time.Hour // driven by hand below
+	})
+	field := pngBytes(t, 600, 600, 250) // 3600 cells per upload
+	for i := 0; i < 6; i++ {
+		resp := upload(t, fmt.Sprintf("%s/v1/images?slide=big&name=f%d.png&kind=field", td.url, i), "image/png", field)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("upload %d: %d", i, resp.StatusCode)
+		}
+	}
+	td.d.storageCheck(context.Background())
+	var alerts int
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM serve_outbox WHERE id LIKE 'alert/%db_cap%'`).Scan(&alerts)
+	if alerts != 1 {
+		t.Fatalf("%d db_cap alerts queued, want 1", alerts)
+	}
+	var cells int
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM cell_predictions`).Scan(&cells)
+	if cells >= 6*3600 {
+		t.Fatalf("no predictions shed: %d", cells)
+	}
+	// The slide's counts are kept; the daemon keeps taking images.
+	if _, n, _, _ := slideState(t, td, "big"); n != 6*3600 {
+		t.Fatalf("slide count changed to %d", n)
+	}
+	resp := upload(t, td.url+"/v1/images?slide=after", "image/png", pngBytes(t, 40, 40, 1))
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("upload after the cap: %d", resp.StatusCode)
+	}
+	td.d.storageCheck(context.Background())
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM serve_outbox WHERE id LIKE 'alert/%db_cap%'`).Scan(&alerts)
+	if alerts != 1 {
+		t.Fatalf("%d db_cap alerts after a check under the cap, want still 1", alerts)
+	}
+}
