@@ -1,0 +1,232 @@
+package feedback
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+type countMetrics struct {
+	mu       sync.Mutex
+	rejected map[string]int
+	accepted map[string]int
+}
+
+func newCountMetrics() *countMetrics {
+	return &countMetrics{rejected: map[string]int{}, accepted: map[string]int{}}
+}
+func (m *countMetrics) Rejected(r string) { m.mu.Lock(); m.rejected[r]++; m.mu.Unlock() }
+func (m *countMetrics) Accepted(r string) { m.mu.Lock(); m.accepted[r]++; m.mu.Unlock() }
+
+func openCollector(t testing.TB) (*Collector, *countMetrics) {
+	t.Helper()
+	m := newCountMetrics()
+	c, err := OpenCollector(context.Background(), CollectorConfig{Dir: t.TempDir(), Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, m
+}
+
+func sampleRecords(t testing.TB, i int, w, h int) (Sample, []byte, []Record) {
+	crop := testPNG(t, w, h, uint64(i)+100)
+	s := testSample(i)
+	s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(crop), s.ModelVersion)
+	recs, err := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, crop, recs
+}
+
+func TestCollectorStoresDedupesAndReassembles(t *testing.T) {
+	ctx := context.Background()
+	c, m := openCollector(t)
+	_, crop, inline := sampleRecords(t, 1, 30, 30)
+	for i := 0; i < 3; i++ {
+		if err := c.Handle(ctx, inline[0].Topic, inline[0].Payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, bigCrop, chunked := sampleRecords(t, 2, 300, 300)
+	// Chunks first, out of order and duplicated, then the header.
+	order := []int{3, 1, 3, 4, 2, 0}
+	for _, i := range order {
+		if err := c.Handle(ctx, chunked[i].Topic, chunked[i].Payload); err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+	}
+	st, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Samples != 2 || st.Complete != 2 || st.PendingChunks != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	for _, sha := range []string{SHA256Hex(crop), SHA256Hex(bigCrop)} {
+		got, err := os.ReadFile(c.ImagePath(sha, "png"))
+		if err != nil || SHA256Hex(got) != sha {
+			t.Fatalf("image %s: %v", sha, err)
+		}
+	}
+	if n, bad, err := c.Verify(ctx); n != 2 || len(bad) != 0 || err != nil {
+		t.Fatalf("verify: %d %v %v", n, bad, err)
+	}
+	if m.accepted["duplicate"] != 3 { // 2 inline repeats + 1 chunk repeat
+		t.Fatalf("duplicates counted %d", m.accepted["duplicate"])
+	}
+}
+
+func TestCollectorRejectsMalformed(t *testing.T) {
+	ctx := context.Background()
+	c, m := openCollector(t)
+	s, _, recs := sampleRecords(t, 3, 300, 300)
+	topic := recs[0].Topic
+
+	// A chunk whose bytes were altered: reassembly fails the hash and the
+	// chunks are discarded so a good copy can still complete the sample.
+	var ch Chunk
+	json.Unmarshal(recs[1].Payload, &ch)
+	ch.Data[10] ^= 0xFF
+	tampered, _ := json.Marshal(ch)
+	if err := c.Handle(ctx, topic, recs[0].Payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Handle(ctx, topic, tampered); err != nil {
+		t.Fatal(err)
+	}
+	var lastErr error
+	for _, r := range recs[2:] {
+		lastErr = c.Handle(ctx, topic, r.Payload)
+	}
+	if !errors.Is(lastErr, ErrBadHash) {
+		t.Fatalf("tampered chunk: %v, want ErrBadHash", lastErr)
+	}
+	for _, r := range recs[1:] {
+		if err := c.Handle(ctx, topic, r.Payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := c.Stats(ctx); st.Complete != 1 {
+		t.Fatalf("sample not completed by good chunks after a bad copy: %+v", st)
+	}
+
+	label := func(id string) []byte {
+		b, _ := Label{FeedbackID: id, Label: LabelParasitized, Who: "a", Time: time.Now()}.Encode()
+		return b
+	}
+	cases := []struct {
+		topic, payload, reason string
+	}{
+		{topic, "{", RejectBadJSON},
+		{topic, `{"schema":"other/v1"}`, RejectSchema},
+		{topic, string(make([]byte, MaxPayload+1)), RejectOversize},
+		{"scopewatch/v1/lab/dev-1/label", string(label("fb-unknown")), RejectUnknownID},
+		{"scopewatch/v1/lab/dev-1", string(recs[0].Payload), RejectTopic},
+		{"scopewatch/v1/lab/other-dev/feedback", string(recs[0].Payload), RejectInvalid},
+		{topic, string(label(s.ID)), RejectSchema}, // a label on the feedback topic
+	}
+	for _, tc := range cases {
+		err := c.Handle(ctx, tc.topic, []byte(tc.payload))
+		if got := RejectReason(err); got != tc.reason {
+			t.Errorf("payload %.40q on %s: reason %q (%v), want %q", tc.payload, tc.topic, got, err, tc.reason)
+		}
+	}
+	for _, tc := range cases {
+		if m.rejected[tc.reason] == 0 {
+			t.Errorf("reason %s not counted", tc.reason)
+		}
+	}
+	if err := c.Handle(ctx, "scopewatch/v1/lab/dev-1/label", label(s.ID)); err != nil {
+		t.Fatalf("label for a known sample: %v", err)
+	}
+}
+
+func TestCollectorExport(t *testing.T) {
+	ctx := context.Background()
+	c, _ := openCollector(t)
+	var ids []string
+	for i := 0; i < 4; i++ {
+		s, _, recs := sampleRecords(t, 10+i, 20, 20)
+		for _, r := range recs {
+			if err := c.Handle(ctx, r.Topic, r.Payload); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ids = append(ids, s.ID)
+	}
+	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	put := func(id, label, who string, at time.Time) {
+		b, _ := Label{FeedbackID: id, Label: label, Who: who, Time: at}.Encode()
+		if err := c.Handle(ctx, "scopewatch/v1/lab/dev-1/label", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(ids[0], LabelParasitized, "a", t0)
+	put(ids[1], LabelUninfected, "a", t0)
+	put(ids[1], LabelParasitized, "b", t0.Add(time.Minute)) // later opinion wins
+	put(ids[2], LabelUninfected, "a", t0)
+	put(ids[2], LabelParasitized, "a", t0.Add(-time.Hour)) // stale redelivery ignored
+	out := t.TempDir()
+	n, err := c.Export(ctx, out)
+	if err != nil || n != 3 {
+		t.Fatalf("export: %d rows, %v", n, err)
+	}
+	f, _ := os.Open(filepath.Join(out, "labels.csv"))
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rows[0], []string{"path", "label", "slide"}) || len(rows) != 4 {
+		t.Fatalf("csv: %v", rows)
+	}
+	labels := map[string]string{}
+	for _, r := range rows[1:] {
+		data, err := os.ReadFile(filepath.Join(out, r[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(r[0]) != SHA256Hex(data)+".png" || !isHex64(r[2]) {
+			t.Fatalf("row %v", r)
+		}
+		labels[SHA256Hex(data)] = r[1]
+	}
+	want := map[string]string{}
+	var sha string
+	for i, l := range []string{LabelParasitized, LabelParasitized, LabelUninfected} {
+		c.db.QueryRow(`SELECT crop_sha256 FROM collect_samples WHERE id=?`, ids[i]).Scan(&sha)
+		want[sha] = l
+	}
+	for k, v := range want {
+		if labels[k] != v {
+			t.Fatalf("labels %v, want %v", labels, want)
+		}
+	}
+}
+
+func FuzzCollectorHandle(f *testing.F) {
+	_, _, recs := sampleRecords(f, 1, 300, 300)
+	for _, r := range recs {
+		f.Add(r.Payload)
+	}
+	f.Add([]byte(`{"schema":"scopewatch.label/v1","feedback_id":"x","label":"uninfected","who":"a","time":"2026-11-28T10:00:00Z"}`))
+	c, _ := openCollector(f)
+	ctx := context.Background()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, topic := range []string{"scopewatch/v1/lab/dev-1/feedback", "scopewatch/v1/lab/dev-1/label"} {
+			err := c.Handle(ctx, topic, data)
+			if err != nil && RejectReason(err) == "" {
+				t.Fatalf("local error for a bad message: %v", err)
+			}
+		}
+	})
+}
