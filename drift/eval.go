@@ -33,7 +33,18 @@ func (r *EvalRows) prepare(b *Baseline, needFeatures bool) error {
 			return fmt.Errorf("row %d: score %v not in [0, 1]", i, s)
 		}
 	}
-	if !needFeatures || r.z != nil {
+	if !needFeatures || r.phi != nil {
+		return nil
+	}
+	if r.z != nil && r.Features == nil { // already projected (the baseline's own rows)
+		r.phi = make([][]float64, len(r.z))
+		for i, z := range r.z {
+			if len(z) != b.Embedding.Dim {
+				return fmt.Errorf("row %d: %d projected values, want %d", i, len(z), b.Embedding.Dim)
+			}
+			r.phi[i] = make([]float64, b.Embedding.RFFDim)
+			b.Embedding.featureMap(z, r.phi[i])
+		}
 		return nil
 	}
 	if len(r.Features) != len(r.Scores) {
@@ -285,3 +296,19 @@ func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull fu
 	}
 	return res, nil
 }
+
+// ReferenceRows returns the baseline's reference rows as an evaluation pool
+// (scores, labels and, when the baseline has them, projected embeddings).
+func (b *Baseline) ReferenceRows() *EvalRows {
+	r := &EvalRows{Scores: slices.Clone(b.Scores), Labels: slices.Clone(b.Labels)}
+	if b.Embedding != nil {
+		r.z = b.Projected
+	}
+	return r
+}
+
+// HasFeatures reports whether the rows carry embeddings.
+func (r *EvalRows) HasFeatures() bool { return r.Features != nil || r.z != nil }
+
+// DropFeatures removes the embeddings (for detectors without the embedding signal).
+func (r *EvalRows) DropFeatures() { r.Features, r.z, r.phi = nil, nil, nil }

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/scopewatch/scopewatch/drift"
+	"github.com/scopewatch/scopewatch/inference"
+)
+
+func init() {
+	register("baseline", "run the model on its held-out test set and write baseline.json into the bundle", runBaseline)
+}
+
+// cellScorer is what the baseline needs from a classifier: p(parasitized)
+// and the backbone features of each image, the model's decision threshold
+// and version.
+type cellScorer interface {
+	Score(ctx context.Context, paths []string) (scores []float64, features [][]float32, errs []error, err error)
+	Threshold() float64
+	Version() string
+}
+
+// classifierScorer adapts the inference classifier to cellScorer.
+type classifierScorer struct{ c *inference.Classifier }
+
+var _ cellScorer = classifierScorer{}
+
+func (s classifierScorer) Threshold() float64 { return s.c.Threshold() }
+func (s classifierScorer) Version() string    { return s.c.Version() }
+
+func (s classifierScorer) Score(ctx context.Context, paths []string) ([]float64, [][]float32, []error, error) {
+	scores := make([]float64, len(paths))
+	feats := make([][]float32, len(paths))
+	errs := make([]error, len(paths))
+	err := s.c.Stream(ctx, len(paths), func(i int) inference.Input { return inference.Input{Path: paths[i]} }, func(r inference.Result) {
+		scores[r.Index], feats[r.Index], errs[r.Index] = r.PParasitized, r.Features, r.Err
+	})
+	return scores, feats, errs, err
+}
+
+func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("baseline", stderr)
+	model := fs.String("model", "", "model bundle folder (required)")
+	data := fs.String("data", "", "held-out test set: a folder with labels.csv (path,label,slide) and the images (required)")
+	keyPath := fs.String("key", "", "private key to re-seal the bundle after adding baseline.json (from bundle keygen)")
+	out := fs.String("out", "", "write the baseline here instead of into the bundle (the bundle is left untouched)")
+	csvOut := fs.String("csv", "", "also write the test set's scores, labels and features as CSV (input for drift replay/eval)")
+	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: found as for classify)")
+	ert := fs.Int("ert", 5000, "expected run time without drift of the alarm tier, in scores")
+	warnERT := fs.Int("warn-ert", 0, "expected run time of the warn tier (0: ert/10)")
+	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
+	sims := fs.Int("sims", 2000, "simulated drift-free streams for the threshold calibration")
+	noEmbed := fs.Bool("no-embedding", false, "do not use the embedding signal")
+	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
+	cf := addBundleCheckFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *model == "" || *data == "" {
+		return fmt.Errorf("%w: -model and -data are required", errUsage)
+	}
+	if *out == "" && *keyPath == "" {
+		return fmt.Errorf("%w: writing into the bundle changes its hashes: pass -key KEY to re-seal it, or -out FILE to write the baseline elsewhere", errUsage)
+	}
+	var ws []int
+	for _, f := range strings.Split(*windows, ",") {
+		w, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("%w: -windows %q: want comma-separated integers", errUsage, *windows)
+		}
+		ws = append(ws, w)
+	}
+	paths, labels, err := readTestLabels(*data)
+	if err != nil {
+		return err
+	}
+	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{Engine: inference.EngineOptions{ORTLib: *ortLib}})
+	if err != nil {
+		return err
+	}
+	defer bundle.Close()
+	defer clf.Close()
+	if bundle.Dir != *model && *out == "" {
+		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, *model)
+	}
+	fmt.Fprintf(stderr, "scopewatch baseline: classifying %d test images...\n", len(paths))
+	var sc cellScorer = classifierScorer{clf}
+	scores, feats, errs, err := sc.Score(ctx, paths)
+	if err != nil {
+		return err
+	}
+	var keepS []float64
+	var keepF [][]float32
+	var keepL []int
+	var failed int
+	for i := range paths {
+		if errs[i] != nil {
+			failed++
+			fmt.Fprintf(stderr, "scopewatch baseline: %s: %v\n", paths[i], errs[i])
+			continue
+		}
+		keepS, keepF, keepL = append(keepS, scores[i]), append(keepF, feats[i]), append(keepL, labels[i])
+	}
+	if failed*100 > len(paths) {
+		return fmt.Errorf("%d of %d test images failed to classify; a baseline from the rest would not describe the test set", failed, len(paths))
+	}
+	if *noEmbed || keepF[0] == nil {
+		keepF = nil
+	}
+	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
+	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), drift.BaselineConfig{
+		ModelVersion: sc.Version(), Seed: *seed,
+		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
+	})
+	if err != nil {
+		return err
+	}
+	if *csvOut != "" {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepF); err != nil {
+			return err
+		}
+	}
+	m := b.Metrics
+	fmt.Fprintf(stdout, "test set: %d cells (%d failed), %d parasitized\n", m.N, failed, m.Positives)
+	for _, r := range []struct {
+		n string
+		v drift.Interval
+	}{{"accuracy", m.Accuracy}, {"sensitivity", m.Sensitivity}, {"specificity", m.Specificity}, {"AUC", m.AUC}} {
+		fmt.Fprintf(stdout, "  %-12s %.4f  (95%% CI %.4f-%.4f)\n", r.n, r.v.Value, r.v.Lo, r.v.Hi)
+	}
+	fmt.Fprintf(stdout, "  ECE raw %.4f, isotonic (cv) %.4f: calibration map %s\n", b.ECE.Raw, b.ECE.Isotonic, map[bool]string{true: "kept", false: "not kept"}[b.ECE.Kept])
+	if *out != "" {
+		if err := b.Save(*out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", *out)
+		return nil
+	}
+	return writeBaselineIntoBundle(bundle.Dir, b, *keyPath, stdout)
+}
+
+// writeBaselineIntoBundle saves baseline.json into dir, names it in the
+// manifest and re-seals the bundle (file hashes and signature).
+func writeBaselineIntoBundle(dir string, b *drift.Baseline, keyPath string, stdout io.Writer) error {
+	priv, err := inference.LoadPrivateKey(keyPath)
+	if err != nil {
+		return err
+	}
+	const name = "baseline.json"
+	if err := b.Save(filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	mpath := filepath.Join(dir, inference.ManifestFile)
+	raw, err := os.ReadFile(mpath)
+	if err != nil {
+		return fmt.Errorf("read manifest: %w", err)
+	}
+	man, err := inference.ParseManifest(raw)
+	if err != nil {
+		return err
+	}
+	if man.Baseline != name {
+		man.Baseline = name
+		j, err := inference.MarshalManifest(man)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(mpath, j, 0o644); err != nil {
+			return fmt.Errorf("write manifest: %w", err)
+		}
+	}
+	if _, err := inference.SealBundle(dir, priv); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s and re-sealed %s\n", filepath.Join(dir, name), dir)
+	return nil
+}
+
+// readTestLabels reads DIR/labels.csv (header path,label,slide; label
+// parasitized or uninfected, or 1/0).
+func readTestLabels(dir string) ([]string, []int, error) {
+	p := filepath.Join(dir, "labels.csv")
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, nil, fmt.Errorf("test set labels: %w", err)
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	head, err := r.Read()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: header: %w", p, err)
+	}
+	pc, lc := -1, -1
+	for i, h := range head {
+		switch strings.TrimSpace(h) {
+		case "path":
+			pc = i
+		case "label":
+			lc = i
+		}
+	}
+	if pc < 0 || lc < 0 {
+		return nil, nil, fmt.Errorf("%s: header %q: want path and label columns", p, head)
+	}
+	var paths []string
+	var labels []int
+	for line := 2; ; line++ {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", p, err)
+		}
+		var l int
+		switch strings.TrimSpace(rec[lc]) {
+		case "parasitized", "1":
+			l = 1
+		case "uninfected", "0":
+		default:
+			return nil, nil, fmt.Errorf("%s line %d: label %q: want parasitized or uninfected", p, line, rec[lc])
+		}
+		paths = append(paths, filepath.Join(dir, rec[pc]))
+		labels = append(labels, l)
+	}
+	if len(paths) == 0 {
+		return nil, nil, fmt.Errorf("%s: no images listed", p)
+	}
+	return paths, labels, nil
+}
+
+// writeScoresCSV writes p_parasitized, truth and f0..fN for drift replay/eval.
+func writeScoresCSV(path string, scores []float64, labels []int, feats [][]float32) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	head := []string{"p_parasitized", "truth"}
+	if feats != nil {
+		for j := range feats[0] {
+			head = append(head, "f"+strconv.Itoa(j))
+		}
+	}
+	_ = w.Write(head)
+	rec := make([]string, 0, len(head))
+	for i, s := range scores {
+		rec = append(rec[:0], strconv.FormatFloat(s, 'g', -1, 64), strconv.Itoa(labels[i]))
+		if feats != nil {
+			for _, v := range feats[i] {
+				rec = append(rec, strconv.FormatFloat(float64(v), 'g', -1, 32))
+			}
+		}
+		_ = w.Write(rec)
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,469 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/scopewatch/scopewatch/drift"
+)
+
+func init() {
+	register("drift", "replay score streams through the drift detectors; evaluate them", runDrift)
+}
+
+func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "replay" && args[0] != "eval") {
+		fmt.Fprintln(stderr, "usage: scopewatch drift replay --baseline FILE --input FILE.csv [--ert N]")
+		fmt.Fprintln(stderr, "       scopewatch drift eval --baseline FILE [--null FILE.csv] [--shift NAME=FILE.csv]... [--prevalence P]...")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return fmt.Errorf("%w: want 'drift replay' or 'drift eval'", errUsage)
+	}
+	if args[0] == "replay" {
+		return runDriftReplay(ctx, args[1:], stdout, stderr)
+	}
+	return runDriftEval(ctx, args[1:], stdout, stderr)
+}
+
+// calibrationFlags are the detector settings both subcommands can override;
+// any override recalibrates the baseline's thresholds by simulation.
+type calibrationFlags struct {
+	ert, warnERT, sims int
+	windows, signals   string
+	null               string
+}
+
+func (c *calibrationFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&c.ert, "ert", 0, "expected run time without drift for the alarm tier, in scores (0: the baseline's)")
+	fs.IntVar(&c.warnERT, "warn-ert", 0, "expected run time for the warn tier (0: ert/10)")
+	fs.IntVar(&c.sims, "sims", 0, "simulated streams for recalibration (0: the baseline's)")
+	fs.StringVar(&c.windows, "windows", "", "comma-separated window sizes (empty: the baseline's)")
+	fs.StringVar(&c.signals, "signals", "", "comma-separated signals to run: scores_cvm, positive_rate, embedding_mmd (empty: the baseline's)")
+	fs.StringVar(&c.null, "null-model", "", "null model for recalibration: exchangeable or bootstrap (empty: the baseline's)")
+}
+
+func (c *calibrationFlags) changed() bool {
+	return c.ert != 0 || c.warnERT != 0 || c.sims != 0 || c.windows != "" || c.signals != "" || c.null != ""
+}
+
+// config returns the baseline's calibration settings with the overrides.
+func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, error) {
+	d := b.Detector
+	cfg := drift.CalibrationConfig{ERT: d.ERT, WarnERT: d.WarnERT, Sims: d.Sims, Null: d.Null, Seed: d.Seed, Signals: map[string]float64{}}
+	for _, t := range d.Tests {
+		cfg.Signals[t.Signal] = d.Weights[t.Signal]
+		if !containsInt(cfg.Windows, t.Window) {
+			cfg.Windows = append(cfg.Windows, t.Window)
+		}
+	}
+	if c.ert != 0 {
+		cfg.ERT = c.ert
+		cfg.WarnERT = c.ert / 10
+	}
+	if c.warnERT != 0 {
+		cfg.WarnERT = c.warnERT
+	}
+	if c.sims != 0 {
+		cfg.Sims = c.sims
+	}
+	if c.null != "" {
+		cfg.Null = c.null
+	}
+	if c.windows != "" {
+		cfg.Windows = nil
+		for _, f := range strings.Split(c.windows, ",") {
+			w, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return cfg, fmt.Errorf("%w: -windows %q: want comma-separated integers", errUsage, c.windows)
+			}
+			cfg.Windows = append(cfg.Windows, w)
+		}
+	}
+	if c.signals != "" {
+		cfg.Signals = map[string]float64{}
+		for _, f := range strings.Split(c.signals, ",") {
+			cfg.Signals[strings.TrimSpace(f)] = 1
+		}
+	}
+	cfg.Horizon = 0
+	return cfg, nil
+}
+
+func containsInt(v []int, x int) bool {
+	for _, y := range v {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// usesEmbedding reports whether the baseline's detector runs the embedding signal.
+func usesEmbedding(b *drift.Baseline) bool {
+	for _, t := range b.Detector.Tests {
+		if t.Signal == drift.SignalEmbedding {
+			return true
+		}
+	}
+	return false
+}
+
+func readRows(path string) (*drift.EvalRows, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rows, err := drift.ReadCSV(f, 50_000_000)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rows, nil
+}
+
+// prepareBaseline loads the baseline and recalibrates it when flags ask for
+// it or when the input has no features but the detector wants them.
+func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, haveFeatures bool, stderr io.Writer) (*drift.Baseline, error) {
+	b, err := drift.LoadBaseline(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := cf.config(b)
+	if err != nil {
+		return nil, err
+	}
+	recal := cf.changed()
+	if !haveFeatures && usesEmbedding(b) {
+		delete(cfg.Signals, drift.SignalEmbedding)
+		fmt.Fprintln(stderr, "scopewatch drift: the input has no f0..fN feature columns; running without the embedding signal (recalibrating)")
+		recal = true
+	}
+	if !recal {
+		return b, nil
+	}
+	fmt.Fprintf(stderr, "scopewatch drift: calibrating thresholds (ERT %d, warn %d, windows %v, %d simulated streams)...\n", cfg.ERT, cfg.WarnERT, cfg.Windows, cfg.Sims)
+	return b.Recalibrate(ctx, cfg)
+}
+
+func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("drift replay", stderr)
+	basePath := fs.String("baseline", "", "baseline.json (required)")
+	input := fs.String("input", "", "CSV with a p_parasitized column and optional f0..fN feature columns (required)")
+	plot := fs.String("plot", "", "write the last window's score histogram over the baseline's to this .png or .svg")
+	var cf calibrationFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *basePath == "" || *input == "" {
+		return fmt.Errorf("%w: -baseline and -input are required", errUsage)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	rows, err := readRows(*input)
+	if err != nil {
+		return err
+	}
+	b, err := prepareBaseline(ctx, *basePath, &cf, rows.Features != nil, stderr)
+	if err != nil {
+		return err
+	}
+	m, err := drift.NewMonitor(b)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	for i, s := range rows.Scores {
+		if i%4096 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var f []float32
+		if m.UsesFeatures() {
+			f = rows.Features[i]
+		}
+		evs, err := m.Observe(s, f)
+		if err != nil {
+			return fmt.Errorf("%s: row %d: %w", *input, i+1, err)
+		}
+		for _, ev := range evs {
+			if err := enc.Encode(ev); err != nil {
+				return err
+			}
+		}
+	}
+	if *plot != "" {
+		ws := m.Windows()
+		live := m.WindowScores(ws[len(ws)-1])
+		if err := writePlot(*plot, b, live); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writePlot(path string, b *drift.Baseline, live []float64) error {
+	format := strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), ".")
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	err = drift.PlotHistogram(f, format, b, live, fmt.Sprintf("last %d scores vs baseline", len(live)))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	return nil
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("drift eval", stderr)
+	basePath := fs.String("baseline", "", "baseline.json (required)")
+	nullPath := fs.String("null", "", "CSV of drift-free cells (new slides); empty: the baseline's own reference rows")
+	nullMode := fs.String("null-sampling", "shuffle", "how drift-free streams draw from their pool: shuffle (without replacement, reshuffled) or resample (with replacement)")
+	runs := fs.Int("runs", 200, "runs per condition")
+	maxSteps := fs.Int("max-steps", 0, "cap on a drift-free run (0: 10 x ERT)")
+	onset := fs.Int("onset", 0, "drift-free scores before a shift starts (0: twice the largest window)")
+	after := fs.Int("after", 5000, "scores after the onset before a run counts as missed")
+	within := fs.Int("within", 1000, "detection-delay target in scores")
+	each := fs.Bool("each", false, "also calibrate and run each signal alone at the same ERT")
+	seed := fs.Uint64("seed", 1, "seed of the evaluation streams")
+	jsonOut := fs.Bool("json", false, "print JSON instead of tables")
+	var shifts, prevalences listFlag
+	fs.Var(&shifts, "shift", "NAME=FILE.csv of shifted cells (repeatable)")
+	fs.Var(&prevalences, "prevalence", "prevalence shift: parasitized fraction of the shifted stream, drawn by label from the drift-free pool (repeatable)")
+	var cf calibrationFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *basePath == "" {
+		return fmt.Errorf("%w: -baseline is required", errUsage)
+	}
+	if *runs < 1 {
+		return fmt.Errorf("%w: -runs %d: want >= 1", errUsage, *runs)
+	}
+	base, err := drift.LoadBaseline(*basePath)
+	if err != nil {
+		return err
+	}
+	var nullRows *drift.EvalRows
+	if *nullPath != "" {
+		if nullRows, err = readRows(*nullPath); err != nil {
+			return err
+		}
+	} else {
+		nullRows = base.ReferenceRows()
+	}
+	shiftRows := map[string]*drift.EvalRows{}
+	var names []string
+	haveFeatures := nullRows.HasFeatures()
+	for _, s := range shifts {
+		name, path, ok := strings.Cut(s, "=")
+		if !ok || name == "" || path == "" {
+			return fmt.Errorf("%w: -shift %q: want NAME=FILE.csv", errUsage, s)
+		}
+		r, err := readRows(path)
+		if err != nil {
+			return err
+		}
+		haveFeatures = haveFeatures && r.Features != nil
+		shiftRows[name] = r
+		names = append(names, name)
+	}
+	b, err := prepareBaseline(ctx, *basePath, &cf, haveFeatures, stderr)
+	if err != nil {
+		return err
+	}
+	if !haveFeatures {
+		nullRows.DropFeatures()
+	}
+	newNull := func() drift.Sampler { return &drift.Shuffled{N: len(nullRows.Scores)} }
+	switch *nullMode {
+	case "shuffle":
+	case "resample":
+		newNull = func() drift.Sampler { return drift.Resample{N: len(nullRows.Scores)} }
+	default:
+		return fmt.Errorf("%w: -null-sampling %q: want shuffle or resample", errUsage, *nullMode)
+	}
+	ert := b.Detector.ERT
+	if *maxSteps == 0 {
+		*maxSteps = 10 * ert
+	}
+	maxW := 0
+	for _, t := range b.Detector.Tests {
+		maxW = max(maxW, t.Window)
+	}
+	if *onset == 0 {
+		*onset = 2 * maxW
+	}
+
+	type nullRow struct {
+		Detector string           `json:"detector"`
+		Target   int              `json:"target_ert"`
+		Result   drift.NullResult `json:"result"`
+	}
+	var nullTable []nullRow
+	run := func(name string, bb *drift.Baseline) error {
+		fmt.Fprintf(stderr, "scopewatch drift eval: %d drift-free runs, detector %s...\n", *runs, name)
+		res, err := bb.EvalRunLengths(ctx, nullRows, newNull, *runs, *maxSteps, *seed)
+		if err != nil {
+			return err
+		}
+		nullTable = append(nullTable, nullRow{Detector: name, Target: bb.Detector.ERT, Result: res})
+		return nil
+	}
+	if err := run("combined", b); err != nil {
+		return err
+	}
+	if *each {
+		cfg, err := cf.config(b)
+		if err != nil {
+			return err
+		}
+		var sigs []string
+		for s := range cfg.Signals {
+			sigs = append(sigs, s)
+		}
+		for _, s := range []string{drift.SignalScores, drift.SignalRate, drift.SignalEmbedding} {
+			if _, ok := cfg.Signals[s]; !ok || (s == drift.SignalEmbedding && !haveFeatures) {
+				continue
+			}
+			c := cfg
+			c.Signals = map[string]float64{s: 1}
+			fmt.Fprintf(stderr, "scopewatch drift eval: calibrating %s alone...\n", s)
+			bs, err := b.Recalibrate(ctx, c)
+			if err != nil {
+				return err
+			}
+			if err := run(s, bs); err != nil {
+				return err
+			}
+		}
+	}
+
+	type shiftRow struct {
+		Shift  string            `json:"shift"`
+		Level  string            `json:"level"`
+		Result drift.DelayResult `json:"result"`
+	}
+	var shiftTable []shiftRow
+	dc := drift.DelayConfig{Runs: *runs, Onset: *onset, After: *after, Within: *within, Seed: *seed + 1}
+	for _, name := range names {
+		r := shiftRows[name]
+		if !haveFeatures {
+			r.DropFeatures()
+		}
+		for _, lvl := range []string{drift.LevelWarn, drift.LevelAlarm} {
+			fmt.Fprintf(stderr, "scopewatch drift eval: shift %s (%s)...\n", name, lvl)
+			c := dc
+			c.Level = lvl
+			res, err := b.EvalDelay(ctx, nullRows, newNull, r, func() drift.Sampler { return &drift.Shuffled{N: len(r.Scores)} }, c)
+			if err != nil {
+				return fmt.Errorf("shift %s: %w", name, err)
+			}
+			shiftTable = append(shiftTable, shiftRow{Shift: name, Level: lvl, Result: res})
+		}
+	}
+	for _, p := range prevalences {
+		rate, err := strconv.ParseFloat(p, 64)
+		if err != nil {
+			return fmt.Errorf("%w: -prevalence %q: want a fraction", errUsage, p)
+		}
+		if nullRows.Labels == nil {
+			return fmt.Errorf("%w: -prevalence needs labels in the drift-free pool (a truth column)", errUsage)
+		}
+		for _, lvl := range []string{drift.LevelWarn, drift.LevelAlarm} {
+			name := fmt.Sprintf("prevalence %.0f%%", 100*rate)
+			fmt.Fprintf(stderr, "scopewatch drift eval: %s (%s)...\n", name, lvl)
+			c := dc
+			c.Level = lvl
+			var perr error
+			res, err := b.EvalDelay(ctx, nullRows, newNull, nullRows, func() drift.Sampler {
+				s, err := drift.NewPrevalence(nullRows.Labels, rate)
+				if err != nil {
+					perr = err
+					return drift.Resample{N: len(nullRows.Scores)}
+				}
+				return s
+			}, c)
+			if err == nil {
+				err = perr
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			shiftTable = append(shiftTable, shiftRow{Shift: name, Level: lvl, Result: res})
+		}
+	}
+
+	if *jsonOut {
+		return json.NewEncoder(stdout).Encode(map[string]any{"null": nullTable, "shifts": shiftTable})
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "detector\ttier\ttarget ERT\truns\tmean run length\t± s.e.\tratio\tmedian\tcensored\tfirst signal\t\n")
+	for _, r := range nullTable {
+		for _, tier := range []struct {
+			name   string
+			target int
+			rl     drift.RunLengths
+		}{{"warn", r.Result.Warn.Runs, r.Result.Warn}, {"alarm", r.Target, r.Result.Alarm}} {
+			target := tier.target
+			if tier.name == "warn" {
+				target = warnTarget(b, r.Detector, r.Target)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%s\t\n", r.Detector, tier.name, target, tier.rl.Runs, tier.rl.Mean, tier.rl.SE, tier.rl.Mean/float64(target), tier.rl.Median, tier.rl.Censored, formatCounts(tier.rl.BySignal))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(shiftTable) > 0 {
+		fmt.Fprintln(stdout)
+		tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "shift\ttier\truns\tfalse before onset\tdetected\twithin %d\tmissed\tmean delay\tmedian delay\tfirst signal\t\n", *within)
+		for _, r := range shiftTable {
+			res := r.Result
+			valid := res.Runs - res.FalseBeforeOnset
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.1f%%\t%d\t%.0f\t%.0f\t%s\t\n", r.Shift, r.Level, res.Runs, res.FalseBeforeOnset, res.Detected,
+				100*float64(res.Within)/float64(max(valid, 1)), res.Missed, res.MeanDelay, res.MedianDelay, formatCounts(res.BySignal))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func warnTarget(b *drift.Baseline, _ string, alarmERT int) int {
+	if b.Detector.ERT == alarmERT {
+		return b.Detector.WarnERT
+	}
+	return max(1, alarmERT/10)
+}
+
+func formatCounts(m map[string]int) string {
+	var parts []string
+	for _, s := range []string{drift.SignalScores, drift.SignalRate, drift.SignalEmbedding} {
+		if m[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%s:%d", s, m[s]))
+		}
+	}
+	return strings.Join(parts, " ")
+}
