@@ -281,7 +281,7 @@ func (cr *cellRenderer) gametocyte(g *cellGeom, clip *patch) {
 	sag := arcR * (1 - math.Cos(halfSpan)) / 2
 	ax := g.cx - (arcR-sag)*math.Cos(dir)
 	ay := g.cy - (arcR-sag)*math.Sin(dir)
-	cr.c.crescent(clip, ax, ay, arcR, dir, halfSpan, hw, pal.cyto, 1.1+0.4*rng.Float64())
+	cr.c.crescent(clip, ax, ay, arcR, dir, halfSpan, hw, pal.cyto, 0.8+0.25*rng.Float64())
 	mx, my := ax+arcR*math.Cos(dir), ay+arcR*math.Sin(dir)
 	cr.c.spot(clip, mx, my, hw*0.6, pal.chrom, 0.6)
 	for range 6 + rng.Intn(10) {

@@ -263,7 +263,7 @@ func (s *Slide) drawWBC(c *canvas, rng *rand.Rand, x, y, r float64, kind string)
 	clip := g.draw(c, cyto, rng)
 	if kind == "lymphocyte" {
 		nx, ny := g.randInside(rng, 0, 0.1)
-		c.blob(clip, nx, ny, r*(0.72+0.1*rng.Float64()), randHarmonics(rng, 2, 3, 0.12), 0.2, s.pal.nucleus, 1.2+0.3*rng.Float64())
+		c.blob(clip, nx, ny, r*(0.72+0.1*rng.Float64()), randHarmonics(rng, 2, 3, 0.12), 0.2, s.pal.nucleus, 1.9+0.3*rng.Float64())
 		return g, clip
 	}
 	lobes := 3 + rng.Intn(3)
@@ -285,7 +285,7 @@ func (s *Slide) drawWBC(c *canvas, rng *rand.Rand, x, y, r float64, kind string)
 			}
 			px, py = nx, ny
 		}
-		c.blob(clip, px, py, lr, randHarmonics(rng, 2, 3, 0.2), 0.3, s.pal.nucleus, 1.3+0.3*rng.Float64())
+		c.blob(clip, px, py, lr, randHarmonics(rng, 2, 3, 0.2), 0.3, s.pal.nucleus, 1.9+0.3*rng.Float64())
 	}
 	return g, clip
 }

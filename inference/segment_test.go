@@ -1,0 +1,217 @@
+package inference
+
+import (
+	"errors"
+	"image"
+	"sort"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"github.com/scopewatch/scopewatch/internal/synth"
+)
+
+// segField renders synthetic field i of seed as a BGR Mat with its truth.
+func segField(t testing.TB, seed int64, k synth.Knobs, i int) (gocv.Mat, synth.FieldTruth) {
+	t.Helper()
+	img, tr, _ := synth.FieldAt(seed, k, 1, i)
+	m, err := gocv.ImageToMatRGB(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, tr
+}
+
+func iou(a, b image.Rectangle) float64 {
+	in := a.Intersect(b)
+	if in.Empty() {
+		return 0
+	}
+	ia := float64(in.Dx() * in.Dy())
+	return ia / (float64(a.Dx()*a.Dy()+b.Dx()*b.Dy()) - ia)
+}
+
+// segScore matches detections to truth red cells one-to-one (greedy on
+// IoU >= 0.5) and scores them.
+type segScore struct {
+	truth, found, matched int
+	pairs, pairsSplit     int
+	wbc, wbcAsRBC         int
+}
+
+func scoreSegmentation(tr synth.FieldTruth, cells []SegmentedCell) segScore {
+	type cand struct {
+		t, d int
+		v    float64
+	}
+	var cs []cand
+	for ti, c := range tr.Cells {
+		for di, d := range cells {
+			if v := iou(c.Box(), d.Box); v >= 0.5 {
+				cs = append(cs, cand{ti, di, v})
+			}
+		}
+	}
+	sort.Slice(cs, func(a, b int) bool { return cs[a].v > cs[b].v })
+	t2d := map[int]int{}
+	usedD := map[int]bool{}
+	for _, c := range cs {
+		if _, ok := t2d[c.t]; ok || usedD[c.d] {
+			continue
+		}
+		t2d[c.t] = c.d
+		usedD[c.d] = true
+	}
+	var s segScore
+	s.found = len(cells)
+	for ti, c := range tr.Cells {
+		_, ok := t2d[ti]
+		switch c.Kind {
+		case synth.KindRBC:
+			s.truth++
+			if ok {
+				s.matched++
+			}
+		case synth.KindWBC:
+			s.wbc++
+			if ok {
+				s.wbcAsRBC++
+			}
+		}
+	}
+	for _, p := range tr.Touching {
+		a, b := tr.Cells[p[0]], tr.Cells[p[1]]
+		if a.Kind != synth.KindRBC || b.Kind != synth.KindRBC {
+			continue
+		}
+		s.pairs++
+		da, oka := t2d[p[0]]
+		db, okb := t2d[p[1]]
+		if oka && okb && da != db {
+			s.pairsSplit++
+		}
+	}
+	return s
+}
+
+func (s *segScore) add(o segScore) {
+	s.truth += o.truth
+	s.found += o.found
+	s.matched += o.matched
+	s.pairs += o.pairs
+	s.pairsSplit += o.pairsSplit
+	s.wbc += o.wbc
+	s.wbcAsRBC += o.wbcAsRBC
+}
+
+// Synthetic fields from slides never tuned on: recall and precision of
+// red cells at IoU >= 0.5 and the share of touching pairs split.
+func TestSegmentFieldAccuracy(t *testing.T) {
+	var total segScore
+	for i := range 4 {
+		m, tr := segField(t, 9100, synth.Knobs{Prevalence: 0.05}, i)
+		seg, err := SegmentField(m, SegmentOptions{})
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := scoreSegmentation(tr, seg.Cells)
+		t.Logf("field %d (%s): %d red cells, %d found, %d matched, %d/%d touching pairs split, %d white cells (%d as red), r=%.1f",
+			i, tr.Slide, s.truth, s.found, s.matched, s.pairsSplit, s.pairs, s.wbc, s.wbcAsRBC, seg.CellRadius)
+		total.add(s)
+	}
+	recall := float64(total.matched) / float64(total.truth)
+	precision := float64(total.matched) / float64(total.found)
+	split := float64(total.pairsSplit) / float64(total.pairs)
+	t.Logf("recall %.4f precision %.4f touching pairs split %.4f (%d pairs)", recall, precision, split, total.pairs)
+	if recall < 0.95 {
+		t.Errorf("recall %.4f < 0.95", recall)
+	}
+	if precision < 0.95 {
+		t.Errorf("precision %.4f < 0.95", precision)
+	}
+	if split < 0.9 {
+		t.Errorf("touching pairs split %.4f < 0.90", split)
+	}
+	if total.wbcAsRBC > 0 {
+		t.Errorf("%d of %d white cells reported as red cells", total.wbcAsRBC, total.wbc)
+	}
+}
+
+func TestSegmentFieldCrop(t *testing.T) {
+	m, tr := segField(t, 9200, synth.Knobs{}, 0)
+	defer m.Close()
+	seg, err := SegmentField(m, SegmentOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seg.Cells) < tr.RBC*9/10 {
+		t.Fatalf("%d cells found of %d", len(seg.Cells), tr.RBC)
+	}
+	for i := range min(len(seg.Cells), 40) {
+		c, err := seg.Crop(m, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Rows() != c.Cols() || c.Rows() < seg.Cells[i].Box.Dx() || c.Type() != gocv.MatTypeCV8UC3 {
+			t.Errorf("crop %d: %dx%d type %d for box %v", i, c.Cols(), c.Rows(), c.Type(), seg.Cells[i].Box)
+		}
+		// Corners are outside the cell: black, like the training crops;
+		// the centre is the cell.
+		n := c.Rows() - 1
+		for _, p := range [][2]int{{0, 0}, {0, n}, {n, 0}, {n, n}} {
+			if v := c.GetVecbAt(p[0], p[1]); v[0]+v[1]+v[2] != 0 {
+				t.Errorf("crop %d corner %v is %v, want black", i, p, v)
+			}
+		}
+		if v := c.GetVecbAt(n/2, n/2); int(v[0])+int(v[1])+int(v[2]) < 100 {
+			t.Errorf("crop %d centre %v is not a cell", i, v)
+		}
+		c.Close()
+	}
+	if _, err := seg.Crop(m, len(seg.Cells)); err == nil {
+		t.Error("crop out of range: no error")
+	}
+}
+
+func TestSegmentFieldRejectsBadInput(t *testing.T) {
+	empty := gocv.NewMat()
+	defer empty.Close()
+	grey := gocv.NewMatWithSize(100, 100, gocv.MatTypeCV8UC1)
+	defer grey.Close()
+	tiny := gocv.NewMatWithSize(8, 8, gocv.MatTypeCV8UC3)
+	defer tiny.Close()
+	for name, m := range map[string]gocv.Mat{"empty": empty, "grey": grey, "tiny": tiny} {
+		if _, err := SegmentField(m, SegmentOptions{}); !errors.Is(err, ErrNotField) {
+			t.Errorf("%s: error %v, want ErrNotField", name, err)
+		}
+	}
+	// An empty slide has no cells.
+	blank := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(230, 230, 230, 0), 200, 300, gocv.MatTypeCV8UC3)
+	defer blank.Close()
+	seg, err := SegmentField(blank, SegmentOptions{})
+	if err != nil || len(seg.Cells) != 0 {
+		t.Errorf("blank field: %v cells, err %v", len(seg.Cells), err)
+	}
+}
+
+// BenchmarkSegmentField segments one 1920x1080 field of about 300 cells.
+func BenchmarkSegmentField(b *testing.B) {
+	var m gocv.Mat
+	for i := 0; ; i++ {
+		mm, tr := segField(b, 9300, synth.Knobs{}, i)
+		if tr.RBC >= 270 && tr.RBC <= 330 {
+			m = mm
+			b.Logf("field with %d red cells", tr.RBC)
+			break
+		}
+		mm.Close()
+	}
+	defer m.Close()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := SegmentField(m, SegmentOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
