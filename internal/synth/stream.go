@@ -45,10 +45,7 @@ func CellAt(seed int64, k Knobs, cellsPerSlide, i int) Sample {
 }
 
 func (s *Slide) sample(rng *rand.Rand, i int) Sample {
-	label := Uninfected
-	if rng.Float64() < s.CropPrevalence {
-		label = Parasitized
-	}
+	label := s.drawLabel(rng)
 	raw, info := s.RenderCell(rng, label)
 	return Sample{
 		Index: i,
@@ -59,6 +56,15 @@ func (s *Slide) sample(rng *rand.Rand, i int) Sample {
 		Image: s.finish(raw),
 		raw:   raw,
 	}
+}
+
+// drawLabel is the first draw of every crop: tests use it to check label
+// frequencies without rendering.
+func (s *Slide) drawLabel(rng *rand.Rand) Label {
+	if rng.Float64() < s.CropPrevalence {
+		return Parasitized
+	}
+	return Uninfected
 }
 
 // Stream yields the crops of a run in order, without end. It is the
