@@ -30,8 +30,9 @@ type Preprocessor struct {
 	// src[c] is the BGR index feeding output channel c.
 	src [3]int
 
-	mu     sync.RWMutex
-	tables map[[2]int]*linearTable
+	mu      sync.RWMutex
+	tables  map[[2]int]*linearTable
+	scratch sync.Pool // *fixedScratch
 }
 
 // NewPreprocessor validates spec and precomputes its tables.
@@ -104,10 +105,102 @@ func (p *Preprocessor) BGR(dst []float32, pix []byte, w, h int) error {
 	ow, oh := p.spec.Width, p.spec.Height
 	xt := p.table(w, ow)
 	yt := p.table(h, oh)
+	if xt.exact && yt.exact {
+		p.resizeFixed(dst, pix, w, xt, yt)
+	} else {
+		p.resizeFloat(dst, pix, w, xt, yt)
+	}
+	return nil
+}
+
+// store writes one output pixel's three 8-bit samples (BGR) normalised into
+// dst at pixel index i.
+func (p *Preprocessor) store(dst []float32, i, plane int, nchw bool, px *[3]uint8) {
+	v0, v1, v2 := p.lut[0][px[p.src[0]]], p.lut[1][px[p.src[1]]], p.lut[2][px[p.src[2]]]
+	if nchw {
+		dst[i], dst[plane+i], dst[2*plane+i] = v0, v1, v2
+	} else {
+		dst[3*i], dst[3*i+1], dst[3*i+2] = v0, v1, v2
+	}
+}
+
+// resizeFixed is the integer form of resizeFloat for the common case where
+// every weight is a multiple of 1/256 (any input size resized to a power of
+// two such as 128): then torch's float32 sums are exact, and so is this
+// fixed-point sum, including the round-half-to-even. It is separable: each
+// source row is interpolated horizontally once (in 1/256 units, exact in
+// int32) and output rows blend two such rows, which halves the arithmetic
+// of the direct four-tap form.
+func (p *Preprocessor) resizeFixed(dst []float32, pix []byte, w int, xt, yt *linearTable) {
+	ow, oh := len(xt.i0), len(yt.i0)
+	n := 3 * ow
+	sc, _ := p.scratch.Get().(*fixedScratch)
+	if sc == nil || len(sc.a) < n {
+		sc = &fixedScratch{a: make([]int32, n), b: make([]int32, n), row: make([]uint8, n)}
+	}
+	defer p.scratch.Put(sc)
+	rowA, rowB, row := sc.a[:n], sc.b[:n], sc.row[:n]
+	idxA, idxB := -1, -1
+	offA, offB, wA, wB := xt.offA[:n], xt.offB[:n], xt.wA[:n], xt.wB[:n]
+	horizontal := func(dst []int32, y int) {
+		src := pix[y*w*3 : (y+1)*w*3]
+		for k := range dst {
+			dst[k] = int32(src[offA[k]])*wA[k] + int32(src[offB[k]])*wB[k]
+		}
+	}
 	plane := ow * oh
 	nchw := p.spec.Layout == "NCHW"
-	lut0, lut1, lut2 := &p.lut[0], &p.lut[1], &p.lut[2]
 	s0, s1, s2 := p.src[0], p.src[1], p.src[2]
+	l0, l1, l2 := &p.lut[0], &p.lut[1], &p.lut[2]
+	for y := range oh {
+		i0, i1 := yt.i0[y], yt.i1[y]
+		// Rows advance monotonically; keep the two most recent.
+		if idxB == i0 {
+			rowA, rowB, idxA, idxB = rowB, rowA, idxB, idxA
+		}
+		if idxA != i0 {
+			horizontal(rowA, i0)
+			idxA = i0
+		}
+		if idxB != i1 {
+			horizontal(rowB, i1)
+			idxB = i1
+		}
+		h0, h1 := yt.q0[y], yt.q1[y]
+		for k := range row {
+			s := h0*rowA[k] + h1*rowB[k]
+			// The weights sum to 1<<16, so s>>16 <= 255; adding 0x7FFF
+			// plus the integer part's parity rounds half to even.
+			row[k] = uint8((s + 0x7FFF + (s>>16)&1) >> 16)
+		}
+		if nchw {
+			d0 := dst[y*ow : (y+1)*ow]
+			d1 := dst[plane+y*ow : plane+(y+1)*ow]
+			d2 := dst[2*plane+y*ow : 2*plane+(y+1)*ow]
+			for x := range d0 {
+				px := row[3*x : 3*x+3 : 3*x+3]
+				d0[x], d1[x], d2[x] = l0[px[s0]], l1[px[s1]], l2[px[s2]]
+			}
+		} else {
+			d := dst[y*n : (y+1)*n]
+			for x := 0; x+2 < len(d); x += 3 {
+				d[x], d[x+1], d[x+2] = l0[row[x+s0]], l1[row[x+s1]], l2[row[x+s2]]
+			}
+		}
+	}
+}
+
+type fixedScratch struct {
+	a, b []int32
+	row  []uint8
+}
+
+// resizeFloat follows torch's channels-last bilinear kernel operation by
+// operation in float32.
+func (p *Preprocessor) resizeFloat(dst []float32, pix []byte, w int, xt, yt *linearTable) {
+	ow, oh := len(xt.i0), len(yt.i0)
+	plane := ow * oh
+	nchw := p.spec.Layout == "NCHW"
 	var px [3]uint8
 	for y := range oh {
 		r0 := pix[yt.i0[y]*w*3 : (yt.i0[y]+1)*w*3]
@@ -123,17 +216,9 @@ func (p *Preprocessor) BGR(dst []float32, pix []byte, w, h int) error {
 				v := float32(float32(r0[a+c])*w00) + float32(float32(r0[b+c])*w01) + float32(float32(r1[a+c])*w10) + float32(float32(r1[b+c])*w11)
 				px[c] = round8(v)
 			}
-			v0, v1, v2 := lut0[px[s0]], lut1[px[s1]], lut2[px[s2]]
-			if nchw {
-				i := y*ow + x
-				dst[i], dst[plane+i], dst[2*plane+i] = v0, v1, v2
-			} else {
-				i := (y*ow + x) * 3
-				dst[i], dst[i+1], dst[i+2] = v0, v1, v2
-			}
+			p.store(dst, y*ow+x, plane, nchw, &px)
 		}
 	}
-	return nil
 }
 
 // round8 rounds half to even (torch.round) and saturates to 0..255.
@@ -153,6 +238,13 @@ func round8(v float32) uint8 {
 type linearTable struct {
 	i0, i1 []int
 	l0, l1 []float32
+	// q0, q1 are the weights in units of 1/256, valid when exact.
+	q0, q1 []int32
+	exact  bool
+	// Per packed BGR sample k = 3*o+c of an output row: the source sample
+	// offsets and weights (1/256 units) along this axis, when exact.
+	offA, offB []int32
+	wA, wB     []int32
 }
 
 func (p *Preprocessor) table(in, out int) *linearTable {
@@ -178,7 +270,27 @@ func (p *Preprocessor) table(in, out int) *linearTable {
 // linearIndices ports compute_source_index_and_lambda of torch's CPU
 // upsample kernel (align_corners=False, float32 arithmetic).
 func linearIndices(in, out int) *linearTable {
-	t := &linearTable{i0: make([]int, out), i1: make([]int, out), l0: make([]float32, out), l1: make([]float32, out)}
+	t := &linearTable{i0: make([]int, out), i1: make([]int, out), l0: make([]float32, out), l1: make([]float32, out),
+		q0: make([]int32, out), q1: make([]int32, out), exact: true}
+	defer func() {
+		for o := range out {
+			q := t.l1[o] * 256
+			if q != float32(int32(q)) {
+				t.exact = false
+				return
+			}
+			t.q0[o], t.q1[o] = 256-int32(q), int32(q)
+		}
+		t.offA, t.offB = make([]int32, 3*out), make([]int32, 3*out)
+		t.wA, t.wB = make([]int32, 3*out), make([]int32, 3*out)
+		for o := range out {
+			for c := range 3 {
+				k := 3*o + c
+				t.offA[k], t.offB[k] = int32(3*t.i0[o]+c), int32(3*t.i1[o]+c)
+				t.wA[k], t.wB[k] = t.q0[o], t.q1[o]
+			}
+		}
+	}()
 	scale := float32(in) / float32(out)
 	for o := range out {
 		if in == out {
