@@ -130,6 +130,8 @@ type RunLengths struct {
 	Mean     float64        `json:"mean"`
 	SE       float64        `json:"se"` // standard error of the mean
 	Median   float64        `json:"median"`
+	P10      float64        `json:"p10"` // a memoryless detector has P10 ~ 0.105, median ~ 0.69, P90 ~ 2.3 times the mean
+	P90      float64        `json:"p90"`
 	BySignal map[string]int `json:"by_signal"` // which signal fired first
 }
 
@@ -142,7 +144,8 @@ func summarise(rl []float64, censored int, by map[string]int) RunLengths {
 	n := float64(len(rl))
 	mean := s / n
 	sorted := sortedCopy(rl)
-	return RunLengths{Runs: len(rl), Censored: censored, Mean: mean, SE: math.Sqrt(max(s2/n-mean*mean, 0) / n), Median: quantileSorted(sorted, 0.5), BySignal: by}
+	return RunLengths{Runs: len(rl), Censored: censored, Mean: mean, SE: math.Sqrt(max(s2/n-mean*mean, 0) / n), Median: quantileSorted(sorted, 0.5),
+		P10: quantileSorted(sorted, 0.1), P90: quantileSorted(sorted, 0.9), BySignal: by}
 }
 
 // NullResult holds the drift-free run lengths of both tiers.

@@ -23,6 +23,8 @@ const (
 	SignalEstSpecificity = "estimated_specificity"
 )
 
+var estimateSignals = [3]string{SignalEstAccuracy, SignalEstSensitivity, SignalEstSpecificity}
+
 // ErrBadInput is wrapped by Observe for scores or features it cannot use.
 var ErrBadInput = errors.New("bad drift input")
 
@@ -52,8 +54,8 @@ type Monitor struct {
 	// and, per window, the expected TP, FP, TN, FN.
 	probs   []float64
 	perf    [][4]float64
-	perfLow map[string]bool // estimate signal+window that alerted since reset
-	z       []float32       // ring of projected features, for persistence
+	perfLow [][3]bool // per window: accuracy, sensitivity, specificity estimate alerted since reset
+	z       []float32 // ring of projected features, for persistence
 	phi     []float64
 }
 
@@ -82,7 +84,7 @@ func (m *Monitor) Reset() {
 	m.e.reset()
 	m.block = 0
 	m.fired = [2]map[string]bool{{}, {}}
-	m.perfLow = map[string]bool{}
+	m.perfLow = make([][3]bool, len(m.e.windows))
 	clear(m.perf)
 }
 
@@ -180,19 +182,12 @@ func (m *Monitor) observe(score float64, z []float32, phi []float64, emit bool) 
 			continue
 		}
 		p := m.estimate(wi)
-		for _, c := range []struct {
-			sig string
-			v   float64
-			lo  float64
-		}{
-			{SignalEstAccuracy, p.Accuracy, m.b.Metrics.Accuracy.Lo},
-			{SignalEstSensitivity, p.Sensitivity, m.b.Metrics.Sensitivity.Lo},
-			{SignalEstSpecificity, p.Specificity, m.b.Metrics.Specificity.Lo},
-		} {
-			key := fmt.Sprint(c.sig, "/", p.Window)
-			if c.v < c.lo && !m.perfLow[key] {
-				m.perfLow[key] = true
-				events = append(events, Event{Index: idx, Signal: c.sig, Level: LevelWarn, Statistic: c.v, Threshold: c.lo, Window: p.Window})
+		vals := [3]float64{p.Accuracy, p.Sensitivity, p.Specificity}
+		los := [3]float64{m.b.Metrics.Accuracy.Lo, m.b.Metrics.Sensitivity.Lo, m.b.Metrics.Specificity.Lo}
+		for k, sig := range estimateSignals {
+			if vals[k] < los[k] && !m.perfLow[wi][k] {
+				m.perfLow[wi][k] = true
+				events = append(events, Event{Index: idx, Signal: sig, Level: LevelWarn, Statistic: vals[k], Threshold: los[k], Window: p.Window})
 			}
 		}
 	}
@@ -293,15 +288,15 @@ const MonitorStateSchema = "scopewatch.drift-state/v1"
 // window (and their projected features), counters and latches; everything
 // else is rebuilt from them in O(window log n).
 type monitorState struct {
-	Schema     string          `json:"schema"`
-	Baseline   string          `json:"baseline"` // fingerprint
-	Total      int64           `json:"total"`
-	SinceReset int64           `json:"since_reset"`
-	Scores     []float64       `json:"scores"`
-	Projected  [][]float32     `json:"projected,omitempty"`
-	Warned     []string        `json:"warned"`
-	Alarmed    []string        `json:"alarmed"`
-	PerfLow    map[string]bool `json:"perf_low"`
+	Schema     string      `json:"schema"`
+	Baseline   string      `json:"baseline"` // fingerprint
+	Total      int64       `json:"total"`
+	SinceReset int64       `json:"since_reset"`
+	Scores     []float64   `json:"scores"`
+	Projected  [][]float32 `json:"projected,omitempty"`
+	Warned     []string    `json:"warned"`
+	Alarmed    []string    `json:"alarmed"`
+	PerfLow    []string    `json:"perf_low"` // "signal/window" of estimates that alerted
 }
 
 // ErrStateMismatch is returned when restoring a state saved against another
@@ -310,7 +305,14 @@ var ErrStateMismatch = errors.New("drift state belongs to another baseline")
 
 // MarshalBinary encodes the monitor's state (JSON).
 func (m *Monitor) MarshalBinary() ([]byte, error) {
-	st := monitorState{Schema: MonitorStateSchema, Baseline: m.b.Fingerprint(), Total: m.total, SinceReset: m.e.t, PerfLow: m.perfLow}
+	st := monitorState{Schema: MonitorStateSchema, Baseline: m.b.Fingerprint(), Total: m.total, SinceReset: m.e.t}
+	for wi, w := range m.e.windows {
+		for k, sig := range estimateSignals {
+			if m.perfLow[wi][k] {
+				st.PerfLow = append(st.PerfLow, fmt.Sprintf("%s/%d", sig, w))
+			}
+		}
+	}
 	n := min(m.e.t, int64(m.e.maxW))
 	for i := m.e.t - n; i < m.e.t; i++ {
 		slot := int(i % int64(m.e.maxW))
@@ -393,9 +395,15 @@ func (m *Monitor) UnmarshalBinary(p []byte) error {
 	for _, s := range st.Alarmed {
 		m.fired[1][s] = true
 	}
-	m.perfLow = map[string]bool{}
-	for k, v := range st.PerfLow {
-		m.perfLow[k] = v
+	m.perfLow = make([][3]bool, len(m.e.windows))
+	for _, key := range st.PerfLow {
+		for wi, w := range m.e.windows {
+			for k, sig := range estimateSignals {
+				if key == fmt.Sprintf("%s/%d", sig, w) {
+					m.perfLow[wi][k] = true
+				}
+			}
+		}
 	}
 	return nil
 }

@@ -417,7 +417,7 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return json.NewEncoder(stdout).Encode(map[string]any{"null": nullTable, "shifts": shiftTable})
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "detector\ttier\ttarget ERT\truns\tmean run length\t± s.e.\tratio\tmedian\tcensored\tfirst signal\t\n")
+	fmt.Fprintf(tw, "detector\ttier\ttarget ERT\truns\tmean run length\t± s.e.\tratio\tp10\tmedian\tp90\tcensored\tfirst signal\t\n")
 	for _, r := range nullTable {
 		for _, tier := range []struct {
 			name   string
@@ -428,7 +428,7 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			if tier.name == "warn" {
 				target = warnTarget(b, r.Detector, r.Target)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%s\t\n", r.Detector, tier.name, target, tier.rl.Runs, tier.rl.Mean, tier.rl.SE, tier.rl.Mean/float64(target), tier.rl.Median, tier.rl.Censored, formatCounts(tier.rl.BySignal))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%.0f\t%.0f\t%d\t%s\t\n", r.Detector, tier.name, target, tier.rl.Runs, tier.rl.Mean, tier.rl.SE, tier.rl.Mean/float64(target), tier.rl.P10, tier.rl.Median, tier.rl.P90, tier.rl.Censored, formatCounts(tier.rl.BySignal))
 		}
 	}
 	if err := tw.Flush(); err != nil {
