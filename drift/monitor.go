@@ -14,9 +14,9 @@ const (
 	LevelAlarm = "alarm"
 )
 
-// Signals of the label-free performance estimate. They alert (level warn)
-// when the estimate on a full window falls below the baseline's lower 95%
-// bound; they are not calibrated to an ERT.
+// Signals of the label-free performance estimate. They alert (level warn,
+// once per Reset) when the estimate on the full largest window falls below
+// the baseline's lower 95% bound; they are not calibrated to an ERT.
 const (
 	SignalEstAccuracy    = "estimated_accuracy"
 	SignalEstSensitivity = "estimated_sensitivity"
@@ -177,8 +177,10 @@ func (m *Monitor) observe(score float64, z []float32, phi []float64, emit bool) 
 			}
 		}
 	}
+	// Only the largest window's estimate alerts: on small windows the
+	// estimate's own sampling noise dwarfs the baseline's interval.
 	for wi, w := range m.e.windows {
-		if m.e.count[wi] < int64(w) {
+		if w != m.e.maxW || m.e.count[wi] < int64(w) {
 			continue
 		}
 		p := m.estimate(wi)

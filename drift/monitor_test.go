@@ -208,3 +208,25 @@ func TestDescribe(t *testing.T) {
 		t.Errorf("window 25 thresholds %+v not above window 60's %+v", t25, t60)
 	}
 }
+
+func TestPerformanceEstimateAlerts(t *testing.T) {
+	b := sharedBaseline(t)
+	m, _ := NewMonitor(b)
+	_, _, f := synthCells(200, 0.2, 0, 61)
+	var got []Event
+	for i := range 200 {
+		// Unsure cells: the calibrated probability of being right is low.
+		ev, err := m.Observe(0.45+0.1*float64(i%2), f[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ev {
+			if e.Signal == SignalEstAccuracy {
+				got = append(got, e)
+			}
+		}
+	}
+	if len(got) != 1 || got[0].Window != 60 || got[0].Index != 59 || !(got[0].Statistic < got[0].Threshold) {
+		t.Fatalf("accuracy-estimate events %+v: want one, on the largest window when it fills (index 59)", got)
+	}
+}
