@@ -299,8 +299,8 @@ func FormatPublicKey(k ed25519.PublicKey) string {
 
 // DefaultKeysPath is where trusted bundle keys are looked for when the
 // configuration names none: /etc/scopewatch/keys on an installed device, else
-// models/keys of a source checkout (the working directory or one of its
-// parents, so that tests and `make demo` find it). It returns "" when neither
+// models/keys of this project's source tree (found from the working
+// directory or one of its parents, so that tests and `make demo` find it). It returns "" when neither
 // exists.
 func DefaultKeysPath() string {
 	if st, err := os.Stat("/etc/scopewatch/keys"); err == nil && st.IsDir() {
@@ -313,7 +313,7 @@ func DefaultKeysPath() string {
 	for {
 		p := filepath.Join(dir, "models", "keys")
 		if st, err := os.Stat(p); err == nil && st.IsDir() {
-			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			if mod, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(mod, []byte("module github.com/scopewatch/scopewatch")) {
 				return p
 			}
 		}

@@ -171,3 +171,29 @@ func TestKeyFileErrors(t *testing.T) {
 		t.Errorf("inconsistent private key: %v, want ErrKey", err)
 	}
 }
+
+func TestDefaultKeysPath(t *testing.T) {
+	if _, err := os.Stat("/etc/scopewatch/keys"); err == nil {
+		t.Skip("/etc/scopewatch/keys exists on this machine and takes precedence")
+	}
+	root := t.TempDir()
+	deep := filepath.Join(root, "a", "b")
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(deep)
+	if got := DefaultKeysPath(); got != "" {
+		t.Errorf("outside a source tree: %q, want \"\"", got)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "models", "keys"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(root, "go.mod"), []byte("module example.com/other\n"))
+	if got := DefaultKeysPath(); got != "" {
+		t.Errorf("in another module's tree: %q, want empty", got)
+	}
+	writeFile(t, filepath.Join(root, "go.mod"), []byte("module github.com/scopewatch/scopewatch\n"))
+	if got, want := DefaultKeysPath(), filepath.Join(root, "models", "keys"); got != want {
+		t.Errorf("DefaultKeysPath() = %q, want %q", got, want)
+	}
+}
