@@ -932,3 +932,28 @@ func TestPackBundleRoundTrip(t *testing.T) {
 		t.Errorf("packed manifest differs")
 	}
 }
+
+// TestShippedDefaultBundle: the committed default bundle verifies against the
+// committed public key, and its head matches what the manifest declares.
+func TestShippedDefaultBundle(t *testing.T) {
+	dir := filepath.Join("..", "models", "default")
+	if _, err := os.Stat(filepath.Join(dir, ManifestFile)); errors.Is(err, os.ErrNotExist) {
+		t.Skip("models/default has no manifest yet (made by make -C models/recipe)")
+	}
+	keys, err := LoadPublicKeys(filepath.Join("..", "models", "keys"))
+	if err != nil {
+		t.Fatalf("trusted keys for the shipped bundle: %v", err)
+	}
+	b, err := OpenBundle(dir, BundleOptions{TrustedKeys: keys})
+	if err != nil {
+		t.Fatalf("shipped bundle: %v", err)
+	}
+	defer b.Close()
+	if b.Signer == nil || b.Head == nil {
+		t.Fatalf("shipped bundle: signer %x, head %v", b.Signer, b.Head)
+	}
+	if b.Head.InputDim() != b.Manifest.Outputs.FeaturesDim || b.Head.Classes() != len(b.Manifest.Classes) {
+		t.Errorf("head %d->%d->%d vs manifest features_dim %d, %d classes", b.Head.InputDim(), b.Head.Hidden(), b.Head.Classes(), b.Manifest.Outputs.FeaturesDim, len(b.Manifest.Classes))
+	}
+	t.Logf("%s %s: head %d->%d->%d, signer %s", b.Manifest.Name, b.Manifest.Version, b.Head.InputDim(), b.Head.Hidden(), b.Head.Classes(), FormatPublicKey(b.Signer))
+}
