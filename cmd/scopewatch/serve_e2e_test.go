@@ -34,8 +34,14 @@ func repoRoot(t testing.TB) string {
 	return p
 }
 
+// requireDefaultModel returns the shipped bundle, or the one named by
+// SCOPEWATCH_TEST_MODEL (with its keys in SCOPEWATCH_TEST_KEYS) to run these
+// tests against another model.
 func requireDefaultModel(t testing.TB) string {
 	p := filepath.Join(repoRoot(t), "models", "default")
+	if env := os.Getenv("SCOPEWATCH_TEST_MODEL"); env != "" {
+		p = env
+	}
 	if _, err := os.Stat(filepath.Join(p, "manifest.json")); err != nil {
 		t.Fatalf("the default model bundle is missing (%v): the end-to-end tests run the shipped model", err)
 	}
@@ -129,6 +135,7 @@ log:
   format: json
 model:
   path: %s
+  keys: "%s"
   threads: 2
 inbox:
   rescan_interval: 1s
@@ -140,7 +147,7 @@ mqtt:
   max_backoff: 1s
 shutdown:
   timeout: 20s
-%s`, stateDir, requireDefaultModel(t), port, broker, extra)
+%s`, stateDir, requireDefaultModel(t), os.Getenv("SCOPEWATCH_TEST_KEYS"), port, broker, extra)
 }
 
 func startServe(t testing.TB, stateDir, cfgYAML string, port int) *serveProc {
