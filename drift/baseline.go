@@ -89,7 +89,10 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 		return nil, err
 	}
 	if cfg.MaxReference == 0 {
-		cfg.MaxReference = 3000
+		// The reference's own sampling error moves the run length of a
+		// given baseline away from the ERT (the calibration is right on
+		// average over references); a larger reference keeps it closer.
+		cfg.MaxReference = 5000
 	}
 	if cfg.BootstrapReps == 0 {
 		cfg.BootstrapReps = 1000

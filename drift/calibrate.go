@@ -51,7 +51,7 @@ type CalibrationConfig struct {
 	Windows []int              // window sizes
 	Signals map[string]float64 // signal -> share of the false-alarm budget; nil means all available, equal shares
 	Sims    int                // simulated streams
-	Horizon int                // simulated steps per stream; 0 means 2 * largest window
+	Horizon int                // simulated steps per stream; 0 means 3 * largest window
 	Null    string             // NullExchangeable (default) or NullBootstrap
 	Seed    uint64
 	Workers int // 0 means min(2, GOMAXPROCS)
@@ -78,7 +78,10 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig,
 	slices.Sort(o.Windows)
 	o.Windows = slices.Compact(o.Windows)
 	if o.Horizon == 0 {
-		o.Horizon = 2 * o.Windows[len(o.Windows)-1]
+		// Thresholds settle only about one window after the largest window
+		// fills; with 2x the last block's thresholds were measurably too
+		// high for the rest of the run.
+		o.Horizon = 3 * o.Windows[len(o.Windows)-1]
 	}
 	if o.Signals == nil {
 		o.Signals = map[string]float64{SignalScores: 1, SignalRate: 1}
@@ -97,6 +100,9 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig,
 		return o, fmt.Errorf("horizon %d: want more than the largest window %d", o.Horizon, o.Windows[len(o.Windows)-1])
 	case o.Null != NullExchangeable && o.Null != NullBootstrap:
 		return o, fmt.Errorf("null %q: want %q or %q", o.Null, NullExchangeable, NullBootstrap)
+	}
+	if n := int64(o.Sims) * int64(o.Horizon) * int64(len(o.Windows)*len(o.Signals)) * 4; n > 4<<30 {
+		return o, fmt.Errorf("calibration needs %d MiB (sims x horizon x tests x 4 bytes): lower sims or the largest window", n>>20)
 	}
 	var total float64
 	for s, w := range o.Signals {
