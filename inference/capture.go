@@ -1,8 +1,10 @@
 package inference
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"image"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,4 +114,88 @@ func (c *Capture) Close() error {
 	err := c.vc.Close()
 	c.vc = nil
 	return err
+}
+
+// FieldCell is one classified red cell of a field.
+type FieldCell struct {
+	Box          image.Rectangle
+	PParasitized float64
+}
+
+// FieldAnalysis is what AnalyzeField found in one field.
+type FieldAnalysis struct {
+	Width, Height int
+	Cells         []FieldCell
+	// WhiteCells are excluded from Cells (and from parasitemia).
+	WhiteCells []image.Rectangle
+	// Dropped counts regions the segmentation's size filters rejected.
+	Dropped int
+}
+
+// AnalyzeField decodes a whole thin-smear field (with the classifier's
+// decoder and its limits), segments it into red cells and classifies every
+// cell's crop. It is how a daemon, which holds no gocv values itself, gets
+// from field bytes to per-cell probabilities. Decoder refusals come back as
+// the decoder's errors (ErrTruncated, ...), so callers can quarantine.
+func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentOptions) (FieldAnalysis, error) {
+	m, err := c.Decoder().Decode(data)
+	if err != nil {
+		return FieldAnalysis{}, err
+	}
+	defer m.Close()
+	seg, err := SegmentField(m, opts)
+	if err != nil {
+		return FieldAnalysis{}, err
+	}
+	out := FieldAnalysis{Width: m.Cols(), Height: m.Rows(), WhiteCells: seg.WhiteCells, Dropped: seg.Dropped}
+	n := len(seg.Cells)
+	if n == 0 {
+		return out, nil
+	}
+	var mu sync.Mutex
+	crops := make([]*gocv.Mat, n)
+	release := func(i int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if crops[i] != nil {
+			crops[i].Close()
+			crops[i] = nil
+		}
+	}
+	defer func() {
+		for i := range crops {
+			release(i)
+		}
+	}()
+	probs := make([]float64, n)
+	var firstErr error
+	err = c.Stream(ctx, n, func(i int) Input {
+		crop, err := seg.Crop(m, i)
+		if err != nil {
+			crop.Close()
+			return Input{Mat: &gocv.Mat{}}
+		}
+		mu.Lock()
+		crops[i] = &crop
+		mu.Unlock()
+		return Input{Mat: &crop}
+	}, func(r Result) {
+		// The crop was preprocessed before its batch ran: free it now.
+		release(r.Index)
+		if r.Err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("cell %d at %v: %w", r.Index, seg.Cells[r.Index].Box, r.Err)
+		}
+		probs[r.Index] = r.PParasitized
+	})
+	if err != nil {
+		return FieldAnalysis{}, err
+	}
+	if firstErr != nil {
+		return FieldAnalysis{}, firstErr
+	}
+	out.Cells = make([]FieldCell, n)
+	for i, cell := range seg.Cells {
+		out.Cells[i] = FieldCell{Box: cell.Box, PParasitized: probs[i]}
+	}
+	return out, nil
 }

@@ -158,6 +158,7 @@ func asBadImage(err error) error {
 		{inference.ErrTruncated, "truncated"},
 		{inference.ErrDecode, "corrupt"},
 		{inference.ErrUnsupported, "unsupported"},
+		{inference.ErrNotField, "not_field"},
 	} {
 		if errors.Is(err, r.sentinel) {
 			return &badImageError{Reason: r.reason, Err: err}
