@@ -20,16 +20,20 @@ func init() {
 }
 
 func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "replay" && args[0] != "eval") {
+	if len(args) == 0 || (args[0] != "replay" && args[0] != "eval" && args[0] != "build") {
 		fmt.Fprintln(stderr, "usage: scopewatch drift replay --baseline FILE --input FILE.csv [--ert N]")
+		fmt.Fprintln(stderr, "       scopewatch drift build --input TEST.csv --threshold T --out FILE")
 		fmt.Fprintln(stderr, "       scopewatch drift eval --baseline FILE [--null FILE.csv] [--shift NAME=FILE.csv]... [--prevalence P]...")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}
-		return fmt.Errorf("%w: want 'drift replay' or 'drift eval'", errUsage)
+		return fmt.Errorf("%w: want 'drift replay', 'drift eval' or 'drift build'", errUsage)
 	}
-	if args[0] == "replay" {
+	switch args[0] {
+	case "replay":
 		return runDriftReplay(ctx, args[1:], stdout, stderr)
+	case "build":
+		return runDriftBuild(ctx, args[1:], stdout, stderr)
 	}
 	return runDriftEval(ctx, args[1:], stdout, stderr)
 }
@@ -466,4 +470,58 @@ func formatCounts(m map[string]int) string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// runDriftBuild makes a baseline from test-set scores computed elsewhere (a
+// CSV with p_parasitized, truth and optional f0..fN), for evaluations and
+// for fleets that score their test sets outside the device.
+func runDriftBuild(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("drift build", stderr)
+	input := fs.String("input", "", "test-set CSV: p_parasitized, truth, optional f0..fN (required)")
+	out := fs.String("out", "", "baseline.json to write (required)")
+	threshold := fs.Float64("threshold", 0, "the model's decision threshold on p_parasitized (required)")
+	version := fs.String("model-version", "", "model version to record")
+	ert := fs.Int("ert", 5000, "expected run time without drift of the alarm tier, in scores")
+	warnERT := fs.Int("warn-ert", 0, "expected run time of the warn tier (0: ert/10)")
+	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
+	sims := fs.Int("sims", 2000, "simulated drift-free streams for the threshold calibration")
+	null := fs.String("null-model", drift.NullExchangeable, "null model of the calibration: exchangeable or bootstrap")
+	signals := fs.String("signals", "", "comma-separated signals (empty: all the input supports)")
+	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *input == "" || *out == "" || *threshold == 0 {
+		return fmt.Errorf("%w: -input, -out and -threshold are required", errUsage)
+	}
+	rows, err := readRows(*input)
+	if err != nil {
+		return err
+	}
+	if rows.Labels == nil {
+		return fmt.Errorf("%s: a baseline needs the truth column (0/1 or uninfected/parasitized)", *input)
+	}
+	cf := calibrationFlags{windows: *windows, signals: *signals}
+	cfg := drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Sims: *sims, Null: *null}
+	tmp := &drift.Baseline{Detector: &drift.Calibration{Weights: map[string]float64{}}}
+	c, err := cf.config(tmp)
+	if err != nil {
+		return err
+	}
+	cfg.Windows = c.Windows
+	if *signals != "" {
+		cfg.Signals = c.Signals
+	}
+	fmt.Fprintf(stderr, "scopewatch drift build: %d cells; calibrating (ERT %d, windows %v, %d simulated streams)...\n", len(rows.Scores), cfg.ERT, cfg.Windows, cfg.Sims)
+	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, Detector: cfg})
+	if err != nil {
+		return err
+	}
+	if err := b.Save(*out); err != nil {
+		return err
+	}
+	m := b.Metrics
+	fmt.Fprintf(stdout, "wrote %s: %d cells, accuracy %.4f (%.4f-%.4f), AUC %.4f (%.4f-%.4f), calibration map kept: %v\n",
+		*out, m.N, m.Accuracy.Value, m.Accuracy.Lo, m.Accuracy.Hi, m.AUC.Value, m.AUC.Lo, m.AUC.Hi, b.ECE.Kept)
+	return nil
 }
