@@ -72,6 +72,9 @@ measured by that run.
 - Input: RGB, resized to 128x128 (bilinear, as OpenCV `INTER_LINEAR`), scaled
   by 1/255, normalised with ImageNet mean {man['input']['mean']} and std
   {man['input']['std']}, NCHW.
+- `baseline.json`: this bundle's own scores, metrics and drift-detector
+  calibration on the same test split, computed through ONNX Runtime by
+  `scopewatch baseline` (the drift reference on devices).
 - Decision: parasitized when p(parasitized) >= **{man['threshold']:.6g}**. The
   threshold maximises balanced accuracy on the **validation** split (ties: the
   value nearest 0.5); the test split played no part in choosing it.

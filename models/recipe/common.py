@@ -98,8 +98,15 @@ def load_crops(data_dir, rows=None):
     if rows is None:
         rows = read_labels(data_dir)
     images = np.empty((len(rows), INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-    for i, (rel, _, _) in enumerate(rows):
-        images[i] = load_image(os.path.join(data_dir, rel))
+    # One small resize per crop: thread start-up would cost more than it
+    # saves, and on a busy machine spinning OpenMP threads make it far worse.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i, (rel, _, _) in enumerate(rows):
+            images[i] = load_image(os.path.join(data_dir, rel))
+    finally:
+        torch.set_num_threads(threads)
     labels = np.array([r[1] for r in rows], dtype=np.int64)
     return images, labels, [r[2] for r in rows], [r[0] for r in rows]
 
@@ -151,6 +158,12 @@ class Classifier(nn.Module):
         # offline); see MODEL_CARD.md.
         self.backbone = Backbone(torchvision.models.mobilenet_v3_small(weights=None))
         self.head = Head()
+        # torchvision sets BatchNorm momentum 0.01 for long ImageNet runs; a
+        # from-scratch run of a few hundred steps needs running statistics
+        # that follow the weights faster, or evaluation sees stale ones.
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
 
     def forward(self, image):
         return self.head(self.backbone(image))

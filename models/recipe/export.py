@@ -11,9 +11,11 @@ probabilities for the Go head's parity test.
 """
 
 import argparse
+import csv
 import datetime
 import hashlib
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -31,6 +33,8 @@ def parse_args():
     ap.add_argument("--version", default="", help="default: YYYY.MM.DD-1 (UTC date)")
     ap.add_argument("--parity", default="", help="write head parity cases here")
     ap.add_argument("--parity-n", type=int, default=32)
+    ap.add_argument("--testset", default="",
+                    help="copy the test split here as a synth-style folder (labels.csv), for `scopewatch baseline`")
     return ap.parse_args()
 
 
@@ -106,6 +110,27 @@ def write_parity(model, ckpt, head_path, out, n, seed):
     })
 
 
+def write_testset(ckpt, out):
+    """Copies the slide-disjoint test split into out/<slide>/<file> with labels.csv."""
+    sp = ckpt["split"]
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    rows = []
+    for path, slide, split, label in zip(sp["paths"], sp["slides"], sp["split"], sp["labels"]):
+        if split != "test":
+            continue
+        sdir = slide.replace("/", "_")  # slide ids are prefixed by their data folder
+        os.makedirs(os.path.join(out, sdir), exist_ok=True)
+        rel = f"{sdir}/{os.path.basename(path)}"
+        shutil.copyfile(path, os.path.join(out, rel))
+        rows.append((rel, common.CLASSES[label], sdir))
+    with open(os.path.join(out, "labels.csv"), "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "slide"])
+        w.writerows(rows)
+    print(f"test split: {len(rows)} crops in {out}")
+
+
 def main():
     args = parse_args()
     common.limit_threads(2)
@@ -149,6 +174,8 @@ def main():
     print(f"bundle {args.bundle}: version {version}, threshold {manifest['threshold']:.6g}, "
           f"backbone {os.path.getsize(onnx_path) / 1e6:.2f} MB")
 
+    if args.testset:
+        write_testset(ckpt, args.testset)
     if args.parity:
         write_parity(model, ckpt, head_path, args.parity, args.parity_n, ckpt["seed"])
         print(f"parity cases: {args.parity}")

@@ -35,7 +35,7 @@ def parse_args():
     ap.add_argument("--data", action="append", required=True, help="synth cells output folder (repeatable)")
     ap.add_argument("--work", required=True, help="output folder")
     ap.add_argument("--seed", type=int, default=20261128, help="seed for init, shuffling, augmentation, split")
-    ap.add_argument("--epochs", type=int, default=8, help="maximum epochs")
+    ap.add_argument("--epochs", type=int, default=4, help="maximum epochs")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (seed article: 0.003)")
     ap.add_argument("--weight-decay", type=float, default=1e-5)
