@@ -71,6 +71,9 @@ type Classifier struct {
 
 	mu     sync.RWMutex
 	closed bool
+
+	poolMu sync.Mutex
+	pool   map[int][]*pipeBatch // idle batches by capacity
 }
 
 // NewClassifier builds the pipeline for a verified bundle: it loads the
@@ -142,6 +145,14 @@ func (c *Classifier) Classify(ctx context.Context, inputs []Input) ([]Result, er
 // input has been emitted, or early with ctx's error after cancellation (the
 // inputs not yet emitted are then dropped).
 func (c *Classifier) Stream(ctx context.Context, n int, input func(i int) Input, emit func(Result)) error {
+	return c.StreamBatch(ctx, c.batch, n, input, emit)
+}
+
+// StreamBatch is Stream with another batch size than the classifier's.
+func (c *Classifier) StreamBatch(ctx context.Context, batch, n int, input func(i int) Input, emit func(Result)) error {
+	if batch < 1 {
+		return fmt.Errorf("batch size must be positive, got %d", batch)
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed {
@@ -150,19 +161,20 @@ func (c *Classifier) Stream(ctx context.Context, n int, input func(i int) Input,
 	if n == 0 {
 		return nil
 	}
-	batch := min(c.batch, n)
+	batch = min(batch, n)
 	nbuf := c.engine.Sessions() + 2
 	p := &pipeline{c: c, emit: emit, size: batch, free: make(chan *pipeBatch, nbuf), ready: make(chan *pipeBatch, nbuf)}
 	for range nbuf {
-		eb, err := c.engine.NewBatch(batch)
+		pb, err := c.getBatch(batch)
 		if err != nil {
-			p.closeBatches()
+			p.release()
 			return err
 		}
-		p.all = append(p.all, &pipeBatch{b: eb, idx: make([]int, batch), path: make([]string, batch), p: p})
-		p.free <- p.all[len(p.all)-1]
+		pb.p = p
+		p.all = append(p.all, pb)
+		p.free <- pb
 	}
-	defer p.closeBatches()
+	defer p.release()
 
 	jobs := make(chan int)
 	go func() {
@@ -233,10 +245,51 @@ type pipeBatch struct {
 	sealed   bool
 }
 
-func (p *pipeline) closeBatches() {
+// release returns the pipeline's batches to the classifier for reuse.
+func (p *pipeline) release() {
 	for _, b := range p.all {
-		b.b.Close()
+		p.c.putBatch(b)
 	}
+	p.all = nil
+}
+
+// maxIdleBatches bounds the batch buffers kept between calls per size
+// (each holds Cap() preprocessed images and its ONNX tensors).
+const maxIdleBatches = 8
+
+// getBatch takes an idle batch of the given size or makes one: buffers
+// and tensors are reused across calls, so that classifying one image at a
+// time (the daemon) or pass after pass (bench) allocates nothing.
+func (c *Classifier) getBatch(size int) (*pipeBatch, error) {
+	c.poolMu.Lock()
+	if l := c.pool[size]; len(l) > 0 {
+		pb := l[len(l)-1]
+		c.pool[size] = l[:len(l)-1]
+		c.poolMu.Unlock()
+		return pb, nil
+	}
+	c.poolMu.Unlock()
+	eb, err := c.engine.NewBatch(size)
+	if err != nil {
+		return nil, err
+	}
+	return &pipeBatch{b: eb, idx: make([]int, size), path: make([]string, size)}, nil
+}
+
+func (c *Classifier) putBatch(pb *pipeBatch) {
+	pb.p = nil
+	clear(pb.path)
+	c.poolMu.Lock()
+	defer c.poolMu.Unlock()
+	if c.pool == nil {
+		c.pool = map[int][]*pipeBatch{}
+	}
+	size := pb.b.Cap()
+	if len(c.pool[size]) >= maxIdleBatches {
+		pb.b.Close()
+		return
+	}
+	c.pool[size] = append(c.pool[size], pb)
 }
 
 func (p *pipeline) send(r Result) {
@@ -413,5 +466,13 @@ func (c *Classifier) Close() error {
 		return nil
 	}
 	c.closed = true
+	c.poolMu.Lock()
+	for _, l := range c.pool {
+		for _, pb := range l {
+			pb.b.Close()
+		}
+	}
+	c.pool = nil
+	c.poolMu.Unlock()
 	return c.engine.Close()
 }

@@ -167,27 +167,35 @@ func (p *Preprocessor) resizeFixed(dst []float32, pix []byte, w int, xt, yt *lin
 			idxB = i1
 		}
 		h0, h1 := yt.q0[y], yt.q1[y]
-		for k := range row {
-			s := h0*rowA[k] + h1*rowB[k]
-			// The weights sum to 1<<16, so s>>16 <= 255; adding 0x7FFF
-			// plus the integer part's parity rounds half to even.
-			row[k] = uint8((s + 0x7FFF + (s>>16)&1) >> 16)
-		}
-		if nchw {
-			d0 := dst[y*ow : (y+1)*ow]
-			d1 := dst[plane+y*ow : plane+(y+1)*ow]
-			d2 := dst[2*plane+y*ow : 2*plane+(y+1)*ow]
-			for x := range d0 {
-				px := row[3*x : 3*x+3 : 3*x+3]
-				d0[x], d1[x], d2[x] = l0[px[s0]], l1[px[s1]], l2[px[s2]]
+		if !nchw {
+			for k := range row {
+				row[k] = round16(h0*rowA[k] + h1*rowB[k])
 			}
-		} else {
 			d := dst[y*n : (y+1)*n]
 			for x := 0; x+2 < len(d); x += 3 {
 				d[x], d[x+1], d[x+2] = l0[row[x+s0]], l1[row[x+s1]], l2[row[x+s2]]
 			}
+			continue
+		}
+		d0 := dst[y*ow : (y+1)*ow]
+		d1 := dst[plane+y*ow : plane+(y+1)*ow]
+		d2 := dst[2*plane+y*ow : 2*plane+(y+1)*ow]
+		d1 = d1[:len(d0)]
+		d2 = d2[:len(d0)]
+		for x := range d0 {
+			a := rowA[3*x : 3*x+3 : 3*x+3]
+			b := rowB[3*x : 3*x+3 : 3*x+3]
+			px := [3]uint8{round16(h0*a[0] + h1*b[0]), round16(h0*a[1] + h1*b[1]), round16(h0*a[2] + h1*b[2])}
+			d0[x], d1[x], d2[x] = l0[px[s0]], l1[px[s1]], l2[px[s2]]
 		}
 	}
+}
+
+// round16 turns a 16.16 fixed-point sample into 8 bits, rounding half to
+// even like torch.round. The weights sum to 1<<16, so s>>16 <= 255; adding
+// 0x7FFF plus the integer part's parity rounds half to even.
+func round16(s int32) uint8 {
+	return uint8((s + 0x7FFF + (s>>16)&1) >> 16)
 }
 
 type fixedScratch struct {
