@@ -141,11 +141,18 @@ func (p *Preprocessor) resizeFixed(dst []float32, pix []byte, w int, xt, yt *lin
 	defer p.scratch.Put(sc)
 	rowA, rowB, row := sc.a[:n], sc.b[:n], sc.row[:n]
 	idxA, idxB := -1, -1
-	offA, offB, wA, wB := xt.offA[:n], xt.offB[:n], xt.wA[:n], xt.wB[:n]
+	xi0, xi1, xq0, xq1 := xt.i0[:ow], xt.i1[:ow], xt.q0[:ow], xt.q1[:ow]
 	horizontal := func(dst []int32, y int) {
 		src := pix[y*w*3 : (y+1)*w*3]
-		for k := range dst {
-			dst[k] = int32(src[offA[k]])*wA[k] + int32(src[offB[k]])*wB[k]
+		dst = dst[:3*len(xi0)]
+		for x := range xi0 {
+			a := src[3*xi0[x] : 3*xi0[x]+3 : 3*xi0[x]+3]
+			b := src[3*xi1[x] : 3*xi1[x]+3 : 3*xi1[x]+3]
+			w0, w1 := xq0[x], xq1[x]
+			d := dst[3*x : 3*x+3 : 3*x+3]
+			d[0] = int32(a[0])*w0 + int32(b[0])*w1
+			d[1] = int32(a[1])*w0 + int32(b[1])*w1
+			d[2] = int32(a[2])*w0 + int32(b[2])*w1
 		}
 	}
 	plane := ow * oh
@@ -249,10 +256,6 @@ type linearTable struct {
 	// q0, q1 are the weights in units of 1/256, valid when exact.
 	q0, q1 []int32
 	exact  bool
-	// Per packed BGR sample k = 3*o+c of an output row: the source sample
-	// offsets and weights (1/256 units) along this axis, when exact.
-	offA, offB []int32
-	wA, wB     []int32
 }
 
 func (p *Preprocessor) table(in, out int) *linearTable {
@@ -288,15 +291,6 @@ func linearIndices(in, out int) *linearTable {
 				return
 			}
 			t.q0[o], t.q1[o] = 256-int32(q), int32(q)
-		}
-		t.offA, t.offB = make([]int32, 3*out), make([]int32, 3*out)
-		t.wA, t.wB = make([]int32, 3*out), make([]int32, 3*out)
-		for o := range out {
-			for c := range 3 {
-				k := 3*o + c
-				t.offA[k], t.offB[k] = int32(3*t.i0[o]+c), int32(3*t.i1[o]+c)
-				t.wA[k], t.wB[k] = t.q0[o], t.q1[o]
-			}
 		}
 	}()
 	scale := float32(in) / float32(out)
