@@ -30,3 +30,31 @@
 // resampling of the reference) is available for comparison; it is too
 // permissive for new data with large windows.
 package drift
+
+// # Other outputs
+//
+// The label-free performance estimate (Monitor.Performance) is
+// confidence-based, like NannyML's CBPE: with calibrated probabilities p
+// (the baseline's isotonic map, when it lowered the cross-validated
+// calibration error), the expected accuracy of a window is the mean of p for
+// predicted positives and 1-p for predicted negatives, and likewise for
+// sensitivity and specificity. It alerts when the largest window's estimate
+// falls below the baseline's lower 95% bound. Its limits: it assumes the
+// probabilities stay calibrated, so it is blind to concept drift (the same
+// image now meaning something else) and unreliable on inputs unlike the test
+// set, where a model is often confidently wrong; it follows changes in the
+// mix of easy and hard cells and in prevalence, which are not necessarily
+// errors.
+//
+// Descriptive statistics (Baseline.Describe: PSI, Jensen-Shannon,
+// Wasserstein, Kolmogorov-Smirnov) come with thresholds simulated at the
+// window's actual size, for people to read; they do not raise events.
+//
+// # What the calibration promises
+//
+// The ERT holds on average over test sets drawn from the same distribution.
+// For one given baseline the drift-free run length differs from it by the
+// reference's own sampling error, which grows with the window and shrinks
+// with the reference (up to 5000 rows are kept). No test runs before its
+// window holds 10 scores (minFill), so ERTs of a few tens of scores cannot be
+// met.

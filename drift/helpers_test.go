@@ -55,3 +55,21 @@ func smallBaseline(t testing.TB, ert, warn int, windows []int, sims int, withFea
 	}
 	return b
 }
+
+// tinyBaseline is a minimal valid baseline (40 reference rows) for fuzz
+// seeds: small inputs keep the fuzzer fast.
+func tinyBaseline(t testing.TB) *Baseline {
+	t.Helper()
+	s, l, f := synthCells(200, 0.3, 0, 1)
+	for i := range f {
+		f[i] = f[i][:4]
+	}
+	b, err := BuildBaseline(context.Background(), s, l, f, 0.5, BaselineConfig{
+		Seed: 3, BootstrapReps: 20, DescriptiveSims: 10, MaxReference: 40, ProjectionDim: 2, RFFDim: 4,
+		Detector: CalibrationConfig{ERT: 50, Windows: []int{5, 10}, Sims: 100},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

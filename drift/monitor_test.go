@@ -141,11 +141,16 @@ func TestMonitorStateRejects(t *testing.T) {
 }
 
 func FuzzMonitorState(f *testing.F) {
-	b := smallBaseline(f, 100, 20, []int{10, 30}, 100, true)
+	b := tinyBaseline(f)
 	a, _ := NewMonitor(b)
 	s, _, feats := synthCells(50, 0.2, 0, 3)
+	for i := range feats {
+		feats[i] = feats[i][:4]
+	}
 	for i := range s {
-		a.Observe(s[i], feats[i])
+		if _, err := a.Observe(s[i], feats[i]); err != nil {
+			f.Fatal(err)
+		}
 	}
 	good, _ := a.MarshalBinary()
 	f.Add(good)
