@@ -328,6 +328,51 @@ func TestHeadParityWithTorch(t *testing.T) {
 	t.Logf("%d cases, max |p_go - p_torch| = %.3g", len(p.Cases), worst)
 }
 
+// TestHeadMatchesTorchSmall checks the Go head against torch.nn modules on
+// a small head (testdata/gen_head_torch_small.py): PyTorch's weight layout,
+// state_dict names and float32 softmax, independent of the shipped model.
+func TestHeadMatchesTorchSmall(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "head_torch_small.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join("testdata", "head_torch_small.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref struct {
+		FeaturesDim int `json:"features_dim"`
+		Classes     int `json:"classes"`
+		Cases       []struct {
+			Features      []float32 `json:"features"`
+			Probabilities []float64 `json:"probabilities"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &ref); err != nil {
+		t.Fatal(err)
+	}
+	h, err := LoadHead(data, ref.FeaturesDim, ref.Classes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ref.Cases) < 10 {
+		t.Fatalf("only %d reference cases", len(ref.Cases))
+	}
+	out := make([]float64, ref.Classes)
+	var worst float64
+	for i, c := range ref.Cases {
+		h.Probabilities(c.Features, out)
+		for k := range out {
+			d := math.Abs(out[k] - c.Probabilities[k])
+			worst = max(worst, d)
+			if d > 1e-6 {
+				t.Errorf("case %d class %d: Go %.9f, torch %.9f", i, k, out[k], c.Probabilities[k])
+			}
+		}
+	}
+	t.Logf("max |p_go - p_torch| = %.3g over %d cases", worst, len(ref.Cases))
+}
+
 func BenchmarkHeadProbabilities(b *testing.B) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	h := randomHead(b, rng, 576, 100, 2)
