@@ -137,7 +137,9 @@ func ParseManifest(data []byte) (*Manifest, error) {
 }
 
 // decodeManifest does the syntactic part of ParseManifest; sealing decodes a
-// manifest whose files are yet to be computed (withFiles false).
+// manifest whose files are yet to be computed (withFiles false). Unknown
+// keys are reported before missing ones: a misspelt key is both, and its
+// spelling is the useful part.
 func decodeManifest(data []byte, withFiles bool) (*Manifest, error) {
 	if len(data) > maxManifestSize {
 		return nil, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed", ErrManifest, ManifestFile, len(data), maxManifestSize)
@@ -152,13 +154,13 @@ func decodeManifest(data []byte, withFiles bool) (*Manifest, error) {
 	if top == nil {
 		return nil, fmt.Errorf("%w: %s: top level must be a JSON object", ErrManifest, ManifestFile)
 	}
+	if err := checkExactKeys(top, manifestKeys[""], ""); err != nil {
+		return nil, err
+	}
 	for _, k := range requiredKeys[""] {
 		if _, ok := top[k]; !ok && (withFiles || k != "files") {
 			return nil, fmt.Errorf("%w: %s: field %q is required", ErrManifest, ManifestFile, k)
 		}
-	}
-	if err := checkExactKeys(top, manifestKeys[""], ""); err != nil {
-		return nil, err
 	}
 	for _, obj := range []string{"input", "outputs"} {
 		var sub map[string]json.RawMessage
