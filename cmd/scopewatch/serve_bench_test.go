@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http/httptest"
+	"os"
 	"sort"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 func BenchmarkAnalyzeField(b *testing.B) {
 	cfg := config.Default()
 	cfg.Model.Path = requireDefaultModel(b)
+	cfg.Model.Keys = os.Getenv("SCOPEWATCH_TEST_KEYS")
 	a, err := openAnalyzer(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
