@@ -295,6 +295,11 @@ func TestOpenBundleCorruption(t *testing.T) {
 			want: ErrManifest, mention: []string{"duplicate", "threshold"},
 		},
 		{
+			name:    "misspelt key",
+			corrupt: func(t *testing.T, dir string) { replaceInManifest(t, dir, `"threshold": 0.5`, `"treshold": 0.5`) },
+			want:    ErrManifest, mention: []string{`unknown field "treshold"`},
+		},
+		{
 			name: "missing field",
 			corrupt: func(t *testing.T, dir string) {
 				editManifestText(t, dir, func(v map[string]any) { delete(v, "threshold") })
