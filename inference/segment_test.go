@@ -215,3 +215,56 @@ func BenchmarkSegmentField(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSegmentAccuracy measures segmentation quality on b.N fresh
+// synthetic fields (seed 9400, one field per slide) and reports recall,
+// precision, the share of touching pairs split and white cells leaked, as
+// metrics, nominal and under drift knobs. Run with -benchtime 20x or more.
+func BenchmarkSegmentAccuracy(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		k    synth.Knobs
+	}{
+		{"nominal", synth.Knobs{Prevalence: 0.05}},
+		{"blur2", synth.Knobs{Prevalence: 0.05, Blur: 2}},
+		{"noise0.03", synth.Knobs{Prevalence: 0.05, Noise: 0.03}},
+		{"stain+30", synth.Knobs{Prevalence: 0.05, StainShift: 30}},
+		{"dim", synth.Knobs{Prevalence: 0.05, Brightness: -0.15, Gamma: 1.3}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var total segScore
+			var white, whiteFound int
+			for i := range b.N {
+				b.StopTimer()
+				m, tr := segField(b, 9400, tc.k, i)
+				b.StartTimer()
+				seg, err := SegmentField(m, SegmentOptions{})
+				b.StopTimer()
+				if err != nil {
+					b.Fatal(err)
+				}
+				total.add(scoreSegmentation(tr, seg.Cells))
+				for _, c := range tr.Cells {
+					if c.Kind != synth.KindWBC {
+						continue
+					}
+					white++
+					for _, wb := range seg.WhiteCells {
+						if iou(c.Box(), wb) >= 0.5 {
+							whiteFound++
+							break
+						}
+					}
+				}
+				m.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(total.matched)/float64(total.truth), "recall")
+			b.ReportMetric(float64(total.matched)/float64(total.found), "precision")
+			b.ReportMetric(float64(total.pairsSplit)/float64(max(total.pairs, 1)), "pairs_split")
+			b.ReportMetric(float64(total.truth)/float64(b.N), "rbc/field")
+			b.ReportMetric(float64(total.wbcAsRBC), "wbc_as_rbc")
+			b.ReportMetric(float64(whiteFound)/float64(max(white, 1)), "wbc_found")
+		})
+	}
+}
