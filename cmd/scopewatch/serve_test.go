@@ -588,3 +588,70 @@ func TestDiskCapAlertsAndSheds(t *testing.T) {
 		t.Fatalf("%d db_cap alerts after a check under the cap, want still 1", alerts)
 	}
 }
+
+func TestSlideManifestKindAndDelete(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) { c.Inbox.AfterProcess = "delete" })
+	dir := filepath.Join(td.cfg.Inbox.Dir, "mf")
+	writeAtomically(t, filepath.Join(dir, "manifest.json"), []byte(`{"kind": "field"}`))
+	writeAtomically(t, filepath.Join(dir, "small.png"), pngBytes(t, 40, 40, 250)) // a crop by size
+	writeAtomically(t, filepath.Join(dir, ".done"), nil)
+	testutil.Eventually(t, 10*time.Second, func() bool { s, _, _, _ := slideState(t, td, "mf"); return s == "complete" }, "slide complete")
+	if _, cells, _, _ := slideState(t, td, "mf"); cells != 16 {
+		t.Fatalf("%d cells: the manifest's kind=field was not applied (a 40x40 field holds 16 tiles)", cells)
+	}
+	if ents, _ := os.ReadDir(td.cfg.Inbox.DoneDir); len(ents) != 0 {
+		t.Fatalf("after_process=delete moved files to done/: %v", ents)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { _, err := os.Stat(dir); return os.IsNotExist(err) }, "slide folder removed")
+}
+
+type stepClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *stepClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *stepClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestRetentionPrunesOldRows(t *testing.T) {
+	clock := &stepClock{t: time.Now()}
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.MQTT.Enabled, cfg.HTTP.Enabled, cfg.Inbox.Enabled = false, false, false
+	c, err := config.Decode(strings.NewReader(mustYAML(t, cfg)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDaemon(context.Background(), c, daemonDeps{Log: slog.New(slog.DiscardHandler), Now: clock.Now, Model: &pixelAnalyzer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.db.Close()
+	for i, slide := range []string{"old", "old", "new"} {
+		if slide == "new" {
+			clock.Add(c.Storage.Retention + time.Hour)
+		}
+		r := d.process(job{slide: slide, name: fmt.Sprintf("i%d.png", i), source: "test", data: pngBytes(t, 40, 40, 250), enqueued: clock.Now()})
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	// "old" completes (its result relayed) long ago; "new" is recent.
+	if _, _, err := d.completeSlide(context.Background(), "old", "request"); err != nil {
+		t.Fatal(err)
+	}
+	d.db.db.Exec(`UPDATE serve_outbox SET relayed_at = 1`)
+	d.db.db.Exec(`UPDATE slides SET completed_at = 1 WHERE slide = 'old'`)
+	d.storageCheck(context.Background())
+	var cells, slides int
+	d.db.db.QueryRow(`SELECT COUNT(*) FROM cell_predictions`).Scan(&cells)
+	d.db.db.QueryRow(`SELECT COUNT(*) FROM slides`).Scan(&slides)
+	if cells != 1 || slides != 1 {
+		t.Fatalf("after retention: %d predictions, %d slides; want only the recent 1 and 1", cells, slides)
+	}
+}
