@@ -189,9 +189,20 @@ func (p *Preprocessor) resizeFixed(dst []float32, pix []byte, w int, xt, yt *lin
 		d2 := dst[2*plane+y*ow : 2*plane+(y+1)*ow]
 		d1 = d1[:len(d0)]
 		d2 = d2[:len(d0)]
+		ra, rb := rowA[:3*len(d0)], rowB[:3*len(d0)]
+		if s0 == 2 { // RGB, the usual order: output channel 0 is BGR sample 2
+			for x := range d0 {
+				k := 3 * x
+				a, b := ra[k:k+3:k+3], rb[k:k+3:k+3]
+				d0[x] = l0[round16(h0*a[2]+h1*b[2])]
+				d1[x] = l1[round16(h0*a[1]+h1*b[1])]
+				d2[x] = l2[round16(h0*a[0]+h1*b[0])]
+			}
+			continue
+		}
 		for x := range d0 {
-			a := rowA[3*x : 3*x+3 : 3*x+3]
-			b := rowB[3*x : 3*x+3 : 3*x+3]
+			k := 3 * x
+			a, b := ra[k:k+3:k+3], rb[k:k+3:k+3]
 			px := [3]uint8{round16(h0*a[0] + h1*b[0]), round16(h0*a[1] + h1*b[1]), round16(h0*a[2] + h1*b[2])}
 			d0[x], d1[x], d2[x] = l0[px[s0]], l1[px[s1]], l2[px[s2]]
 		}
