@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -45,7 +46,10 @@ func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Float64Var(&k.Magnification, "magnification", 0, "geometric scale factor (0.25..4; 0: nominal 1)")
 	fs.Float64Var(&k.Prevalence, "prevalence", 0, "fraction of parasitized red cells (0..1); unset: 0.5 for cells, per-slide 0-10% for fields")
 	if err := fs.Parse(args[1:]); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
