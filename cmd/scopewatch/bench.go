@@ -88,7 +88,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	duration := fs.Duration("duration", 6*time.Second, "measuring time per mode and batch size")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: as for classify)")
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads per session (0: CPUs / sessions)")
-	sessions := fs.Int("sessions", 1, "concurrent inference sessions")
+	sessions := fs.Int("sessions", 0, "concurrent inference sessions (0: one per CPU, as classify)")
 	workers := fs.Int("workers", 0, "decode/preprocess goroutines (0: one per CPU)")
 	cf := addBundleCheckFlags(fs)
 	pos, err := parseInterleaved(fs, args)
@@ -121,7 +121,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Batch:      maxBatch,
 		Workers:    *workers,
 		NoFeatures: true,
-		Engine:     inference.EngineOptions{ORTLib: *ortLib, IntraOpThreads: *threads, Sessions: *sessions},
+		Engine:     inference.EngineOptions{ORTLib: *ortLib, IntraOpThreads: *threads, Sessions: throughputSessions(*sessions)},
 	})
 	if err != nil {
 		return err
@@ -258,12 +258,18 @@ func benchTensors(clf *inference.Classifier, images [][]byte) ([]float32, error)
 	return out, nil
 }
 
+// benchRoundImages is the least number of images per measuring round.
+const benchRoundImages = 1024
+
 // benchBatch alternates bare and pipeline rounds at one batch size until
 // each mode has run for at least d.
 func benchBatch(ctx context.Context, clf *inference.Classifier, images [][]byte, tensors []float32, size int, d time.Duration) (benchRun, error) {
 	eng := clf.Engine()
 	per := clf.Preprocessor().Size()
-	n := len(images)
+	// A round streams the image set several times over, as classify streams
+	// a large folder: a pipeline's fill and drain at the ends of a short
+	// stream would otherwise weigh on the pipeline figure only.
+	n := len(images) * max(1, (benchRoundImages+len(images)-1)/len(images))
 	// One batch buffer per session, so that bare runs use every session
 	// exactly as the pipeline does.
 	var bareTime, pipeTime, bareCPU, pipeCPU time.Duration
@@ -294,7 +300,8 @@ func benchBatch(ctx context.Context, clf *inference.Classifier, images [][]byte,
 				for k := range next {
 					lo, hi := k*size, min((k+1)*size, n)
 					for i := lo; i < hi; i++ {
-						copy(b.Input(i-lo), tensors[i*per:(i+1)*per])
+						j := i % len(images)
+						copy(b.Input(i-lo), tensors[j*per:(j+1)*per])
 					}
 					t0 := time.Now()
 					err := eng.Run(b, hi-lo)
@@ -322,7 +329,7 @@ func benchBatch(ctx context.Context, clf *inference.Classifier, images [][]byte,
 		start, cpu0 := time.Now(), processCPU()
 		err := clf.StreamBatch(ctx, size, n, func(i int) inference.Input {
 			starts[i] = time.Now()
-			return inference.Input{Data: images[i]}
+			return inference.Input{Data: images[i%len(images)]}
 		}, func(r inference.Result) {
 			if r.Err != nil && failed == nil {
 				failed = fmt.Errorf("image %d: %w", r.Index, r.Err)
