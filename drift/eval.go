@@ -217,7 +217,7 @@ func (m *Monitor) observeRow(rows *EvalRows, i int) []Event {
 // DelayResult summarises detection of a shift that starts at Onset.
 type DelayResult struct {
 	Runs             int            `json:"runs"`
-	FalseBeforeOnset int            `json:"false_before_onset"` // runs with an alarm before the onset (excluded below)
+	FalseBeforeOnset int            `json:"false_before_onset"` // runs with a false event before the onset (then Reset, as if acknowledged)
 	Detected         int            `json:"detected"`           // alarm within After scores of the onset
 	Within           int            `json:"within"`             // alarm within WithinLimit scores of the onset
 	WithinLimit      int            `json:"within_limit"`
@@ -239,7 +239,8 @@ type DelayConfig struct {
 
 // EvalDelay streams Onset drift-free rows (from nullRows) and then shifted
 // rows (from shiftRows) and measures the delay to the first event of
-// cfg.Level.
+// cfg.Level. A false event before the onset resets the monitor and the run
+// continues, so every run measures a delay.
 func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull func() Sampler, shiftRows *EvalRows, newShift func() Sampler, cfg DelayConfig) (DelayResult, error) {
 	m, err := NewMonitor(b)
 	if err != nil {
@@ -264,6 +265,7 @@ func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull fu
 		r := newRand(cfg.Seed, uint64(run))
 		ns, ss := newNull(), newShift()
 		at, sig := -1, ""
+		falseAlarm := false
 		for step := 0; step < cfg.Onset+cfg.After && at < 0; step++ {
 			var evs []Event
 			if step < cfg.Onset {
@@ -276,10 +278,19 @@ func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull fu
 					at, sig = step, ev.Signal
 				}
 			}
+			if at >= 0 && at < cfg.Onset {
+				// A false alarm: the operator acknowledges it, the monitor
+				// resets, and the run goes on (windows refill before the onset
+				// or, if the onset is near, during the shift, as in the field).
+				falseAlarm = true
+				at, sig = -1, ""
+				m.Reset()
+			}
+		}
+		if falseAlarm {
+			res.FalseBeforeOnset++
 		}
 		switch {
-		case at >= 0 && at < cfg.Onset:
-			res.FalseBeforeOnset++
 		case at < 0:
 			res.Missed++
 		default:

@@ -88,7 +88,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer bundle.Close()
 	defer clf.Close()
-	if bundle.Dir != *model && *out == "" {
+	if st, err := os.Stat(*model); (err != nil || !st.IsDir()) && *out == "" {
 		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, *model)
 	}
 	fmt.Fprintf(stderr, "scopewatch baseline: classifying %d test images...\n", len(paths))

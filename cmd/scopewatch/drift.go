@@ -242,6 +242,7 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	nullPath := fs.String("null", "", "CSV of drift-free cells (new slides); empty: the baseline's own reference rows")
 	nullMode := fs.String("null-sampling", "shuffle", "how drift-free streams draw from their pool: shuffle (without replacement, reshuffled) or resample (with replacement)")
 	runs := fs.Int("runs", 200, "runs per condition")
+	nullRuns := fs.Int("null-runs", -1, "drift-free runs per detector (-1: as -runs; 0: skip the run-length table)")
 	maxSteps := fs.Int("max-steps", 0, "cap on a drift-free run (0: 10 x ERT)")
 	onset := fs.Int("onset", 0, "drift-free scores before a shift starts (0: twice the largest window)")
 	after := fs.Int("after", 5000, "scores after the onset before a run counts as missed")
@@ -325,18 +326,23 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	var nullTable []nullRow
 	run := func(name string, bb *drift.Baseline) error {
-		fmt.Fprintf(stderr, "scopewatch drift eval: %d drift-free runs, detector %s...\n", *runs, name)
-		res, err := bb.EvalRunLengths(ctx, nullRows, newNull, *runs, *maxSteps, *seed)
+		fmt.Fprintf(stderr, "scopewatch drift eval: %d drift-free runs, detector %s...\n", *nullRuns, name)
+		res, err := bb.EvalRunLengths(ctx, nullRows, newNull, *nullRuns, *maxSteps, *seed)
 		if err != nil {
 			return err
 		}
 		nullTable = append(nullTable, nullRow{Detector: name, Target: bb.Detector.ERT, Result: res})
 		return nil
 	}
-	if err := run("combined", b); err != nil {
-		return err
+	if *nullRuns < 0 {
+		*nullRuns = *runs
 	}
-	if *each {
+	if *nullRuns > 0 {
+		if err := run("combined", b); err != nil {
+			return err
+		}
+	}
+	if *each && *nullRuns > 0 {
 		cfg, err := cf.config(b)
 		if err != nil {
 			return err
@@ -441,10 +447,10 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(shiftTable) > 0 {
 		fmt.Fprintln(stdout)
 		tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "shift\ttier\truns\tfalse before onset\tdetected\twithin %d\tmissed\tmean delay\tmedian delay\tfirst signal\t\n", *within)
+		fmt.Fprintf(tw, "shift\ttier\truns\tfalse before onset (reset)\tdetected\twithin %d\tmissed\tmean delay\tmedian delay\tfirst signal\t\n", *within)
 		for _, r := range shiftTable {
 			res := r.Result
-			valid := res.Runs - res.FalseBeforeOnset
+			valid := res.Runs
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.1f%%\t%d\t%.0f\t%.0f\t%s\t\n", r.Shift, r.Level, res.Runs, res.FalseBeforeOnset, res.Detected,
 				100*float64(res.Within)/float64(max(valid, 1)), res.Missed, res.MeanDelay, res.MedianDelay, formatCounts(res.BySignal))
 		}
