@@ -91,7 +91,7 @@ func (g *cellGeom) randInside(rng *rand.Rand, rmin, rmax float64) (x, y float64)
 // draw deposits the cell's haemoglobin/eosin and returns its coverage.
 func (g *cellGeom) draw(c *canvas, od odVec, rng *rand.Rand) *patch {
 	box := boxAround(g.cx, g.cy, g.extent()+1).Intersect(image.Rect(0, 0, c.w, c.h))
-	p := &patch{r: box, cov: make([]float32, box.Dx()*box.Dy())}
+	p := &patch{r: box, cov: getFloats(box.Dx() * box.Dy())}
 	edgePx := g.r * math.Min(g.ax, g.ay)
 	outline := g.h.table()
 	reach := g.h.max() + 1/edgePx
@@ -99,7 +99,7 @@ func (g *cellGeom) draw(c *canvas, od odVec, rng *rand.Rand) *patch {
 		for x := box.Min.X; x < box.Max.X; x++ {
 			px, py := float64(x)+0.5, float64(y)+0.5
 			u, v := g.local(px, py)
-			rho0 := math.Hypot(u, v)
+			rho0 := math.Sqrt(u*u + v*v)
 			if rho0 > reach {
 				continue
 			}
@@ -342,7 +342,11 @@ func (s *Slide) RenderCell(rng *rand.Rand, label Label) (*image.RGBA, CellInfo) 
 	// would crop, and it halves the work.
 	sq := squareAround(clip.box(), 4)
 	sub, subClip := c.sub(sq, clip)
-	return s.develop(sub, rng, subClip), info
+	c.release()
+	img := s.develop(sub, rng, subClip)
+	sub.release()
+	putFloats(clip.cov)
+	return img, info
 }
 
 // squareAround is the square of side max(w,h)+2*border centred on b.

@@ -4,6 +4,7 @@ import (
 	"image"
 	"math"
 	"math/rand"
+	"sync"
 )
 
 // Images are composed in optical density (Beer-Lambert): every stained
@@ -105,9 +106,41 @@ type canvas struct {
 func newCanvas(w, h int) *canvas {
 	c := &canvas{w: w, h: h}
 	for i := range c.od {
-		c.od[i] = make([]float32, w*h)
+		c.od[i] = getFloats(w * h)
 	}
 	return c
+}
+
+// release returns the canvas's memory to the pool; c is unusable after.
+func (c *canvas) release() {
+	for i := range c.od {
+		putFloats(c.od[i])
+		c.od[i] = nil
+	}
+}
+
+// Crops are rendered by the thousand; pooling their float buffers keeps
+// the garbage collector (and its preemption of the render loops) out of
+// the way.
+var floatPool sync.Pool
+
+// getFloats returns a zeroed slice of length n.
+func getFloats(n int) []float32 {
+	if p, ok := floatPool.Get().(*[]float32); ok && cap(*p) >= n {
+		b := (*p)[:n]
+		clear(b)
+		return b
+	} else if ok {
+		floatPool.Put(p)
+	}
+	return make([]float32, n)
+}
+
+func putFloats(b []float32) {
+	if cap(b) == 0 || cap(b) > 1<<20 {
+		return // field-sized buffers are not worth keeping
+	}
+	floatPool.Put(&b)
 }
 
 func (c *canvas) deposit(i int, v *odVec, a float32) {
@@ -362,22 +395,23 @@ func gaussBlur(p []float32, w, h int, sigma float64, tmp []float32) {
 	for i := range k {
 		k[i] /= sum
 	}
-	// Horizontal pass into tmp.
+	// Horizontal pass into tmp; the kernel is symmetric, so pair the taps.
 	for y := 0; y < h; y++ {
 		row := p[y*w : (y+1)*w]
 		out := tmp[y*w : (y+1)*w]
 		for x := 0; x < w; x++ {
-			var s float32
 			if x >= rad && x+rad < w {
-				seg := row[x-rad : x+rad+1]
-				for i, kv := range k {
-					s += kv * seg[i]
+				s := k[rad] * row[x]
+				for i := 1; i <= rad; i++ {
+					s += k[rad+i] * (row[x-i] + row[x+i])
 				}
-			} else {
-				for i, kv := range k {
-					xx := min(max(x+i-rad, 0), w-1)
-					s += kv * row[xx]
-				}
+				out[x] = s
+				continue
+			}
+			var s float32
+			for i, kv := range k {
+				xx := min(max(x+i-rad, 0), w-1)
+				s += kv * row[xx]
 			}
 			out[x] = s
 		}
