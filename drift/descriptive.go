@@ -17,9 +17,19 @@ type DescriptiveThreshold struct {
 	JensenShannon float64 `json:"jensen_shannon"`
 	Wasserstein   float64 `json:"wasserstein"`
 	KS            float64 `json:"ks"`
+	// 1st percentiles of the label-free estimate over the same windows: a
+	// drift-free window of this size falls below them 1% of the time.
+	AccuracyLow    float64 `json:"accuracy_low"`
+	SensitivityLow float64 `json:"sensitivity_low"`
+	SpecificityLow float64 `json:"specificity_low"`
 }
 
 func (d *DescriptiveThreshold) validate() error {
+	for _, v := range []float64{d.AccuracyLow, d.SensitivityLow, d.SpecificityLow} {
+		if !(v >= 0 && v <= 1) {
+			return fmt.Errorf("estimate percentile %v: want [0, 1]", v)
+		}
+	}
 	if d.Window < 1 || d.Sims < 1 {
 		return fmt.Errorf("window %d, sims %d: want positive", d.Window, d.Sims)
 	}
@@ -75,7 +85,7 @@ func (b *Baseline) simulateDescriptive(n, sims int, seed uint64) DescriptiveThre
 		null = b.Detector.Null
 	}
 	st := newNullStream(b.ref, null)
-	var psi, js, w, ks []float64
+	var psi, js, w, ks, acc, sens, spec []float64
 	win := make([]float64, n)
 	for s := range sims {
 		st.reset(newRand(seed, uint64(s)))
@@ -84,9 +94,22 @@ func (b *Baseline) simulateDescriptive(n, sims int, seed uint64) DescriptiveThre
 		}
 		v := b.describe(win)
 		psi, js, w, ks = append(psi, v.psi), append(js, v.js), append(w, v.w), append(ks, v.ks)
+		var c [4]float64
+		for _, x := range win {
+			c = addConfusion(c, b.Calibration.Apply(x), x >= b.Threshold, 1)
+		}
+		e := estimateFrom(c, n)
+		acc, sens, spec = appendFinite(acc, e.Accuracy), appendFinite(sens, e.Sensitivity), appendFinite(spec, e.Specificity)
 	}
-	q := func(v []float64) float64 { slices.Sort(v); return quantileSorted(v, 0.99) }
-	return DescriptiveThreshold{Window: n, Sims: sims, PSI: q(psi), JensenShannon: q(js), Wasserstein: q(w), KS: q(ks)}
+	q := func(v []float64, p float64) float64 {
+		if len(v) == 0 {
+			return 0
+		}
+		slices.Sort(v)
+		return quantileSorted(v, p)
+	}
+	return DescriptiveThreshold{Window: n, Sims: sims, PSI: q(psi, 0.99), JensenShannon: q(js, 0.99), Wasserstein: q(w, 0.99), KS: q(ks, 0.99),
+		AccuracyLow: q(acc, 0.01), SensitivityLow: q(sens, 0.01), SpecificityLow: q(spec, 0.01)}
 }
 
 // DescriptiveThresholdFor returns the thresholds for windows of n scores:
@@ -106,4 +129,11 @@ func (b *Baseline) DescriptiveThresholdFor(n int) DescriptiveThreshold {
 func (b *Baseline) Describe(live []float64) DescriptiveStats {
 	v := b.describe(live)
 	return DescriptiveStats{N: len(live), PSI: v.psi, JensenShannon: v.js, Wasserstein: v.w, KS: v.ks, Threshold: b.DescriptiveThresholdFor(len(live))}
+}
+
+func appendFinite(v []float64, x float64) []float64 {
+	if finite(x) {
+		return append(v, x)
+	}
+	return v
 }

@@ -39,7 +39,8 @@ package drift
 // calibration error), the expected accuracy of a window is the mean of p for
 // predicted positives and 1-p for predicted negatives, and likewise for
 // sensitivity and specificity. It alerts when the largest window's estimate
-// falls below the baseline's lower 95% bound. Its limits: it assumes the
+// falls below both the baseline's lower 95% bound and the 1st percentile of
+// simulated drift-free windows of that size. Its limits: it assumes the
 // probabilities stay calibrated, so it is blind to concept drift (the same
 // image now meaning something else) and unreliable on inputs unlike the test
 // set, where a model is often confidently wrong; it follows changes in the

@@ -16,7 +16,8 @@ const (
 
 // Signals of the label-free performance estimate. They alert (level warn,
 // once per Reset) when the estimate on the full largest window falls below
-// the baseline's lower 95% bound; they are not calibrated to an ERT.
+// both the baseline's lower 95% bound and the 1st percentile of simulated
+// drift-free windows of that size; they are not calibrated to an ERT.
 const (
 	SignalEstAccuracy    = "estimated_accuracy"
 	SignalEstSensitivity = "estimated_sensitivity"
@@ -56,7 +57,12 @@ type Monitor struct {
 	perf    [][4]float64
 	perfLow [][3]bool // per window: accuracy, sensitivity, specificity estimate alerted since reset
 	z       []float32 // ring of projected features, for persistence
-	phi     []float64
+	// estimateFloor: the estimate alerts below the lower of the baseline's
+	// 95% bound and the 1st percentile of drift-free windows of this size
+	// (without the latter a window's own noise would alert on drift-free
+	// data).
+	estimateFloor [3]float64
+	phi           []float64
 }
 
 // NewMonitor returns a monitor against b with b's detector calibration.
@@ -67,6 +73,13 @@ func NewMonitor(b *Baseline) (*Monitor, error) {
 	m := &Monitor{b: b, cal: b.Detector, e: newEngine(b.ref, b.Detector.Tests, b.Detector.Seed)}
 	m.probs = make([]float64, m.e.maxW)
 	m.perf = make([][4]float64, len(m.e.windows))
+	mt := b.Metrics
+	m.estimateFloor = [3]float64{mt.Accuracy.Lo, mt.Sensitivity.Lo, mt.Specificity.Lo}
+	for _, d := range b.Descriptive {
+		if d.Window == m.e.maxW {
+			m.estimateFloor = [3]float64{min(mt.Accuracy.Lo, d.AccuracyLow), min(mt.Sensitivity.Lo, d.SensitivityLow), min(mt.Specificity.Lo, d.SpecificityLow)}
+		}
+	}
 	if m.e.useMMD {
 		m.z = make([]float32, m.e.maxW*b.Embedding.Dim)
 		m.phi = make([]float64, b.Embedding.RFFDim)
@@ -91,14 +104,30 @@ func (m *Monitor) Reset() {
 // perfAdd adds (sign=1) or removes (sign=-1) the expected confusion counts
 // of the score in ring slot.
 func (m *Monitor) perfAdd(wi, slot int, sign float64) {
-	p := m.probs[slot]
-	if m.e.positive(m.e.ringScore[slot]) {
-		m.perf[wi][0] += sign * p
-		m.perf[wi][1] += sign * (1 - p)
+	m.perf[wi] = addConfusion(m.perf[wi], m.probs[slot], m.e.positive(m.e.ringScore[slot]), sign)
+}
+
+// addConfusion adds the expected TP, FP, TN, FN of one cell with calibrated
+// probability p and the given prediction.
+func addConfusion(c [4]float64, p float64, predictedPositive bool, sign float64) [4]float64 {
+	if predictedPositive {
+		c[0] += sign * p
+		c[1] += sign * (1 - p)
 	} else {
-		m.perf[wi][2] += sign * (1 - p)
-		m.perf[wi][3] += sign * p
+		c[2] += sign * (1 - p)
+		c[3] += sign * p
 	}
+	return c
+}
+
+func estimateFrom(c [4]float64, n int) Estimate {
+	est := Estimate{N: n, Accuracy: math.NaN(), Sensitivity: math.NaN(), Specificity: math.NaN()}
+	if n > 0 {
+		est.Accuracy = (c[0] + c[2]) / float64(n)
+		est.Sensitivity = c[0] / (c[0] + c[3])
+		est.Specificity = c[2] / (c[2] + c[1])
+	}
+	return est
 }
 
 // Index is the number of scores observed since the monitor was made.
@@ -185,7 +214,7 @@ func (m *Monitor) observe(score float64, z []float32, phi []float64, emit bool) 
 		}
 		p := m.estimate(wi)
 		vals := [3]float64{p.Accuracy, p.Sensitivity, p.Specificity}
-		los := [3]float64{m.b.Metrics.Accuracy.Lo, m.b.Metrics.Sensitivity.Lo, m.b.Metrics.Specificity.Lo}
+		los := m.estimateFloor
 		for k, sig := range estimateSignals {
 			if vals[k] < los[k] && !m.perfLow[wi][k] {
 				m.perfLow[wi][k] = true
@@ -223,14 +252,8 @@ func (m *Monitor) Performance() []Estimate {
 }
 
 func (m *Monitor) estimate(wi int) Estimate {
-	n := m.e.count[wi]
-	tp, fp, tn, fn := m.perf[wi][0], m.perf[wi][1], m.perf[wi][2], m.perf[wi][3]
-	est := Estimate{Window: m.e.windows[wi], N: int(n), Accuracy: math.NaN(), Sensitivity: math.NaN(), Specificity: math.NaN()}
-	if n > 0 {
-		est.Accuracy = (tp + tn) / float64(n)
-		est.Sensitivity = tp / (tp + fn)
-		est.Specificity = tn / (tn + fp)
-	}
+	est := estimateFrom(m.perf[wi], int(m.e.count[wi]))
+	est.Window = m.e.windows[wi]
 	return est
 }
 

@@ -163,6 +163,7 @@ func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer
 	basePath := fs.String("baseline", "", "baseline.json (required)")
 	input := fs.String("input", "", "CSV with a p_parasitized column and optional f0..fN feature columns (required)")
 	plot := fs.String("plot", "", "write the last window's score histogram over the baseline's to this .png or .svg")
+	summary := fs.Bool("summary", false, "at the end, print per window the descriptive statistics (with thresholds simulated at the window's size), the label-free performance estimate and the test statistics to stderr as JSON")
 	var cf calibrationFlags
 	cf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -204,6 +205,25 @@ func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer
 				return err
 			}
 		}
+	}
+	if *summary {
+		type windowSummary struct {
+			Window      int                    `json:"window"`
+			Descriptive drift.DescriptiveStats `json:"descriptive"`
+			Above       []string               `json:"above_threshold"`
+			Estimate    drift.Estimate         `json:"estimate"`
+		}
+		var ws []windowSummary
+		for i, w := range m.Windows() {
+			live := m.WindowScores(w)
+			if len(live) == 0 {
+				continue
+			}
+			d := b.Describe(live)
+			ws = append(ws, windowSummary{Window: w, Descriptive: d, Above: d.Above(), Estimate: m.Performance()[i]})
+		}
+		j, _ := json.MarshalIndent(map[string]any{"windows": ws, "tests": m.Status()}, "", "  ")
+		fmt.Fprintln(stderr, string(j))
 	}
 	if *plot != "" {
 		ws := m.Windows()
