@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +62,9 @@ type job struct {
 	slide, name, source string
 	kind                string // "" means the configured kind
 	data                []byte
+	// path, when data is nil, is read by the worker: queued inbox files
+	// cost no memory until their turn.
+	path string
 	enqueued            time.Time
 	// done receives the outcome; it must not block (buffered or a func).
 	done func(jobResult)
@@ -355,6 +359,15 @@ func (d *Daemon) process(j job) (r jobResult) {
 		kind = cfg.Images.Kind
 	}
 	ctx := context.Background()
+	if j.data == nil && j.path != "" {
+		data, err := os.ReadFile(j.path)
+		if err != nil {
+			d.metrics.errors.WithLabelValues("read").Inc()
+			d.metrics.images.WithLabelValues(j.source, "failed").Inc()
+			return jobResult{err: fmt.Errorf("read %s: %w", j.path, err)}
+		}
+		j.data = data
+	}
 	an, err := d.model.Analyze(ctx, j.data, kind)
 	if err != nil {
 		var bad *badImageError

@@ -314,16 +314,11 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 		in.d.metrics.images.WithLabelValues("inbox", "rejected").Inc()
 		return false
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		in.d.log.Warn("reading image failed; will retry", "path", path, "err", err)
-		return true
-	}
 	in.mu.Lock()
 	in.inFlight[path] = slide
 	in.mu.Unlock()
 	ok = in.d.submit(job{
-		slide: slide, name: name, source: "inbox", kind: kind, data: data,
+		slide: slide, name: name, source: "inbox", kind: kind, path: path,
 		done: func(r jobResult) { in.after(path, slide, r) },
 	})
 	if !ok {

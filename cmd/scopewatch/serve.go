@@ -7,10 +7,15 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/scopewatch/scopewatch/internal/config"
 )
+
+// goMemoryLimit is the Go heap's soft limit (not the process's: ONNX
+// Runtime, OpenCV and SQLite allocate outside it).
+const goMemoryLimit = 40 << 20
 
 func init() {
 	register("serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe)
@@ -28,6 +33,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg, err := config.Load(*cfgPath, os.LookupEnv)
 	if err != nil {
 		return err
+	}
+	// The Go heap churns through a few tens of MB per field (decoded
+	// field, segmentation map, batch tensors); a soft limit makes the
+	// collector return it instead of letting the heap double between
+	// cycles, which keeps the resident set within the device budget.
+	// GOMEMLIMIT in the environment wins.
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(goMemoryLimit)
 	}
 	level := new(slog.LevelVar)
 	level.Set(parseLevel(cfg.Log.Level))
