@@ -64,8 +64,8 @@ type job struct {
 	data                []byte
 	// path, when data is nil, is read by the worker: queued inbox files
 	// cost no memory until their turn.
-	path string
-	enqueued            time.Time
+	path     string
+	enqueued time.Time
 	// done receives the outcome; it must not block (buffered or a func).
 	done func(jobResult)
 }
