@@ -89,14 +89,19 @@ func (e *Embedding) Project(f []float32) ([]float32, error) {
 	if len(f) != e.InputDim {
 		return nil, fmt.Errorf("features: have %d values, the baseline expects %d", len(f), e.InputDim)
 	}
-	e.init()
-	tmp := make([]float64, e.Dim)
-	e.rawProject(f, tmp)
 	out := make([]float32, e.Dim)
+	e.projectInto(f, make([]float64, e.Dim), out)
+	return out, nil
+}
+
+// projectInto is Project into caller-owned buffers (len Dim each); f must
+// have InputDim values.
+func (e *Embedding) projectInto(f []float32, tmp []float64, out []float32) {
+	e.init()
+	e.rawProject(f, tmp)
 	for j := range tmp {
 		out[j] = float32((tmp[j] - e.Mean[j]) / e.Std[j])
 	}
-	return out, nil
 }
 
 // featureMap writes the random Fourier features of projected z into phi.

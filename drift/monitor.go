@@ -57,6 +57,8 @@ type Monitor struct {
 	perf    [][4]float64
 	perfLow [][3]bool // per window: accuracy, sensitivity, specificity estimate alerted since reset
 	z       []float32 // ring of projected features, for persistence
+	zbuf    []float32 // scratch for one projection
+	tmp     []float64
 	// estimateFloor: the estimate alerts below the lower of the baseline's
 	// 95% bound and the 1st percentile of drift-free windows of this size
 	// (without the latter a window's own noise would alert on drift-free
@@ -83,6 +85,8 @@ func NewMonitor(b *Baseline) (*Monitor, error) {
 	if m.e.useMMD {
 		m.z = make([]float32, m.e.maxW*b.Embedding.Dim)
 		m.phi = make([]float64, b.Embedding.RFFDim)
+		m.zbuf = make([]float32, b.Embedding.Dim)
+		m.tmp = make([]float64, b.Embedding.Dim)
 	}
 	m.Reset()
 	return m, nil
@@ -144,10 +148,11 @@ func (m *Monitor) Observe(score float64, features []float32) ([]Event, error) {
 	}
 	var z []float32
 	if m.e.useMMD {
-		var err error
-		if z, err = m.b.Embedding.Project(features); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrBadInput, err)
+		if len(features) != m.b.Embedding.InputDim {
+			return nil, fmt.Errorf("%w: features: have %d values, the baseline expects %d", ErrBadInput, len(features), m.b.Embedding.InputDim)
 		}
+		z = m.zbuf
+		m.b.Embedding.projectInto(features, m.tmp, z)
 		for _, v := range z {
 			if !finite(float64(v)) {
 				return nil, fmt.Errorf("%w: features contain a non-finite value", ErrBadInput)
