@@ -3,6 +3,7 @@ package inference
 import (
 	"errors"
 	"image"
+	"math/rand"
 	"sort"
 	"testing"
 
@@ -197,16 +198,15 @@ func TestSegmentFieldRejectsBadInput(t *testing.T) {
 
 // BenchmarkSegmentField segments one 1920x1080 field of about 300 cells.
 func BenchmarkSegmentField(b *testing.B) {
-	var m gocv.Mat
-	for i := 0; ; i++ {
-		mm, tr := segField(b, 9300, synth.Knobs{}, i)
-		if tr.RBC >= 270 && tr.RBC <= 330 {
-			m = mm
-			b.Logf("field with %d red cells", tr.RBC)
-			break
-		}
-		mm.Close()
+	// A slide dense enough for ~300 red cells of the typical size.
+	slide := synth.NewSlide("bench", rand.New(rand.NewSource(9300)), synth.Knobs{Prevalence: 0.05})
+	slide.Density, slide.FieldRadius = 0.6, 26
+	img, tr := slide.RenderField(rand.New(rand.NewSource(9301)), "field_000")
+	m, err := gocv.ImageToMatRGB(img)
+	if err != nil {
+		b.Fatal(err)
 	}
+	b.Logf("field with %d red cells", tr.RBC)
 	defer m.Close()
 	b.ResetTimer()
 	for range b.N {
@@ -266,5 +266,72 @@ func BenchmarkSegmentAccuracy(b *testing.B) {
 			b.ReportMetric(float64(total.wbcAsRBC), "wbc_as_rbc")
 			b.ReportMetric(float64(whiteFound)/float64(max(white, 1)), "wbc_found")
 		})
+	}
+}
+
+// White cells are found and kept out of the red cells. Fields 4, 5, 6 and
+// 8 of seed 9500 hold one white cell each.
+func TestSegmentFieldWhiteCells(t *testing.T) {
+	kinds := map[string]bool{}
+	for _, i := range []int{4, 5, 6, 8} {
+		m, tr := segField(t, 9500, synth.Knobs{Prevalence: 0.05}, i)
+		seg, err := SegmentField(m, SegmentOptions{})
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := scoreSegmentation(tr, seg.Cells); s.wbcAsRBC > 0 {
+			t.Errorf("field %d: %d white cells reported as red cells", i, s.wbcAsRBC)
+		}
+		n := 0
+		for _, c := range tr.Cells {
+			if c.Kind != synth.KindWBC {
+				continue
+			}
+			n++
+			kinds[c.Stage] = true
+			found := false
+			for _, b := range seg.WhiteCells {
+				found = found || iou(c.Box(), b) >= 0.5
+			}
+			if !found {
+				t.Errorf("field %d: %s at %v not found among white cells %v", i, c.Stage, c.Box(), seg.WhiteCells)
+			}
+		}
+		if n == 0 {
+			t.Fatalf("field %d of seed 9500 has no white cell; the synthetic fields changed, pick others", i)
+		}
+		if len(seg.WhiteCells) > n {
+			t.Errorf("field %d: %d white cells found, truth has %d", i, len(seg.WhiteCells), n)
+		}
+	}
+	t.Logf("white-cell types seen: %v", kinds)
+}
+
+// Cells cut by the image border are dropped unless KeepBorder is set.
+func TestSegmentFieldBorder(t *testing.T) {
+	m, _ := segField(t, 9100, synth.Knobs{}, 0)
+	defer m.Close()
+	// A window that cuts through many cells.
+	reg := m.Region(image.Rect(333, 211, 1333, 811))
+	win := reg.Clone()
+	reg.Close()
+	defer win.Close()
+	inner := image.Rect(0, 0, win.Cols(), win.Rows()).Inset(1)
+	seg, err := SegmentField(win, SegmentOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range seg.Cells {
+		if !c.Box.In(inner) {
+			t.Errorf("cell %v touches the border", c.Box)
+		}
+	}
+	keep, err := SegmentField(win, SegmentOptions{KeepBorder: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keep.Cells) < len(seg.Cells)+5 {
+		t.Errorf("KeepBorder: %d cells, without: %d; want the cut cells too", len(keep.Cells), len(seg.Cells))
 	}
 }

@@ -25,7 +25,7 @@ const (
 	touchFraction = 0.1
 	// packing bounds the fraction of the field the cells' outer discs may
 	// cover; random placement cannot fill much more than this.
-	packing = 0.42
+	packing = 0.45
 )
 
 // Cell kinds in FieldTruth.
@@ -95,7 +95,7 @@ func (s *Slide) RenderField(rng *rand.Rand, name string) (*image.RGBA, FieldTrut
 	t := FieldTruth{Slide: s.ID, Field: name, Width: FieldWidth, Height: FieldHeight,
 		SlideParasitemia: s.Parasitemia, Knobs: s.Knobs, Touching: [][2]int{}}
 	r := s.FieldRadius
-	outer := r*1.25 + 2
+	outer := r*1.12 + 1.5 // a typical cell's reach, gap included
 	nmax := int(packing * FieldWidth * FieldHeight / (math.Pi * outer * outer))
 	// Density sets the count; a higher magnification leaves fewer cells in
 	// view, and no field is packed beyond what random placement can reach.

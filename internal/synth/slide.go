@@ -115,7 +115,7 @@ func NewSlide(id string, rng *rand.Rand, k Knobs) Slide {
 
 	mag := k.mag()
 	s.CropRadius = (52 + 14*rng.Float64()) * mag
-	s.FieldRadius = (24 + 6*rng.Float64()) * mag
+	s.FieldRadius = (22 + 7*rng.Float64()) * mag
 
 	pr := rng.Float64()
 	if pr < negativeSlideFraction {
