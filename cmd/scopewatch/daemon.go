@@ -82,7 +82,8 @@ type Daemon struct {
 	log      *slog.Logger
 	level    *slog.LevelVar
 	now      func() time.Time
-	model    analyzer
+	model    *swappableModel
+	open     func(config.Config, *slog.Logger) (analyzer, error)
 	db       *dbStore
 	metrics  *serveMetrics
 	cfgMu    sync.RWMutex
@@ -103,6 +104,9 @@ type daemonDeps struct {
 	Level *slog.LevelVar
 	Now   func() time.Time
 	Model analyzer
+	// OpenModel loads a model for a reload (SIGHUP); nil disables model
+	// reloading.
+	OpenModel func(config.Config, *slog.Logger) (analyzer, error)
 }
 
 func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon, error) {
@@ -113,7 +117,8 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		log:      deps.Log,
 		level:    deps.Level,
 		now:      deps.Now,
-		model:    deps.Model,
+		model:    &swappableModel{cur: deps.Model},
+		open:     deps.OpenModel,
 		cfg:      cfg,
 		queue:    make(chan job, cfg.Images.QueueSize),
 		httpAddr: make(chan string, 1),
@@ -544,14 +549,52 @@ func (d *Daemon) reload(next config.Config) {
 	cfg.Storage.Retention = next.Storage.Retention
 	cfg.Storage.MaxDBBytes = next.Storage.MaxDBBytes
 	cfg.Storage.MinFreeBytes = next.Storage.MinFreeBytes
+	cfg.Model.Path = next.Model.Path
+	cfg.Model.Keys = next.Model.Keys
+	cfg.Model.AllowUnsigned = next.Model.AllowUnsigned
+	cfg.Model.Threads = next.Model.Threads
+	cfg.Model.Batch = next.Model.Batch
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	if d.level != nil {
 		d.level.Set(parseLevel(cfg.Log.Level))
 	}
+	d.reloadModel(cfg)
 	d.model.SetThreshold(cfg.Model.Threshold)
 	d.log.Info("configuration reloaded", "applied", applied, "needs_restart", restart)
 	d.db.event(context.Background(), "info", "reload", "", fmt.Sprintf("applied %v; needs restart %v", applied, restart))
+}
+
+// reloadModel loads the configured bundle again and swaps it in when it is
+// a different bundle (another path, or the files at the path changed). A
+// bundle that fails verification is rejected with an alert, and the running
+// model keeps serving.
+func (d *Daemon) reloadModel(cfg config.Config) {
+	if d.open == nil {
+		return
+	}
+	next, err := d.open(cfg, d.log)
+	if err != nil {
+		d.log.Error("new model rejected; the running model keeps serving", "path", cfg.Model.Path, "err", err,
+			"serving", d.model.ModelVersion())
+		d.alert(context.Background(), "model_rejected", fmt.Sprintf("%s: %v", cfg.Model.Path, err))
+		return
+	}
+	if identity(next) == d.model.identity() {
+		next.Close()
+		return
+	}
+	old := d.model.ModelVersion()
+	if err := d.model.swap(next); err != nil {
+		d.log.Warn("closing the previous model", "err", err)
+	}
+	d.metrics.modelInfo.Reset()
+	d.metrics.modelInfo.WithLabelValues(next.ModelVersion()).Set(1)
+	d.log.Info("model swapped", "from", old, "to", next.ModelVersion(), "path", cfg.Model.Path)
+	d.db.event(context.Background(), "info", "model_swapped", "", fmt.Sprintf("%s -> %s (%s)", old, next.ModelVersion(), cfg.Model.Path))
+	if d.mq != nil {
+		d.mq.publishStatus()
+	}
 }
 
 func parseLevel(s string) slog.Level {

@@ -82,6 +82,9 @@ func signerName(b *inference.Bundle) string {
 
 func (a *modelAnalyzer) ModelVersion() string { return a.clf.Version() }
 
+// Identity is the sha256 of the bundle's manifest, which covers every file.
+func (a *modelAnalyzer) Identity() string { return a.bundle.ManifestSHA256 }
+
 func (a *modelAnalyzer) SetThreshold(t float64) { a.threshold.Store(math.Float64bits(t)) }
 
 func (a *modelAnalyzer) currentThreshold() float64 {

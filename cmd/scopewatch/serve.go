@@ -50,7 +50,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("load model %s: %w", cfg.Model.Path, err)
 	}
-	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model})
+	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model, OpenModel: openAnalyzer})
 	if err != nil {
 		model.Close()
 		return err

@@ -655,3 +655,50 @@ func TestRetentionPrunesOldRows(t *testing.T) {
 		t.Fatalf("after retention: %d predictions, %d slides; want only the recent 1 and 1", cells, slides)
 	}
 }
+
+type versionedAnalyzer struct {
+	pixelAnalyzer
+	version string
+	closed  *int
+}
+
+func (v *versionedAnalyzer) ModelVersion() string { return v.version }
+func (v *versionedAnalyzer) Close() error         { *v.closed++; return nil }
+
+func TestReloadSwapsOrRejectsModel(t *testing.T) {
+	closed := 0
+	var openErr error
+	version := "v2"
+	td := startTestDaemon(t, nil)
+	td.d.open = func(config.Config, *slog.Logger) (analyzer, error) {
+		if openErr != nil {
+			return nil, openErr
+		}
+		return &versionedAnalyzer{version: version, closed: &closed}, nil
+	}
+	td.d.reload(td.cfg)
+	if got := td.d.model.ModelVersion(); got != "v2" {
+		t.Fatalf("model %s after reload, want v2", got)
+	}
+	td.d.reload(td.cfg) // same bundle: no swap, the fresh load is closed
+	if closed != 1 || td.d.model.ModelVersion() != "v2" {
+		t.Fatalf("same bundle: closed %d, model %s", closed, td.d.model.ModelVersion())
+	}
+	openErr = errors.New("bundle /x: bundle file sha256 mismatch: backbone.onnx")
+	td.d.reload(td.cfg)
+	if td.d.model.ModelVersion() != "v2" {
+		t.Fatal("a rejected bundle replaced the running model")
+	}
+	var alerts int
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM serve_outbox WHERE id LIKE 'alert/%model_rejected%'`).Scan(&alerts)
+	if alerts != 1 {
+		t.Fatalf("%d model_rejected alerts, want 1", alerts)
+	}
+	resp := upload(t, td.url+"/v1/images?slide=sw1", "image/png", pngBytes(t, 40, 40, 250))
+	var ur uploadResponse
+	json.NewDecoder(resp.Body).Decode(&ur)
+	resp.Body.Close()
+	if ur.ModelVersion != "v2" {
+		t.Fatalf("upload answered by model %s", ur.ModelVersion)
+	}
+}

@@ -656,6 +656,11 @@ func validSlideID(s string) bool {
 // Reloadable lists the field paths that SIGHUP applies without a restart.
 var Reloadable = []string{
 	"log.level",
+	"model.path",
+	"model.keys",
+	"model.allow_unsigned",
+	"model.threads",
+	"model.batch",
 	"model.threshold",
 	"slides.idle_timeout",
 	"slides.target_cells",
