@@ -339,11 +339,6 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		*onset = 2 * maxW
 	}
 
-	type nullRow struct {
-		Detector string           `json:"detector"`
-		Target   int              `json:"target_ert"`
-		Result   drift.NullResult `json:"result"`
-	}
 	var nullTable []nullRow
 	run := func(name string, bb *drift.Baseline) error {
 		fmt.Fprintf(stderr, "scopewatch drift eval: %d drift-free runs, detector %s...\n", *nullRuns, name)
@@ -446,27 +441,14 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *jsonOut {
 		return json.NewEncoder(stdout).Encode(map[string]any{"null": nullTable, "shifts": shiftTable})
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "detector\ttier\ttarget ERT\truns\tmean run length\t± s.e.\tratio\tp10\tmedian\tp90\tcensored\tfirst signal\t\n")
-	for _, r := range nullTable {
-		for _, tier := range []struct {
-			name   string
-			target int
-			rl     drift.RunLengths
-		}{{"warn", r.Result.Warn.Runs, r.Result.Warn}, {"alarm", r.Target, r.Result.Alarm}} {
-			target := tier.target
-			if tier.name == "warn" {
-				target = warnTarget(b, r.Detector, r.Target)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%.0f\t%.0f\t%d\t%s\t\n", r.Detector, tier.name, target, tier.rl.Runs, tier.rl.Mean, tier.rl.SE, tier.rl.Mean/float64(target), tier.rl.P10, tier.rl.Median, tier.rl.P90, tier.rl.Censored, formatCounts(tier.rl.BySignal))
+	if len(nullTable) > 0 {
+		if err := printNullTable(stdout, b, nullTable); err != nil {
+			return err
 		}
-	}
-	if err := tw.Flush(); err != nil {
-		return err
 	}
 	if len(shiftTable) > 0 {
 		fmt.Fprintln(stdout)
-		tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintf(tw, "shift\ttier\truns\tfalse before onset (reset)\tdetected\twithin %d\tmissed\tmean delay\tmedian delay\tfirst signal\t\n", *within)
 		for _, r := range shiftTable {
 			res := r.Result
@@ -550,4 +532,29 @@ func runDriftBuild(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fmt.Fprintf(stdout, "wrote %s: %d cells, accuracy %.4f (%.4f-%.4f), AUC %.4f (%.4f-%.4f), calibration map kept: %v\n",
 		*out, m.N, m.Accuracy.Value, m.Accuracy.Lo, m.Accuracy.Hi, m.AUC.Value, m.AUC.Lo, m.AUC.Hi, b.ECE.Kept)
 	return nil
+}
+
+type nullRow struct {
+	Detector string           `json:"detector"`
+	Target   int              `json:"target_ert"`
+	Result   drift.NullResult `json:"result"`
+}
+
+func printNullTable(stdout io.Writer, b *drift.Baseline, nullTable []nullRow) error {
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "detector\ttier\ttarget ERT\truns\tmean run length\t± s.e.\tratio\tp10\tmedian\tp90\tcensored\tfirst signal\t\n")
+	for _, r := range nullTable {
+		for _, tier := range []struct {
+			name   string
+			target int
+			rl     drift.RunLengths
+		}{{"warn", r.Result.Warn.Runs, r.Result.Warn}, {"alarm", r.Target, r.Result.Alarm}} {
+			target := tier.target
+			if tier.name == "warn" {
+				target = warnTarget(b, r.Detector, r.Target)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%.0f\t%.0f\t%d\t%s\t\n", r.Detector, tier.name, target, tier.rl.Runs, tier.rl.Mean, tier.rl.SE, tier.rl.Mean/float64(target), tier.rl.P10, tier.rl.Median, tier.rl.P90, tier.rl.Censored, formatCounts(tier.rl.BySignal))
+		}
+	}
+	return tw.Flush()
 }

@@ -99,11 +99,11 @@ func main() {
 	writeCSV(filepath.Join(*out, "test.csv"), s, l, f)
 	s, l, f = cells(*pool, *prev, 0, 0, 1000+*seed)
 	writeCSV(filepath.Join(*out, "null.csv"), s, l, f)
-	for i, sev := range []float64{0.5, 1} {
+	for i, sev := range []float64{0.25, 0.5, 1} {
 		s, l, f = cells(*pool, *prev, sev, 0, 2000+uint64(i)+*seed)
 		writeCSV(filepath.Join(*out, fmt.Sprintf("shift%v.csv", sev)), s, l, f)
 	}
-	for i, sev := range []float64{0.15, 0.3} {
+	for i, sev := range []float64{0.05, 0.15, 0.3} {
 		s, l, f = cells(*pool, *prev, 0, sev, 3000+uint64(i)+*seed)
 		writeCSV(filepath.Join(*out, fmt.Sprintf("blur%v.csv", sev)), s, l, f)
 	}
