@@ -463,7 +463,8 @@ func int32s(m *gocv.Mat) ([]int32, error) {
 // Crop cuts cell i out of the field img (the image that was segmented) as
 // a square 8-bit BGR crop like the classifier's training crops: the cell
 // centred, everything that is not the cell black. The caller closes the
-// returned Mat.
+// returned Mat. Crop only reads, so crops of one field may be cut from
+// several goroutines at once.
 func (s *Segmentation) Crop(img gocv.Mat, i int) (gocv.Mat, error) {
 	if i < 0 || i >= len(s.Cells) {
 		return gocv.NewMat(), fmt.Errorf("crop: cell %d out of range (have %d)", i, len(s.Cells))

@@ -132,8 +132,9 @@ type cellRenderer struct {
 	rng *rand.Rand
 }
 
-// draw renders a red cell centred at (cx,cy) of mean radius r. elong > 0
-// stretches it; gametocytes stretch it themselves.
+// draw renders a red cell centred at (cx,cy) of mean radius r, with a
+// parasite of a random stage when label is Parasitized and look-alikes at
+// the same rates in both classes.
 func (cr *cellRenderer) draw(cx, cy, r float64, label Label) (cellGeom, *patch, CellInfo) {
 	rng := cr.rng
 	info := CellInfo{Label: label}
