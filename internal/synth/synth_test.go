@@ -626,3 +626,19 @@ func BenchmarkField(b *testing.B) {
 		FieldAt(1, Knobs{}, 4, i)
 	}
 }
+
+func TestFieldMagnification(t *testing.T) {
+	_, tr, slide := FieldAt(31, Knobs{Magnification: 1.6}, 2, 0)
+	nominal := testFields()[0]
+	if tr.RBC >= nominal.tr.RBC*2/3 {
+		t.Errorf("magnification 1.6: %d red cells, nominal %d; want far fewer", tr.RBC, nominal.tr.RBC)
+	}
+	if r := slide.FieldRadius / nominal.slide.FieldRadius; r < 1.55 || r > 1.65 {
+		t.Errorf("magnification 1.6: cell radius ratio %.2f", r)
+	}
+	for _, c := range tr.Cells {
+		if !c.Box().In(image.Rect(0, 0, FieldWidth, FieldHeight)) {
+			t.Errorf("cell %d box %v outside the field", c.ID, c.Box())
+		}
+	}
+}
