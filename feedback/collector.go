@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -119,6 +120,8 @@ type Collector struct {
 	cfg CollectorConfig
 	db  *sql.DB
 	mu  sync.Mutex // one message at a time: keeps reassembly simple
+
+	subscribed atomic.Int64
 }
 
 type nopCollectorMetrics struct{}
@@ -549,6 +552,7 @@ func (c *Collector) Subscribe(ctx context.Context, client mqtt.Client, group str
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		return fmt.Errorf("subscribe %s: %v", strings.Join(mapKeys(filters), ", "), errOrTimeout(tok))
 	}
+	c.subscribed.Add(1)
 	return nil
 }
 
@@ -566,6 +570,10 @@ func mapKeys(m map[string]byte) []string {
 	}
 	return out
 }
+
+// Subscriptions counts successful Subscribe calls (one per connection):
+// readiness for health checks and tests.
+func (c *Collector) Subscriptions() int64 { return c.subscribed.Load() }
 
 // Run connects with cfg (AutoAckDisabled and a persistent session are
 // forced), subscribes on every connection, and handles messages until ctx

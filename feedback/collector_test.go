@@ -214,10 +214,11 @@ func TestCollectorExport(t *testing.T) {
 }
 
 func FuzzCollectorHandle(f *testing.F) {
-	_, _, recs := sampleRecords(f, 1, 300, 300)
-	for _, r := range recs {
-		f.Add(r.Payload)
-	}
+	// Small seeds only: the mutator slows to a crawl on 120 KiB chunks.
+	_, _, recs := sampleRecords(f, 1, 10, 10)
+	f.Add(recs[0].Payload)
+	ch, _ := json.Marshal(Chunk{Schema: ChunkSchema, SampleID: "fb-1", Index: 0, Count: 1, SHA256: SHA256Hex([]byte("\x89PNG\r\n\x1a\n")), Data: []byte("\x89PNG\r\n\x1a\n")})
+	f.Add(ch)
 	f.Add([]byte(`{"schema":"scopewatch.label/v1","feedback_id":"x","label":"uninfected","who":"a","time":"2026-11-28T10:00:00Z"}`))
 	c, _ := openCollector(f)
 	ctx := context.Background()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	sqlite3 "github.com/mattn/go-sqlite3"
 
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
@@ -56,6 +57,9 @@ var (
 	// outbox is full of records that may not be dropped.
 	ErrDropped = errors.New("outbox full: feedback record dropped")
 	ErrClosed  = errors.New("outbox closed")
+	// ErrDiskFull means SQLite could not grow the database (disk or
+	// max_page_count reached): nothing was stored; alert and retry later.
+	ErrDiskFull = errors.New("outbox database full")
 )
 
 // Record is one outbound MQTT message.
@@ -271,6 +275,15 @@ func (o *Outbox) Enqueue(ctx context.Context, r Record) error {
 // record that cannot fit, even after dropping older feedback, is dropped
 // and counted, and the batch still commits with ErrDropped returned.
 func (o *Outbox) EnqueueBatch(ctx context.Context, recs ...Record) error {
+	err := o.enqueue(ctx, recs)
+	var se sqlite3.Error
+	if errors.As(err, &se) && se.Code == sqlite3.ErrFull {
+		return fmt.Errorf("%w: %v", ErrDiskFull, err)
+	}
+	return err
+}
+
+func (o *Outbox) enqueue(ctx context.Context, recs []Record) error {
 	for i := range recs {
 		if err := validate(&recs[i]); err != nil {
 			return err

@@ -17,6 +17,10 @@ import (
 // the size is predictable: about 4*w*h bytes).
 func testPNG(t testing.TB, w, h int, seed uint64) []byte {
 	t.Helper()
+	return noisePNG(w, h, seed)
+}
+
+func noisePNG(w, h int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, 1))
 	img := image.NewNRGBA(image.Rect(0, 0, w, h))
 	for i := range img.Pix {
@@ -25,7 +29,7 @@ func testPNG(t testing.TB, w, h int, seed uint64) []byte {
 	img.Set(0, 0, color.NRGBA{A: 255})
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
 	return buf.Bytes()
 }

@@ -115,7 +115,6 @@ log_type warning
 log_type notice
 log_type information
 max_queued_messages 0
-max_inflight_messages 0
 max_packet_size 1048576
 %s`, b.port, b.persistDir(), b.logPath, b.extra)
 	if os.Geteuid() == 0 {
