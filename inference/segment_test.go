@@ -335,3 +335,38 @@ func TestSegmentFieldBorder(t *testing.T) {
 		t.Errorf("KeepBorder: %d cells, without: %d; want the cut cells too", len(keep.Cells), len(seg.Cells))
 	}
 }
+
+// Heavily parasitized fields: schizonts and gametocytes are dark, but no
+// parasitized red cell may be taken for a white cell or lost.
+func TestSegmentFieldKeepsParasitizedCells(t *testing.T) {
+	para, kept := 0, 0
+	stages := map[string]int{}
+	for i := range 2 {
+		m, tr := segField(t, 9700, synth.Knobs{Prevalence: 0.6}, i)
+		seg, err := SegmentField(m, SegmentOptions{})
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(seg.WhiteCells) > tr.WBC {
+			t.Errorf("field %d: %d white cells found, truth has %d", i, len(seg.WhiteCells), tr.WBC)
+		}
+		for _, c := range tr.Cells {
+			if c.Label != synth.Parasitized.String() {
+				continue
+			}
+			para++
+			for _, d := range seg.Cells {
+				if iou(c.Box(), d.Box) >= 0.5 {
+					kept++
+					stages[c.Stage]++
+					break
+				}
+			}
+		}
+	}
+	t.Logf("%d of %d parasitized cells found; by stage %v", kept, para, stages)
+	if kept < para*97/100 {
+		t.Errorf("only %d of %d parasitized cells found", kept, para)
+	}
+}
