@@ -438,6 +438,9 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, outboxMsg)
 	if s.ModelVersion == "" {
 		s.ModelVersion = d.model.ModelVersion()
 	}
+	if !cfg.MQTT.Enabled {
+		return s, outboxMsg{}
+	}
 	payload, _ := json.Marshal(s)
 	return s, outboxMsg{ID: "result/" + s.ID, Topic: d.topic("result"), Payload: payload, Priority: prioResult}
 }
@@ -489,8 +492,10 @@ func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 		"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
 	})
 	msg := outboxMsg{ID: fmt.Sprintf("alert/%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli()), Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
-	if err := d.db.enqueue(ctx, msg); err != nil {
-		d.log.Error("queue alert failed", "kind", kind, "err", err)
+	if cfg.MQTT.Enabled {
+		if err := d.db.enqueue(ctx, msg); err != nil {
+			d.log.Error("queue alert failed", "kind", kind, "err", err)
+		}
 	}
 	d.db.event(ctx, "warn", kind, "", detail)
 	d.metrics.alerts.WithLabelValues(kind).Inc()

@@ -332,6 +332,9 @@ type outboxMsg struct {
 }
 
 func (s *dbStore) enqueueTx(ctx context.Context, tx *sql.Tx, m outboxMsg) error {
+	if m.ID == "" {
+		return nil // nothing to send (MQTT disabled)
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO serve_outbox(id, topic, payload, priority, created_at) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT(id) DO NOTHING`, m.ID, m.Topic, m.Payload, m.Priority, s.now().UnixMilli()); err != nil {
 		return fmt.Errorf("enqueue %s: %w", m.ID, err)

@@ -123,7 +123,10 @@ func startTestDaemon(t *testing.T, mutate func(*config.Config)) *testDaemon {
 	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.MQTT.Enabled = false
+	// A broker that refuses connections: results and alerts are queued
+	// (the MQTT tests start a real one).
+	cfg.MQTT.Broker = "tcp://127.0.0.1:1"
+	cfg.MQTT.MaxBackoff = time.Second
 	cfg.Inbox.StableFor = 100 * time.Millisecond
 	cfg.Inbox.RescanInterval = 200 * time.Millisecond
 	cfg.Log.Level = "debug"
