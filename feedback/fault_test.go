@@ -26,9 +26,9 @@ import (
 //
 //	go test -run TestDeliveryUnderFaults -timeout 30m ./feedback/ -args -fault.n=10000 -fault.stop=40s -fault.rate=40
 var (
-	faultN     = flag.Int("fault.n", 2000, "feedback samples produced in TestDeliveryUnderFaults")
-	faultStop  = flag.Duration("fault.stop", 2*time.Second, "how long the broker stays down, each of three times")
-	faultRate  = flag.Float64("fault.rate", 250, "samples per second the producer makes")
+	faultN    = flag.Int("fault.n", 2000, "feedback samples produced in TestDeliveryUnderFaults")
+	faultStop = flag.Duration("fault.stop", 2*time.Second, "how long the broker stays down, each of three times")
+	faultRate = flag.Float64("fault.rate", 250, "samples per second the producer makes")
 	// mosquitto 2.0.11 does not restore shared subscriptions of persistent
 	// sessions after a restart: what is published before the collector
 	// resubscribes is dropped. The plain subscription is the default here;
