@@ -103,7 +103,7 @@ func (g *cellGeom) draw(c *canvas, od odVec, rng *rand.Rand) *patch {
 			if rho0 > reach {
 				continue
 			}
-			rho := rho0 / outline.at(math.Atan2(v, u))
+			rho := rho0 / outline.at(fastAtan2(v, u))
 			cov := clamp01((1-rho)*edgePx + 0.5)
 			if cov == 0 {
 				continue

@@ -312,6 +312,29 @@ func (t *outlineTable) at(theta float64) float64 {
 	return t[j] + fr*(t[j+1]-t[j])
 }
 
+// fastAtan2 is math.Atan2 to within 1e-5 rad (a minimax polynomial on
+// [0,1] plus octant folding); the cell outline lookup needs no more and it
+// was the costliest call per pixel.
+func fastAtan2(y, x float64) float64 {
+	ax, ay := math.Abs(x), math.Abs(y)
+	if ax == 0 && ay == 0 {
+		return 0
+	}
+	a := math.Min(ax, ay) / math.Max(ax, ay)
+	s := a * a
+	r := ((((((-0.0040540580*s+0.0218612288)*s-0.0559098861)*s+0.0964200441)*s-0.1390853351)*s+0.1994653599)*s-0.3332985605)*s*a + a
+	if ay > ax {
+		r = math.Pi/2 - r
+	}
+	if x < 0 {
+		r = math.Pi - r
+	}
+	if y < 0 {
+		r = -r
+	}
+	return r
+}
+
 // fastSin is a table sine, good to 1e-4: enough for texture.
 func fastSin(x float64) float64 {
 	f := x * (sinSteps / (2 * math.Pi))

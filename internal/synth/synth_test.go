@@ -642,3 +642,46 @@ func TestFieldMagnification(t *testing.T) {
 		}
 	}
 }
+
+// The table and polynomial stand-ins for exp, sin and atan2 stay close to
+// the math package: 8-bit output cannot show their error.
+func TestFastMath(t *testing.T) {
+	for i := range 20000 {
+		a := float64(i) / 20000 * 2 * math.Pi
+		for _, r := range []float64{0.3, 1, 70} {
+			y, x := r*math.Sin(a), r*math.Cos(a)
+			d := math.Abs(fastAtan2(y, x) - math.Atan2(y, x))
+			if d > math.Pi {
+				d = 2*math.Pi - d
+			}
+			if d > 1e-5 {
+				t.Fatalf("fastAtan2(%v, %v) off by %g", y, x, d)
+			}
+		}
+		if x := float64(i)*0.013 - 130; math.Abs(fastSin(x)-math.Sin(x)) > 1e-4 {
+			t.Fatalf("fastSin(%v) = %v, want %v", x, fastSin(x), math.Sin(x))
+		}
+		if x := float32(i) * 0.0006; math.Abs(float64(expNeg(x))-math.Exp(-float64(x))) > 1e-5 {
+			t.Fatalf("expNeg(%v) = %v", x, expNeg(x))
+		}
+	}
+	h := randHarmonics(newRand(1), 2, 5, 0.3)
+	tb := h.table()
+	for i := range 1000 {
+		th := -math.Pi + 2*math.Pi*float64(i)/1000
+		if d := math.Abs(tb.at(th) - h.at(th)); d > 1e-3 {
+			t.Fatalf("outline table at %v off by %g", th, d)
+		}
+	}
+	// The gaussian table has unit variance.
+	rng := newRand(3)
+	var s, s2 float64
+	for range 200000 {
+		g := gauss(rng)
+		s += g
+		s2 += g * g
+	}
+	if m, v := s/200000, s2/200000; math.Abs(m) > 0.01 || math.Abs(v-1) > 0.02 {
+		t.Errorf("gauss: mean %v variance %v", m, v)
+	}
+}
