@@ -198,6 +198,24 @@ CREATE TABLE feedback_meta (
 	key   TEXT PRIMARY KEY,
 	value INTEGER NOT NULL
 );`},
+		{SQL: `
+CREATE TABLE feedback_sent (
+	id              TEXT PRIMARY KEY,
+	window          INTEGER NOT NULL,
+	p_parasitized   REAL NOT NULL,
+	label_predicted TEXT NOT NULL,
+	model_version   TEXT NOT NULL,
+	reason          TEXT NOT NULL,
+	time_ns         INTEGER NOT NULL
+);
+CREATE INDEX feedback_sent_window ON feedback_sent(window);
+CREATE INDEX feedback_sent_time ON feedback_sent(time_ns);
+CREATE TABLE feedback_labels (
+	feedback_id TEXT PRIMARY KEY REFERENCES feedback_sent(id) ON DELETE CASCADE,
+	label       TEXT NOT NULL,
+	who         TEXT NOT NULL,
+	time_ns     INTEGER NOT NULL
+);`},
 	}}
 }
 

@@ -1,0 +1,126 @@
+package feedback
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestLabelsAgreementAndUnknown(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, "")
+	l, err := NewLabels(ctx, db.DB, LabelsConfig{MaxSent: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	for i := 0; i < 10; i++ {
+		s := testSample(i)
+		s.ID = fmt.Sprintf("fb-%d", i)
+		s.LabelPredicted = LabelUninfected
+		if i%2 == 0 {
+			s.Reason = ReasonRandom
+		}
+		if err := l.Sent(ctx, s, int64(i/5)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put := func(id, label string, at time.Time) error {
+		b, _ := Label{FeedbackID: id, Label: label, Who: "tech", Time: at}.Encode()
+		return l.Handle(ctx, b)
+	}
+	// 8 labels: fb-0..fb-7; the model is right on 0-5, wrong on 6, 7.
+	for i := 0; i < 8; i++ {
+		lab := LabelUninfected
+		if i >= 6 {
+			lab = LabelParasitized
+		}
+		if err := put(fmt.Sprintf("fb-%d", i), lab, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A correction of fb-1, then a stale redelivery that must not undo it.
+	put("fb-1", LabelParasitized, t0.Add(time.Minute))
+	put("fb-1", LabelUninfected, t0)
+	if err := put("fb-404", LabelUninfected, t0); !errors.Is(err, ErrUnknownID) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	if err := l.Handle(ctx, []byte(`{"schema":"scopewatch.label/v1"}`)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("malformed label: %v", err)
+	}
+	a, err := l.AgreementSince(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Labelled != 8 || a.Agree != 5 || a.RandomLabelled != 4 || a.RandomAgree != 3 {
+		t.Fatalf("agreement %+v", a)
+	}
+	if got := a.Accuracy(); got != 5.0/8 {
+		t.Fatalf("accuracy %v", got)
+	}
+	a1, _ := l.AgreementSince(ctx, 1)
+	if a1.Labelled != 3 {
+		t.Fatalf("window filter: %+v", a1)
+	}
+}
+
+func TestRetuneKofMWithCooldown(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, "")
+	l, _ := NewLabels(ctx, db.DB, LabelsConfig{})
+	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	r, err := NewRetuner(db.DB, l, RetuneConfig{K: 2, M: 3, MinLabelled: 3, Cooldown: time.Hour, Topic: "scopewatch/v1/lab/retune/request", Site: "lab", Device: "dev-1", Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := map[string]float64{"ks": 0.31}
+	window := func(alarm bool) *Record {
+		rec, err := r.Window(ctx, alarm, "2026.11.0", "drift alarm", ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clk.Add(10 * time.Minute)
+		return rec
+	}
+	// Alarms but no labels yet: nothing.
+	if window(true) != nil || window(true) != nil {
+		t.Fatal("request without enough labels")
+	}
+	for i := 0; i < 3; i++ {
+		s := testSample(i)
+		s.ID = fmt.Sprintf("fb-%d", i)
+		if err := l.Sent(ctx, s, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Put(ctx, Label{FeedbackID: s.ID, Label: LabelParasitized, Who: "a", Time: clk.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// History is now alarm, alarm, quiet: still 2 of the last 3, and
+	// labels exist, so it fires.
+	rec := window(false)
+	if rec == nil {
+		t.Fatal("did not fire on 2 of 3 with labels")
+	}
+	var req RetuneRequest
+	if err := json.Unmarshal(rec.Payload, &req); err != nil {
+		t.Fatal(err)
+	}
+	if req.Schema != RetuneSchema || len(req.FeedbackIDs) != 3 || req.Evidence["ks"] != 0.31 || rec.Kind != KindAlert {
+		t.Fatalf("request %+v", req)
+	}
+	// Cooldown: an hour, remembered by a new Retuner (restart).
+	r3, _ := NewRetuner(db.DB, l, RetuneConfig{K: 1, M: 1, MinLabelled: 3, Cooldown: time.Hour, Topic: "scopewatch/v1/lab/retune/request", Now: clk.Now})
+	r = r3
+	for i := 0; i < 5; i++ {
+		if window(true) != nil {
+			t.Fatalf("fired during cooldown at step %d", i)
+		}
+	}
+	if window(true) == nil {
+		t.Fatal("did not fire after the cooldown")
+	}
+}
