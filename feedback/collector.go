@@ -32,6 +32,9 @@ const (
 	RejectConflict  = "conflict"
 )
 
+// ChunkMaxAge is how long Run keeps chunks of an incomplete sample.
+const ChunkMaxAge = 7 * 24 * time.Hour
+
 // ErrConflict marks a message that contradicts what was already stored
 // under the same id (a chunk for a different crop, a sample re-sent with a
 // different crop): the first version is kept.
@@ -367,6 +370,20 @@ func (c *Collector) storeLabel(ctx context.Context, l Label) error {
 	return nil
 }
 
+// PruneChunks deletes chunks that waited longer than maxAge for the rest of
+// their sample (the device dropped the sample, or its other chunks went to
+// another worker of the shared group). It returns how many were deleted.
+func (c *Collector) PruneChunks(ctx context.Context, maxAge time.Duration) (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	res, err := c.db.ExecContext(ctx, `DELETE FROM collect_chunks WHERE received_ns < ?`, c.cfg.Now().Add(-maxAge).UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("prune chunks: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
 // ImagePath is where an image with this sha256 and format is stored.
 func (c *Collector) ImagePath(sha, format string) string {
 	return filepath.Join(c.cfg.Dir, "images", sha[:2], sha+"."+ext(format))
@@ -593,7 +610,19 @@ func (c *Collector) Run(ctx context.Context, cfg mqttconn.Config, group string) 
 	if err != nil {
 		return fmt.Errorf("collect: %w", err)
 	}
-	<-ctx.Done()
-	client.Disconnect(500)
-	return nil
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			client.Disconnect(500)
+			return nil
+		case <-prune.C:
+			if n, err := c.PruneChunks(ctx, ChunkMaxAge); err != nil {
+				c.cfg.Log.Error("prune chunks", "err", err)
+			} else if n > 0 {
+				c.cfg.Log.Warn("dropped chunks of samples that never completed", "chunks", n, "max_age", ChunkMaxAge)
+			}
+		}
+	}
 }

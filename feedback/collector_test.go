@@ -231,3 +231,26 @@ func FuzzCollectorHandle(f *testing.F) {
 		}
 	})
 }
+
+func TestCollectorPrunesOrphanChunks(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
+	c, err := OpenCollector(ctx, CollectorConfig{Dir: t.TempDir(), Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _, recs := sampleRecords(t, 5, 300, 300)
+	for _, r := range recs[1:3] { // two chunks, no header
+		if err := c.Handle(ctx, r.Topic, r.Payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := c.PruneChunks(ctx, ChunkMaxAge); n != 0 {
+		t.Fatalf("pruned %d fresh chunks", n)
+	}
+	clk.Add(ChunkMaxAge + time.Minute)
+	if n, _ := c.PruneChunks(ctx, ChunkMaxAge); n != 2 {
+		t.Fatalf("pruned %d, want 2", n)
+	}
+}

@@ -6,8 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
 
@@ -250,4 +254,37 @@ func (r *Retuner) Window(ctx context.Context, alarm bool, modelVersion, reason s
 		return nil, fmt.Errorf("retune: %w", err)
 	}
 	return &Record{ID: req.ID, Kind: KindAlert, Topic: r.cfg.Topic, Payload: payload, QoS: 1}, nil
+}
+
+// Subscribe subscribes client to this device's label topic
+// (scopewatch/v1/{site}/{device}/label) and stores incoming labels. Call
+// it from the OnConnect hook. Rejected labels are logged and passed to
+// onReject (may be nil) with their reason (see RejectReason); with
+// mqttconn's AutoAckDisabled the message is acknowledged only once stored
+// or rejected, otherwise paho acknowledges after the handler returns.
+func (l *Labels) Subscribe(ctx context.Context, client mqtt.Client, site, device string, log *slog.Logger, onReject func(reason string)) error {
+	topic, err := mqttconn.DeviceTopic(site, device, mqttconn.KindLabel)
+	if err != nil {
+		return err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tok := client.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		err := l.Handle(ctx, m.Payload())
+		if r := RejectReason(err); r != "" {
+			log.Warn("rejected label", "topic", m.Topic(), "reason", r, "err", err)
+			if onReject != nil {
+				onReject(r)
+			}
+		} else if err != nil {
+			log.Error("could not store label; leaving it for redelivery", "err", err)
+			return
+		}
+		m.Ack()
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return fmt.Errorf("subscribe %s: %v", topic, errOrTimeout(tok))
+	}
+	return nil
 }

@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
+	"github.com/scopewatch/scopewatch/internal/testutil"
 )
 
 func TestLabelsAgreementAndUnknown(t *testing.T) {
@@ -122,5 +126,38 @@ func TestRetuneKofMWithCooldown(t *testing.T) {
 	}
 	if window(true) == nil {
 		t.Fatal("did not fire after the cooldown")
+	}
+}
+
+func TestLabelsSubscribeRealBroker(t *testing.T) {
+	ctx := context.Background()
+	b := testutil.StartMosquitto(t)
+	db := openDB(t, "")
+	l, _ := NewLabels(ctx, db.DB, LabelsConfig{})
+	s := testSample(1)
+	s.ID = "fb-live"
+	l.Sent(ctx, s, 0)
+	var rejected []string
+	var mu sync.Mutex
+	client, err := mqttconn.New(mqttconn.Config{Broker: b.URL(), ClientID: "dev-labels", AutoAckDisabled: true}, nil, mqttconn.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(100)
+	testutil.Eventually(t, 5*time.Second, client.IsConnectionOpen, "not connected")
+	if err := l.Subscribe(ctx, client, "lab", "dev-1", nil, func(r string) { mu.Lock(); rejected = append(rejected, r); mu.Unlock() }); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := Label{FeedbackID: "fb-live", Label: LabelParasitized, Who: "tech", Time: time.Now()}.Encode()
+	for _, p := range [][]byte{[]byte("junk"), good} {
+		if tok := client.Publish("scopewatch/v1/lab/dev-1/label", 1, false, p); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { a, _ := l.AgreementSince(ctx, 0); return a.Labelled == 1 }, "label not stored")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(rejected) != 1 || rejected[0] != RejectBadJSON {
+		t.Fatalf("rejected %v", rejected)
 	}
 }
