@@ -30,7 +30,7 @@ func init() {
 const classifyUsage = `usage: scopewatch classify [--model DIR] [--format json|csv] [--batch N] [--keys FILE] [--allow-unsigned] [--ort-lib PATH] PATH...
 
 Classifies every image given, and every file under the folders given
-(recursively; labels.csv, *.json and *.reason files are skipped, anything else
+(recursively; *.csv such as labels.csv, *.json and *.reason files are skipped, anything else
 is tried as an image whatever its extension). One record per image on stdout;
 a summary on stderr, with accuracy, sensitivity, specificity and AUC when a
 folder holds a labels.csv (path,label,slide). Exit status 1 when any image
