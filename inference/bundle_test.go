@@ -962,3 +962,21 @@ func TestShippedDefaultBundle(t *testing.T) {
 	}
 	t.Logf("%s %s: head %d->%d->%d, signer %s", b.Manifest.Name, b.Manifest.Version, b.Head.InputDim(), b.Head.Hidden(), b.Head.Classes(), FormatPublicKey(b.Signer))
 }
+
+// BenchmarkOpenShippedBundle: the cost of verifying the default bundle
+// (hashing ~4 MB, signature, head load), paid at start and on a model swap.
+func BenchmarkOpenShippedBundle(b *testing.B) {
+	dir := filepath.Join("..", "models", "default")
+	keys, err := LoadPublicKeys(filepath.Join("..", "models", "keys"))
+	if err != nil {
+		b.Skipf("no shipped bundle keys: %v", err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		bu, err := OpenBundle(dir, BundleOptions{TrustedKeys: keys})
+		if err != nil {
+			b.Fatal(err)
+		}
+		bu.Close()
+	}
+}
