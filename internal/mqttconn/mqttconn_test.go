@@ -118,3 +118,34 @@ func TestWillAndReconnect(t *testing.T) {
 	p.Restore()
 	testutil.Eventually(t, 10*time.Second, func() bool { return connects.Load() == 2 }, "no reconnect after restore")
 }
+
+func TestTLSWithClientCertificate(t *testing.T) {
+	b, files := testutil.StartMosquittoTLS(t)
+	other := testutil.NewTLSFiles(t, t.TempDir())
+	try := func(cfg Config) error {
+		cfg.Broker, cfg.ConnectTimeout = b.TLSURL(), 3*time.Second
+		o, err := Options(cfg, nil, Hooks{})
+		if err != nil {
+			return err
+		}
+		o.SetConnectRetry(false).SetAutoReconnect(false)
+		c := mqtt.NewClient(o)
+		tok := c.Connect()
+		if !tok.WaitTimeout(5 * time.Second) {
+			return errors.New("timeout")
+		}
+		if tok.Error() == nil {
+			c.Disconnect(50)
+		}
+		return tok.Error()
+	}
+	if err := try(Config{ClientID: "tls-ok", CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey}); err != nil {
+		t.Fatalf("TLS with client certificate: %v\n%s", err, b.Log())
+	}
+	if err := try(Config{ClientID: "tls-nocert", CAFile: files.CA}); err == nil {
+		t.Fatal("broker accepted a client without certificate")
+	}
+	if err := try(Config{ClientID: "tls-wrongca", CAFile: other.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey}); err == nil {
+		t.Fatal("client trusted a broker certificate from another CA")
+	}
+}
