@@ -1,8 +1,10 @@
 package inference
 
 import (
+	"context"
 	"errors"
 	"image"
+	"math"
 	"math/rand"
 	"sort"
 	"testing"
@@ -369,4 +371,88 @@ func TestSegmentFieldKeepsParasitizedCells(t *testing.T) {
 	if kept < para*97/100 {
 		t.Errorf("only %d of %d parasitized cells found", kept, para)
 	}
+}
+
+// BenchmarkFieldParasitemia runs the whole field path (segment, crop,
+// classify with the shipped default bundle) on b.N fresh synthetic fields
+// (seed 120000, one per slide) and reports the per-field parasitemia error
+// against the truth at the manifest's threshold and at 0.5, the cell-level
+// sensitivity and specificity at the manifest's threshold, and the time
+// per field. It skips when the bundle or ONNX Runtime is missing.
+func BenchmarkFieldParasitemia(b *testing.B) {
+	if _, err := InitORT(""); err != nil {
+		b.Skipf("ONNX Runtime: %v", err)
+	}
+	bundle, err := OpenBundle("../models/default", BundleOptions{AllowUnsigned: true})
+	if err != nil {
+		b.Skipf("default bundle: %v", err)
+	}
+	defer bundle.Close()
+	c, err := NewClassifier(bundle, ClassifierOptions{NoFeatures: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	thr := c.Threshold()
+	var errThr, err05 float64
+	var tp, fn, tn, fp int
+	for i := range b.N {
+		b.StopTimer()
+		m, tr := segField(b, 120000, synth.Knobs{}, i)
+		b.StartTimer()
+		seg, err := SegmentField(m, SegmentOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		probs := make([]float64, len(seg.Cells))
+		crops := make([]gocv.Mat, len(seg.Cells))
+		err = c.Stream(context.Background(), len(seg.Cells), func(k int) Input {
+			crops[k], _ = seg.Crop(m, k)
+			return Input{Mat: &crops[k]}
+		}, func(r Result) { probs[r.Index] = r.PParasitized })
+		b.StopTimer()
+		for k := range crops {
+			crops[k].Close()
+		}
+		m.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		nThr, n05 := 0, 0
+		for k, d := range seg.Cells {
+			if probs[k] >= thr {
+				nThr++
+			}
+			if probs[k] >= 0.5 {
+				n05++
+			}
+			best, label := 0.0, ""
+			for _, tc := range tr.Cells {
+				if v := iou(tc.Box(), d.Box); v > best {
+					best, label = v, tc.Label
+				}
+			}
+			if best < 0.5 {
+				continue
+			}
+			pos := probs[k] >= thr
+			switch {
+			case label == synth.Parasitized.String() && pos:
+				tp++
+			case label == synth.Parasitized.String():
+				fn++
+			case pos:
+				fp++
+			default:
+				tn++
+			}
+		}
+		n := float64(max(len(seg.Cells), 1))
+		errThr += math.Abs(float64(nThr)/n - tr.Parasitemia)
+		err05 += math.Abs(float64(n05)/n - tr.Parasitemia)
+		b.StartTimer()
+	}
+	b.ReportMetric(100*errThr/float64(b.N), "mae_pp")
+	b.ReportMetric(100*err05/float64(b.N), "mae_pp@0.5")
+	b.ReportMetric(float64(tp)/float64(max(tp+fn, 1)), "sens")
+	b.ReportMetric(float64(tn)/float64(max(tn+fp, 1)), "spec")
 }
