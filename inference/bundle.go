@@ -368,11 +368,14 @@ func extractTar(r io.Reader, dir string, maxFile, maxTotal int64) error {
 		if members >= maxTarMembers {
 			return fmt.Errorf("%w: more than %d members", ErrArchive, maxTarMembers)
 		}
-		name := hdr.Name
-		if strings.Contains(name, `\`) || path.IsAbs(name) || !fs.ValidPath(strings.TrimSuffix(strings.TrimPrefix(name, "./"), "/")) {
+		// `tar -C dir .` writes "./" and "./name": strip that prefix.
+		name := strings.TrimSuffix(strings.TrimPrefix(hdr.Name, "./"), "/")
+		if name == "" {
+			name = "."
+		}
+		if strings.Contains(hdr.Name, `\`) || path.IsAbs(hdr.Name) || !fs.ValidPath(name) {
 			return fmt.Errorf("%w: member %q: unsafe path", ErrArchive, hdr.Name)
 		}
-		name = strings.TrimSuffix(strings.TrimPrefix(name, "./"), "/")
 		dirPart, base := path.Split(name)
 		dirPart = strings.TrimSuffix(dirPart, "/")
 		switch hdr.Typeflag {

@@ -763,7 +763,9 @@ func TestOpenBundleArchive(t *testing.T) {
 		mention string
 	}{
 		{name: "root", members: func(t *testing.T) []tarMember { return bundleMembers(t, "") }},
-		{name: "dot slash", members: func(t *testing.T) []tarMember { return bundleMembers(t, "./") }},
+		{name: "dot slash", members: func(t *testing.T) []tarMember {
+			return append([]tarMember{{name: "./", typ: tar.TypeDir}}, bundleMembers(t, "./")...)
+		}},
 		{name: "one folder", members: func(t *testing.T) []tarMember {
 			return append([]tarMember{{name: "default/", typ: tar.TypeDir}}, bundleMembers(t, "default/")...)
 		}},
