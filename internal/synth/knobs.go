@@ -5,6 +5,13 @@
 // density and parasitemia differ from the other slides, and drift knobs
 // (Knobs) move a whole run away from the nominal microscope.
 //
+// In memory: NewSlide and Slide.Cell / Slide.Field draw single images;
+// CellAt, FieldAt and Stream give whole runs, where item i depends only on
+// (seed, knobs, items per slide, i). On disk (WriteCells, WriteFields, the
+// `scopewatch synth` command): DIR/<slide>/cell_NNNNNN.png with
+// DIR/labels.csv (path,label,slide), or DIR/<slide>/field_NNN.png with its
+// truth in field_NNN.json; slide ids are s<seed>-<index>.
+//
 // synth is pure Go so that the drift and tuning tests and the training
 // recipe can use it without OpenCV.
 package synth
