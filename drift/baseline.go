@@ -32,6 +32,10 @@ type Baseline struct {
 	TestSize     int     `json:"test_size"`
 	PositiveRate float64 `json:"positive_rate"` // predicted positive at Threshold, whole test set
 	Prevalence   float64 `json:"prevalence"`    // labelled positive, whole test set
+	// ReferencePrevalence is the parasitized fraction the reference rows were
+	// drawn with (BaselineConfig.ReferencePrevalence), 0 when they are a
+	// plain subsample of the test set.
+	ReferencePrevalence float64 `json:"reference_prevalence,omitempty"`
 
 	Quantiles []Quantile `json:"quantiles"` // of all test-set scores
 	Metrics   Metrics    `json:"metrics"`
@@ -77,8 +81,14 @@ type BaselineConfig struct {
 	ProjectionDim   int // default 16
 	RFFDim          int // default 64
 	DescriptiveSims int // simulated windows per size for descriptive thresholds (default 400)
-	Seed            uint64
-	Detector        CalibrationConfig
+	// ReferencePrevalence, when > 0, draws the reference rows with this
+	// fraction of parasitized cells (by label, without replacement), so that
+	// a balanced crop test set can describe a stream of field cells with a
+	// parasitemia of a few percent. The metrics stay those of the whole
+	// test set.
+	ReferencePrevalence float64
+	Seed                uint64
+	Detector            CalibrationConfig
 }
 
 // BuildBaseline computes the baseline from the test set's scores, labels
@@ -112,7 +122,7 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 	if cfg.MaxReference < 20 {
 		return nil, fmt.Errorf("%w: max reference %d: want at least 20", ErrInvalidBaseline, cfg.MaxReference)
 	}
-	b := &Baseline{Schema: BaselineSchema, ModelVersion: cfg.ModelVersion, Threshold: threshold, TestSize: len(scores)}
+	b := &Baseline{Schema: BaselineSchema, ModelVersion: cfg.ModelVersion, Threshold: threshold, TestSize: len(scores), ReferencePrevalence: cfg.ReferencePrevalence}
 	var pos, lab int
 	for i, s := range scores {
 		if s >= threshold {
@@ -139,7 +149,28 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 	for i := range rows {
 		rows[i] = i
 	}
-	if len(rows) > cfg.MaxReference {
+	switch {
+	case cfg.ReferencePrevalence > 0:
+		if cfg.ReferencePrevalence >= 1 {
+			return nil, fmt.Errorf("%w: reference prevalence %v: want 0 < p < 1", ErrInvalidBaseline, cfg.ReferencePrevalence)
+		}
+		var pos, neg []int
+		for _, i := range newRand(cfg.Seed, 13).Perm(len(rows)) {
+			if labels[i] == 1 {
+				pos = append(pos, i)
+			} else {
+				neg = append(neg, i)
+			}
+		}
+		p := cfg.ReferencePrevalence
+		m := min(cfg.MaxReference, int(float64(len(neg))/(1-p)), int(float64(len(pos))/p))
+		np := int(math.Round(p * float64(m)))
+		if m < 20 || np < 1 || m-np > len(neg) || np > len(pos) {
+			return nil, fmt.Errorf("%w: reference prevalence %v leaves %d rows from %d parasitized and %d uninfected cells: want at least 20", ErrInvalidBaseline, p, m, len(pos), len(neg))
+		}
+		rows = append(slices.Clone(pos[:np]), neg[:m-np]...)
+		slices.Sort(rows)
+	case len(rows) > cfg.MaxReference:
 		perm := newRand(cfg.Seed, 13).Perm(len(rows))
 		rows = perm[:cfg.MaxReference]
 		slices.Sort(rows)
@@ -329,7 +360,7 @@ func (b *Baseline) validate() error {
 	for _, p := range []struct {
 		name string
 		v    float64
-	}{{"positive_rate", b.PositiveRate}, {"prevalence", b.Prevalence}, {"ece.raw", b.ECE.Raw}, {"ece.isotonic", b.ECE.Isotonic}} {
+	}{{"positive_rate", b.PositiveRate}, {"prevalence", b.Prevalence}, {"reference_prevalence", b.ReferencePrevalence}, {"ece.raw", b.ECE.Raw}, {"ece.isotonic", b.ECE.Isotonic}} {
 		if !(p.v >= 0 && p.v <= 1) {
 			return bad("%s %v: want [0, 1]", p.name, p.v)
 		}

@@ -272,3 +272,25 @@ func TestPlotHistogram(t *testing.T) {
 		t.Fatal("gif accepted")
 	}
 }
+
+func TestReferencePrevalence(t *testing.T) {
+	s, l, _ := synthCells(2000, 0.5, 0, 12)
+	b, err := BuildBaseline(context.Background(), s, l, nil, 0.5, BaselineConfig{
+		Seed: 1, BootstrapReps: 20, DescriptiveSims: 10, ReferencePrevalence: 0.05,
+		Detector: CalibrationConfig{ERT: 100, Windows: []int{10, 30}, Sims: 100},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pos int
+	for _, y := range b.Labels {
+		pos += y
+	}
+	frac := float64(pos) / float64(len(b.Labels))
+	if math.Abs(frac-0.05) > 0.002 || len(b.Labels) < 900 {
+		t.Fatalf("reference: %d rows, %.4f parasitized; want about 1000 rows at 0.05", len(b.Labels), frac)
+	}
+	if b.Metrics.N != 2000 {
+		t.Fatalf("metrics on %d cells, want the whole test set", b.Metrics.N)
+	}
+}

@@ -59,6 +59,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
 	sims := fs.Int("sims", 2000, "simulated drift-free streams for the threshold calibration")
 	noEmbed := fs.Bool("no-embedding", false, "do not use the embedding signal")
+	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
 	cf := addBundleCheckFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -117,7 +118,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
 	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), drift.BaselineConfig{
-		ModelVersion: sc.Version(), Seed: *seed,
+		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev,
 		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
 	})
 	if err != nil {

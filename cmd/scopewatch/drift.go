@@ -489,6 +489,7 @@ func runDriftBuild(ctx context.Context, args []string, stdout, stderr io.Writer)
 	out := fs.String("out", "", "baseline.json to write (required)")
 	threshold := fs.Float64("threshold", 0, "the model's decision threshold on p_parasitized (required)")
 	version := fs.String("model-version", "", "model version to record")
+	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	ert := fs.Int("ert", 5000, "expected run time without drift of the alarm tier, in scores")
 	warnERT := fs.Int("warn-ert", 0, "expected run time of the warn tier (0: ert/10)")
 	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
@@ -521,7 +522,7 @@ func runDriftBuild(ctx context.Context, args []string, stdout, stderr io.Writer)
 		cfg.Signals = c.Signals
 	}
 	fmt.Fprintf(stderr, "scopewatch drift build: %d cells; calibrating (ERT %d, windows %v, %d simulated streams)...\n", len(rows.Scores), cfg.ERT, cfg.Windows, cfg.Sims)
-	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, Detector: cfg})
+	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, ReferencePrevalence: *refPrev, Detector: cfg})
 	if err != nil {
 		return err
 	}
