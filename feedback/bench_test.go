@@ -69,3 +69,28 @@ func BenchmarkOutboxThroughput(b *testing.B) {
 	b.ReportMetric(float64(b.N)/enqueued.Seconds(), "enqueues/s")
 	b.ReportMetric(float64(bytes)/float64(b.N), "B/sample")
 }
+
+// BenchmarkCollectorHandle: the receiving side storing small inline
+// samples (image file write + fsync, SQLite commit with synchronous=FULL).
+//
+//	go test -run '^$' -bench CollectorHandle -benchtime 2000x ./feedback/
+func BenchmarkCollectorHandle(b *testing.B) {
+	ctx := context.Background()
+	c, _ := openCollector(b)
+	payloads := make([][]byte, b.N)
+	for i := range payloads {
+		s, crop := faultSample(i, 0)
+		recs, err := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+		if err != nil {
+			b.Fatal(err)
+		}
+		payloads[i] = recs[0].Payload
+	}
+	b.ResetTimer()
+	for i := range payloads {
+		if err := c.Handle(ctx, "scopewatch/v1/lab/dev-1/feedback", payloads[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "samples/s")
+}
