@@ -2,7 +2,6 @@ package feedback
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -441,5 +440,4 @@ func TestOutboxDiskFull(t *testing.T) {
 	if len(pub.sent()) != stored {
 		t.Fatalf("sent %d of %d", len(pub.sent()), stored)
 	}
-	var _ *sql.DB = db.DB
 }
