@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -981,4 +982,68 @@ func BenchmarkOpenShippedBundle(b *testing.B) {
 		}
 		bu.Close()
 	}
+}
+
+// FuzzBundleArchive feeds arbitrary bytes to the .tar extraction (bundles
+// arrive over the network as model offers): it must never panic, never write
+// outside its folder, and fail only with the archive sentinels.
+func FuzzBundleArchive(f *testing.F) {
+	mk := func(members []tarMember, gz bool) []byte {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, m := range members {
+			typ := m.typ
+			if typ == 0 {
+				typ = tar.TypeReg
+			}
+			size := int64(len(m.body))
+			if typ != tar.TypeReg {
+				size = 0
+			}
+			tw.WriteHeader(&tar.Header{Name: m.name, Typeflag: typ, Mode: 0o644, Size: size, Linkname: m.link})
+			if typ == tar.TypeReg {
+				tw.Write(m.body)
+			}
+		}
+		tw.Close()
+		if !gz {
+			return buf.Bytes()
+		}
+		var z bytes.Buffer
+		zw := gzip.NewWriter(&z)
+		zw.Write(buf.Bytes())
+		zw.Close()
+		return z.Bytes()
+	}
+	good := []tarMember{{name: ManifestFile, body: []byte(`{}`)}, {name: BackboneFile, body: []byte("onnx")}}
+	f.Add(mk(good, false))
+	f.Add(mk(good, true))
+	f.Add(mk(append([]tarMember{{name: "b/", typ: tar.TypeDir}}, tarMember{name: "b/manifest.json", body: []byte("{}")}), false))
+	f.Add(mk([]tarMember{{name: "../x", body: []byte("x")}}, false))
+	f.Add(mk([]tarMember{{name: "l", typ: tar.TypeSymlink, link: "/etc"}}, false))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		work := t.TempDir()
+		dir := filepath.Join(work, "x")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		var r io.Reader = bytes.NewReader(data)
+		if zr, err := gzip.NewReader(bytes.NewReader(data)); err == nil {
+			r = zr
+		}
+		err := extractTar(r, dir, 1<<16, 1<<18)
+		if err != nil && !errors.Is(err, ErrArchive) && !errors.Is(err, ErrMissingFile) {
+			t.Fatalf("unexpected error kind: %v", err)
+		}
+		if entries, _ := os.ReadDir(work); len(entries) != 1 {
+			t.Fatalf("wrote outside the extraction folder: %v", entries)
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				t.Fatalf("extracted a non-regular file %s (%v)", e.Name(), e.Type())
+			}
+		}
+	})
 }
