@@ -15,7 +15,7 @@ import (
 
 // goMemoryLimit is the Go heap's soft limit (not the process's: ONNX
 // Runtime, OpenCV and SQLite allocate outside it).
-const goMemoryLimit = 40 << 20
+const goMemoryLimit = 24 << 20
 
 func init() {
 	register("serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe)

@@ -195,12 +195,22 @@ func TestAcceptanceSIGKILL(t *testing.T) {
 }
 
 // TestAcceptanceParasitemia: 20 synthetic slides of whole fields through
-// the inbox; the daemon's parasitemia against the truth.
+// the inbox; the daemon's parasitemia against the truth. The counting
+// threshold is SCOPEWATCH_TEST_THRESHOLD (default 0.5, as in the example
+// config; "manifest" uses the bundle's).
 func TestAcceptanceParasitemia(t *testing.T) {
 	requireAcceptance(t)
+	threshold := os.Getenv("SCOPEWATCH_TEST_THRESHOLD")
+	switch threshold {
+	case "manifest":
+		threshold = "0"
+	case "":
+		threshold = "0.5"
+	}
 	port, _ := testutil.FreePort()
 	state := t.TempDir()
-	p := startServe(t, state, e2eConfig(t, state, "tcp://127.0.0.1:1", port, "slides:\n  idle_timeout: 0s\n"), port)
+	p := startServe(t, state, strings.Replace(e2eConfig(t, state, "tcp://127.0.0.1:1", port, "slides:\n  idle_timeout: 0s\n"),
+		"  threads: 2\n", "  threads: 2\n  threshold: "+threshold+"\n", 1), port)
 	rss := sampleRSS(p.cmd.Process.Pid)
 	inbox := filepath.Join(state, "inbox")
 	const slides, fieldsPerSlide = 20, 3
@@ -241,7 +251,7 @@ func TestAcceptanceParasitemia(t *testing.T) {
 		mae += e
 	}
 	mae /= float64(len(absErr))
-	out, _ := json.Marshal(map[string]any{"slides": slides, "mae_pp": mae, "max_abs_err_pp": absErr[len(absErr)-1], "peak_rss_mb": rss.Stop()})
+	out, _ := json.Marshal(map[string]any{"slides": slides, "threshold": threshold, "mae_pp": mae, "max_abs_err_pp": absErr[len(absErr)-1], "peak_rss_mb": rss.Stop()})
 	t.Logf("parasitemia: %s", out)
 	if mae > 0.5 {
 		t.Errorf("parasitemia MAE %.3f pp > 0.5 pp", mae)

@@ -160,7 +160,7 @@ func Default() Config {
 		Model: Model{
 			Path:    "/usr/share/scopewatch/models/default",
 			Threads: 2,
-			Batch:   32,
+			Batch:   8,
 		},
 		Images: Images{
 			Kind:         "auto",
