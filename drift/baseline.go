@@ -45,10 +45,11 @@ type Baseline struct {
 	Calibration *Isotonic `json:"calibration"`
 	ECE         ECE       `json:"ece"`
 
-	Scores    []float64   `json:"scores"`    // reference rows: raw scores
-	Labels    []int       `json:"labels"`    // reference rows: labels (1 = parasitized)
-	Embedding *Embedding  `json:"embedding"` // nil without features
-	Projected [][]float32 `json:"projected"` // reference rows: projected embeddings (or empty)
+	Scores    []float64   `json:"scores"`           // reference rows: raw scores
+	Labels    []int       `json:"labels"`           // reference rows: labels (1 = parasitized)
+	Slides    []int       `json:"slides,omitempty"` // reference rows: slide index (0..), when known
+	Embedding *Embedding  `json:"embedding"`        // nil without features
+	Projected [][]float32 `json:"projected"`        // reference rows: projected embeddings (or empty)
 
 	Descriptive []DescriptiveThreshold `json:"descriptive"`
 	Detector    *Calibration           `json:"detector"`
@@ -87,8 +88,14 @@ type BaselineConfig struct {
 	// parasitemia of a few percent. The metrics stay those of the whole
 	// test set.
 	ReferencePrevalence float64
-	Seed                uint64
-	Detector            CalibrationConfig
+	// Slides, when given (one id per test case), makes the calibration's
+	// null model resample slides rather than cells: cells of one slide are
+	// alike, so a test set of S slides pins the score distribution down
+	// much less than its cell count suggests, and new slides differ from it
+	// by more than cell-level sampling would explain.
+	Slides   []string
+	Seed     uint64
+	Detector CalibrationConfig
 }
 
 // BuildBaseline computes the baseline from the test set's scores, labels
@@ -118,6 +125,9 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 	}
 	if cfg.DescriptiveSims == 0 {
 		cfg.DescriptiveSims = 400
+	}
+	if cfg.Slides != nil && len(cfg.Slides) != len(scores) {
+		return nil, fmt.Errorf("%w: %d slide ids for %d scores", ErrInvalidBaseline, len(cfg.Slides), len(scores))
 	}
 	if cfg.MaxReference < 20 {
 		return nil, fmt.Errorf("%w: max reference %d: want at least 20", ErrInvalidBaseline, cfg.MaxReference)
@@ -175,9 +185,18 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 		rows = perm[:cfg.MaxReference]
 		slices.Sort(rows)
 	}
+	slideIndex := map[string]int{}
 	for _, i := range rows {
 		b.Scores = append(b.Scores, scores[i])
 		b.Labels = append(b.Labels, labels[i])
+		if cfg.Slides != nil {
+			k, ok := slideIndex[cfg.Slides[i]]
+			if !ok {
+				k = len(slideIndex)
+				slideIndex[cfg.Slides[i]] = k
+			}
+			b.Slides = append(b.Slides, k)
+		}
 	}
 	if features != nil {
 		sub := make([][]float32, len(rows))
@@ -265,6 +284,18 @@ func (b *Baseline) prepare() {
 		b.Embedding.init()
 	}
 	b.ref = newReference(b.Scores, b.Threshold, b.Embedding, b.Projected)
+	if len(b.Slides) == len(b.Scores) {
+		n := 0
+		for _, k := range b.Slides {
+			n = max(n, k+1)
+		}
+		b.ref.slideRows = make([][]int32, n)
+		for i, k := range b.Slides {
+			b.ref.slideRows[k] = append(b.ref.slideRows[k], int32(i))
+		}
+		// Slide indices need not be dense in a hand-made file; drop empty ones.
+		b.ref.slideRows = slices.DeleteFunc(b.ref.slideRows, func(r []int32) bool { return len(r) == 0 })
+	}
 }
 
 // Fingerprint identifies the baseline's content (sha256 of its JSON), so
@@ -348,6 +379,14 @@ func (b *Baseline) validate() error {
 	}
 	if len(b.Labels) != len(b.Scores) {
 		return bad("labels: %d values for %d scores", len(b.Labels), len(b.Scores))
+	}
+	if len(b.Slides) != 0 && len(b.Slides) != len(b.Scores) {
+		return bad("slides: %d values for %d scores", len(b.Slides), len(b.Scores))
+	}
+	for _, k := range b.Slides {
+		if k < 0 || k >= len(b.Scores) {
+			return bad("slides: index %d out of range", k)
+		}
 	}
 	for i, s := range b.Scores {
 		if !(s >= 0 && s <= 1) {

@@ -16,7 +16,11 @@ const (
 	// in the gap around the drawn reference value). The reference and the
 	// stream are then exchangeable, as when both are samples from the same
 	// distribution, so the thresholds include the reference's own sampling
-	// error.
+	// error. When the baseline knows each row's slide, the urn is over
+	// slides instead: each simulated stream reweights the reference slides
+	// with Dirichlet(1, ..., 1) weights (a Bayesian bootstrap of slides),
+	// because cells of a slide are alike and new slides differ from the
+	// test set's by more than cell sampling explains.
 	NullExchangeable = "exchangeable"
 	// NullBootstrap resamples the reference rows with replacement: the
 	// stream comes from the reference's empirical distribution. Right only
@@ -362,6 +366,7 @@ type nullStream struct {
 		Float64() float64
 	}
 	urn []int32
+	cum []float64 // cumulative slide weights of this stream (slide-level null)
 }
 
 func newNullStream(ref *reference, null string) *nullStream {
@@ -373,6 +378,17 @@ func (s *nullStream) reset(r interface {
 	Float64() float64
 }) {
 	s.r = r
+	if s.null == NullExchangeable && len(s.ref.slideRows) > 1 {
+		// Bayesian bootstrap over slides: this stream's distribution is the
+		// reference slides reweighted by Dirichlet(1, ..., 1) weights.
+		s.cum = s.cum[:0]
+		var t float64
+		for range s.ref.slideRows {
+			t += -math.Log(1 - r.Float64())
+			s.cum = append(s.cum, t)
+		}
+		return
+	}
 	s.urn = s.urn[:0]
 	for i := range s.ref.scores {
 		s.urn = append(s.urn, int32(i))
@@ -385,8 +401,15 @@ func (s *nullStream) next() (int, float64) {
 		i := s.r.IntN(len(s.ref.scores))
 		return i, s.ref.scores[i]
 	}
-	i := int(s.urn[s.r.IntN(len(s.urn))])
-	s.urn = append(s.urn, int32(i))
+	var i int
+	if s.cum != nil && len(s.ref.slideRows) > 1 {
+		k, _ := slices.BinarySearch(s.cum, s.r.Float64()*s.cum[len(s.cum)-1])
+		rows := s.ref.slideRows[min(k, len(s.cum)-1)]
+		i = int(rows[s.r.IntN(len(rows))])
+	} else {
+		i = int(s.urn[s.r.IntN(len(s.urn))])
+		s.urn = append(s.urn, int32(i))
+	}
 	lo, hi := s.ref.jitLo[i], s.ref.jitHi[i]
 	if lo == hi {
 		return i, lo

@@ -18,7 +18,8 @@ var ErrBadCSV = errors.New("bad score CSV")
 // and an optional truth column (0/1 or uninfected/parasitized; not "label",
 // which classify uses for the predicted class); other
 // columns are ignored. A row whose p_parasitized is empty while an error
-// column is filled (an image that failed to classify) is skipped. At most
+// column is filled (an image that failed to classify) is skipped. An
+// optional slide column names each cell's slide. At most
 // maxRows rows are read (0: no limit).
 func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 	cr := csv.NewReader(r)
@@ -28,7 +29,7 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: header: %w", ErrBadCSV, err)
 	}
-	pCol, lCol, eCol := -1, -1, -1
+	pCol, lCol, eCol, sCol := -1, -1, -1, -1
 	feat := map[int]int{} // feature index -> column
 	for i, h := range head {
 		h = strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))
@@ -39,6 +40,8 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 			lCol = i
 		case h == "error":
 			eCol = i
+		case h == "slide":
+			sCol = i
 		case len(h) > 1 && h[0] == 'f':
 			if k, err := strconv.Atoi(h[1:]); err == nil && k >= 0 && strconv.Itoa(k) == h[1:] {
 				if _, dup := feat[k]; dup {
@@ -80,6 +83,9 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 			return nil, fmt.Errorf("%w: line %d: p_parasitized %q: want a number in [0, 1]", ErrBadCSV, line, ps)
 		}
 		rows.Scores = append(rows.Scores, p)
+		if sCol >= 0 {
+			rows.Slides = append(rows.Slides, strings.Clone(rec[sCol]))
+		}
 		if lCol >= 0 {
 			switch strings.TrimSpace(rec[lCol]) {
 			case "1", "parasitized":

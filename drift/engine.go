@@ -33,6 +33,7 @@ type reference struct {
 	mu        []float64 // mean feature map
 	jitLo     []float64 // for the exchangeable null: open interval around an untied reference score
 	jitHi     []float64
+	slideRows [][]int32 // reference rows per slide, when slides are known
 }
 
 func newReference(scores []float64, threshold float64, emb *Embedding, z [][]float32) *reference {

@@ -14,6 +14,7 @@ type EvalRows struct {
 	Scores   []float64
 	Labels   []int
 	Features [][]float32
+	Slides   []string // optional slide id per row
 
 	z   [][]float32
 	phi [][]float64

@@ -59,6 +59,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
 	sims := fs.Int("sims", 2000, "simulated drift-free streams for the threshold calibration")
 	noEmbed := fs.Bool("no-embedding", false, "do not use the embedding signal")
+	scoreOnly := fs.Bool("score-only", false, "only classify the folder and write -csv (full-precision scores, truth, slide, features): drift-free or shifted pools for drift eval")
 	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
 	cf := addBundleCheckFlags(fs)
@@ -68,7 +69,10 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *model == "" || *data == "" {
 		return fmt.Errorf("%w: -model and -data are required", errUsage)
 	}
-	if *out == "" && *keyPath == "" {
+	if *scoreOnly && *csvOut == "" {
+		return fmt.Errorf("%w: -score-only needs -csv", errUsage)
+	}
+	if *out == "" && *keyPath == "" && !*scoreOnly {
 		return fmt.Errorf("%w: writing into the bundle changes its hashes: pass -key KEY to re-seal it, or -out FILE to write the baseline elsewhere", errUsage)
 	}
 	var ws []int
@@ -79,7 +83,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		ws = append(ws, w)
 	}
-	paths, labels, err := readTestLabels(*data)
+	paths, labels, slides, err := readTestLabels(*data)
 	if err != nil {
 		return err
 	}
@@ -89,7 +93,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer bundle.Close()
 	defer clf.Close()
-	if st, err := os.Stat(*model); (err != nil || !st.IsDir()) && *out == "" {
+	if st, err := os.Stat(*model); (err != nil || !st.IsDir()) && *out == "" && !*scoreOnly {
 		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, *model)
 	}
 	fmt.Fprintf(stderr, "scopewatch baseline: classifying %d test images...\n", len(paths))
@@ -101,6 +105,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var keepS []float64
 	var keepF [][]float32
 	var keepL []int
+	var keepSl []string
 	var failed int
 	for i := range paths {
 		if errs[i] != nil {
@@ -108,24 +113,34 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			fmt.Fprintf(stderr, "scopewatch baseline: %s: %v\n", paths[i], errs[i])
 			continue
 		}
-		keepS, keepF, keepL = append(keepS, scores[i]), append(keepF, feats[i]), append(keepL, labels[i])
+		keepS, keepF, keepL, keepSl = append(keepS, scores[i]), append(keepF, feats[i]), append(keepL, labels[i]), append(keepSl, slides[i])
 	}
 	if failed*100 > len(paths) {
 		return fmt.Errorf("%d of %d test images failed to classify; a baseline from the rest would not describe the test set", failed, len(paths))
 	}
+	if len(keepS) == 0 {
+		return fmt.Errorf("no test image could be classified")
+	}
 	if *noEmbed || keepF[0] == nil {
 		keepF = nil
 	}
+	if *scoreOnly {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepF); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s: %d cells (%d failed)\n", *csvOut, len(keepS), failed)
+		return nil
+	}
 	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
 	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), drift.BaselineConfig{
-		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev,
+		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl,
 		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
 	})
 	if err != nil {
 		return err
 	}
 	if *csvOut != "" {
-		if err := writeScoresCSV(*csvOut, keepS, keepL, keepF); err != nil {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepF); err != nil {
 			return err
 		}
 	}
@@ -186,32 +201,34 @@ func writeBaselineIntoBundle(dir string, b *drift.Baseline, keyPath string, stdo
 }
 
 // readTestLabels reads DIR/labels.csv (header path,label,slide; label
-// parasitized or uninfected, or 1/0).
-func readTestLabels(dir string) ([]string, []int, error) {
+// parasitized or uninfected, or 1/0; slide optional).
+func readTestLabels(dir string) ([]string, []int, []string, error) {
 	p := filepath.Join(dir, "labels.csv")
 	f, err := os.Open(p)
 	if err != nil {
-		return nil, nil, fmt.Errorf("test set labels: %w", err)
+		return nil, nil, nil, fmt.Errorf("test set labels: %w", err)
 	}
 	defer f.Close()
 	r := csv.NewReader(f)
 	head, err := r.Read()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: header: %w", p, err)
+		return nil, nil, nil, fmt.Errorf("%s: header: %w", p, err)
 	}
-	pc, lc := -1, -1
+	pc, lc, sc := -1, -1, -1
 	for i, h := range head {
 		switch strings.TrimSpace(h) {
 		case "path":
 			pc = i
 		case "label":
 			lc = i
+		case "slide":
+			sc = i
 		}
 	}
 	if pc < 0 || lc < 0 {
-		return nil, nil, fmt.Errorf("%s: header %q: want path and label columns", p, head)
+		return nil, nil, nil, fmt.Errorf("%s: header %q: want path and label columns", p, head)
 	}
-	var paths []string
+	var paths, slides []string
 	var labels []int
 	for line := 2; ; line++ {
 		rec, err := r.Read()
@@ -219,7 +236,7 @@ func readTestLabels(dir string) ([]string, []int, error) {
 			break
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", p, err)
+			return nil, nil, nil, fmt.Errorf("%s: %w", p, err)
 		}
 		var l int
 		switch strings.TrimSpace(rec[lc]) {
@@ -227,25 +244,35 @@ func readTestLabels(dir string) ([]string, []int, error) {
 			l = 1
 		case "uninfected", "0":
 		default:
-			return nil, nil, fmt.Errorf("%s line %d: label %q: want parasitized or uninfected", p, line, rec[lc])
+			return nil, nil, nil, fmt.Errorf("%s line %d: label %q: want parasitized or uninfected", p, line, rec[lc])
 		}
 		paths = append(paths, filepath.Join(dir, rec[pc]))
 		labels = append(labels, l)
+		if sc >= 0 {
+			slides = append(slides, rec[sc])
+		} else {
+			slides = append(slides, "")
+		}
 	}
 	if len(paths) == 0 {
-		return nil, nil, fmt.Errorf("%s: no images listed", p)
+		return nil, nil, nil, fmt.Errorf("%s: no images listed", p)
 	}
-	return paths, labels, nil
+	if sc < 0 {
+		slides = nil
+	}
+	return paths, labels, slides, nil
 }
 
-// writeScoresCSV writes p_parasitized, truth and f0..fN for drift replay/eval.
-func writeScoresCSV(path string, scores []float64, labels []int, feats [][]float32) error {
+// writeScoresCSV writes p_parasitized, truth, slide and f0..fN for drift
+// replay/eval, scores at full precision (rounding would tie scores near 1
+// that the baseline keeps apart).
+func writeScoresCSV(path string, scores []float64, labels []int, slides []string, feats [][]float32) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := csv.NewWriter(f)
-	head := []string{"p_parasitized", "truth"}
+	head := []string{"p_parasitized", "truth", "slide"}
 	if feats != nil {
 		for j := range feats[0] {
 			head = append(head, "f"+strconv.Itoa(j))
@@ -254,7 +281,11 @@ func writeScoresCSV(path string, scores []float64, labels []int, feats [][]float
 	_ = w.Write(head)
 	rec := make([]string, 0, len(head))
 	for i, s := range scores {
-		rec = append(rec[:0], strconv.FormatFloat(s, 'g', -1, 64), strconv.Itoa(labels[i]))
+		sl := ""
+		if slides != nil {
+			sl = slides[i]
+		}
+		rec = append(rec[:0], strconv.FormatFloat(s, 'g', -1, 64), strconv.Itoa(labels[i]), sl)
 		if feats != nil {
 			for _, v := range feats[i] {
 				rec = append(rec, strconv.FormatFloat(float64(v), 'g', -1, 32))

@@ -522,7 +522,7 @@ func runDriftBuild(ctx context.Context, args []string, stdout, stderr io.Writer)
 		cfg.Signals = c.Signals
 	}
 	fmt.Fprintf(stderr, "scopewatch drift build: %d cells; calibrating (ERT %d, windows %v, %d simulated streams)...\n", len(rows.Scores), cfg.ERT, cfg.Windows, cfg.Sims)
-	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, ReferencePrevalence: *refPrev, Detector: cfg})
+	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, ReferencePrevalence: *refPrev, Slides: rows.Slides, Detector: cfg})
 	if err != nil {
 		return err
 	}
