@@ -2,6 +2,8 @@ package drift
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"testing"
 )
 
@@ -47,5 +49,59 @@ func TestBootstrapNullMatchesResampling(t *testing.T) {
 	t.Logf("alarm %+v", res.Alarm)
 	if res.Alarm.Mean < 225 || res.Alarm.Mean > 375 {
 		t.Errorf("mean run length to alarm %.1f, want 300 +- 25%%", res.Alarm.Mean)
+	}
+}
+
+// slideCells draws cells from slides that each shift the logits by their
+// own offset (staining, focus): cells of a slide are alike.
+func slideCells(slides, perSlide int, seed uint64) ([]float64, []int, []string) {
+	r := newRand(seed, 7)
+	var s []float64
+	var l []int
+	var ids []string
+	for k := range slides {
+		off := 1.2 * normal(r)
+		for range perSlide {
+			y := 0
+			if r.Float64() < 0.2 {
+				y = 1
+			}
+			mu := -4.0 + 8*float64(y)
+			s = append(s, float64(float32(1/(1+math.Exp(-(mu+2*normal(r)+off))))))
+			l = append(l, y)
+			ids = append(ids, fmt.Sprintf("s%d-%d", seed, k))
+		}
+	}
+	return s, l, ids
+}
+
+// TestSlideNullOnNewSlides: with slide effects, a baseline that knows the
+// slides keeps its run length on cells of new slides near the ERT, where
+// one that treats cells as independent alarms much too early.
+func TestSlideNullOnNewSlides(t *testing.T) {
+	s, l, ids := slideCells(60, 25, 1)
+	ns, nl, _ := slideCells(2000, 25, 2) // new slides
+	rows := &EvalRows{Scores: ns, Labels: nl}
+	run := func(slides []string) float64 {
+		b, err := BuildBaseline(context.Background(), s, l, nil, 0.5, BaselineConfig{
+			Seed: 5, BootstrapReps: 20, DescriptiveSims: 10, Slides: slides,
+			Detector: CalibrationConfig{ERT: 300, WarnERT: 100, Windows: []int{20, 100}, Sims: 800},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := b.EvalRunLengths(context.Background(), rows, func() Sampler { return &Shuffled{N: len(ns)} }, 300, 5000, 9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Alarm.Mean
+	}
+	withSlides, cells := run(ids), run(nil)
+	t.Logf("mean run length on new slides: slide-aware %.0f, cell-level %.0f (ERT 300)", withSlides, cells)
+	if withSlides < 200 || withSlides > 450 {
+		t.Errorf("slide-aware null: mean run length %.0f, want near 300", withSlides)
+	}
+	if !(cells < withSlides) {
+		t.Errorf("cell-level null ran %.0f, not shorter than slide-aware %.0f", cells, withSlides)
 	}
 }
