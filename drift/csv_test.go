@@ -47,6 +47,10 @@ func TestReadCSV(t *testing.T) {
 	if rows.Features[0][0] != 1e-3 || rows.Features[0][1] != 0.5 || rows.Labels[0] != 1 {
 		t.Fatalf("columns mapped wrong: %+v", rows)
 	}
+	rows, err := ReadCSV(strings.NewReader("slide,p_parasitized\ns1,0.5\ns2,0.25\n"), 0)
+	if err != nil || len(rows.Slides) != 2 || rows.Slides[1] != "s2" {
+		t.Fatalf("slide column: %+v, %v", rows, err)
+	}
 	if _, err := ReadCSV(strings.NewReader("p_parasitized\n0\n0\n0\n"), 2); !errors.Is(err, ErrBadCSV) {
 		t.Fatalf("row limit: err = %v", err)
 	}
@@ -72,6 +76,9 @@ func FuzzReadCSV(f *testing.F) {
 		}
 		if rows.Features != nil && len(rows.Features) != len(rows.Scores) {
 			t.Fatalf("%d feature rows for %d scores", len(rows.Features), len(rows.Scores))
+		}
+		if rows.Slides != nil && len(rows.Slides) != len(rows.Scores) {
+			t.Fatalf("%d slides for %d scores", len(rows.Slides), len(rows.Scores))
 		}
 		if rows.Labels != nil && len(rows.Labels) != len(rows.Scores) {
 			t.Fatalf("%d labels for %d scores", len(rows.Labels), len(rows.Scores))
