@@ -54,11 +54,14 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One single-threaded session per thread: on small CNN batches two
+	// sessions run in parallel beat one session with two threads (see
+	// `scopewatch bench`), and crops are prepared on as many workers.
 	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{
 		Batch:      cfg.Model.Batch,
-		Workers:    1,
+		Workers:    cfg.Model.Threads,
 		NoFeatures: true,
-		Engine:     inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary},
+		Engine:     inference.EngineOptions{IntraOpThreads: 1, Sessions: cfg.Model.Threads, ORTLib: cfg.Model.ORTLibrary},
 		Decode:     inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 
@@ -24,6 +25,13 @@ func BenchmarkAnalyzeField(b *testing.B) {
 	cfg := config.Default()
 	cfg.Model.Path = requireDefaultModel(b)
 	cfg.Model.Keys = os.Getenv("SCOPEWATCH_TEST_KEYS")
+	// SCOPEWATCH_BENCH_BATCH / _THREADS compare against model.batch / threads.
+	if v, err := strconv.Atoi(os.Getenv("SCOPEWATCH_BENCH_BATCH")); err == nil {
+		cfg.Model.Batch = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("SCOPEWATCH_BENCH_THREADS")); err == nil {
+		cfg.Model.Threads = v
+	}
 	a, err := openAnalyzer(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
