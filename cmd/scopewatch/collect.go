@@ -38,15 +38,16 @@ func runCollect(ctx context.Context, args []string, stdout, stderr io.Writer) er
        scopewatch collect export --db DATASET/collect.db --out DIR
        scopewatch collect stats  --db DATASET/collect.db [--verify]
 
-Subscribes to scopewatch/v1/+/+/feedback and .../label (through the shared
-subscription $share/GROUP/... so that several workers split the stream),
-reassembles chunked crops, verifies every sha256 and stores samples and labels
+Subscribes to scopewatch/v1/+/+/feedback and .../label, reassembles chunked crops, verifies every sha256 and stores samples and labels
 idempotently by id; images are kept next to the database under images/,
 named by their sha256. Malformed messages are logged, counted and dropped.
 
-Note: mosquitto 2.0.x does not restore shared subscriptions after a broker
-restart, so messages published before the worker resubscribes are lost; with
-such a broker and a single worker, use --share "" (a plain subscription).
+By default the subscription is plain, which loses nothing across broker
+restarts. --share GROUP subscribes through $share/GROUP/... so that several
+workers split the stream; use it only on a broker that keeps shared
+subscriptions of persistent sessions across restarts (mosquitto 2.0.x does
+not: what devices publish before the worker resubscribes is acknowledged to
+them and then dropped).
 Credentials: $SCOPEWATCH_MQTT_USERNAME / $SCOPEWATCH_MQTT_PASSWORD.
 
 flags:`)
@@ -55,7 +56,7 @@ flags:`)
 	broker := fs.String("broker", "tcp://127.0.0.1:1883", "MQTT broker URL (tcp://, ssl://, ws://, wss://)")
 	clientID := fs.String("client-id", "", "MQTT client id; stable across restarts (default collect-HOSTNAME)")
 	db := fs.String("db", "", "dataset database path (DIR/collect.db); images go to DIR/images")
-	share := fs.String("share", "tuners", `shared subscription group ("" for a plain subscription)`)
+	share := fs.String("share", "", `shared subscription group, e.g. tuners ("" for a plain subscription)`)
 	ca := fs.String("ca", "", "PEM CA bundle for the broker certificate")
 	cert := fs.String("cert", "", "client certificate (PEM)")
 	key := fs.String("key", "", "client key (PEM)")
