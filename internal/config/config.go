@@ -37,6 +37,7 @@ type Config struct {
 	MQTT     MQTT     `yaml:"mqtt"`
 	Camera   Camera   `yaml:"camera"`
 	Storage  Storage  `yaml:"storage"`
+	Drift    Drift    `yaml:"drift"`
 	Shutdown Shutdown `yaml:"shutdown"`
 }
 
@@ -138,6 +139,28 @@ type Storage struct {
 	CheckInterval time.Duration `yaml:"check_interval"`
 }
 
+// Drift runs the model bundle's drift detectors (baseline.json) over every
+// classified cell. Zero calibration fields keep the baseline's own
+// calibration; any other value recalibrates the thresholds by simulation
+// when a model loads (the result is cached in the database).
+type Drift struct {
+	Enabled bool `yaml:"enabled"`
+	// ERT is the alarm tier's expected run time without drift, in cells.
+	ERT int `yaml:"ert"`
+	// WarnERT is the warn tier's; 0 means ert/10.
+	WarnERT int `yaml:"warn_ert"`
+	// Windows are the window sizes, ascending; empty means the baseline's.
+	Windows []int `yaml:"windows"`
+	// Embedding runs the embedding (MMD) detector, which needs the
+	// backbone's features of every cell: only crops carry them.
+	Embedding bool `yaml:"embedding"`
+	// Sims is the number of simulated streams for a recalibration; 0 means
+	// the baseline's.
+	Sims int `yaml:"sims"`
+	// PersistInterval is how often the detector state is saved.
+	PersistInterval time.Duration `yaml:"persist_interval"`
+}
+
 // Shutdown bounds how long SIGTERM may take.
 type Shutdown struct {
 	Timeout time.Duration `yaml:"timeout"`
@@ -207,6 +230,11 @@ func Default() Config {
 			MaxDBBytes:    2 << 30,
 			MinFreeBytes:  256 << 20,
 			CheckInterval: time.Minute,
+		},
+		Drift: Drift{
+			Enabled:         true,
+			Windows:         []int{},
+			PersistInterval: time.Minute,
 		},
 		Shutdown: Shutdown{Timeout: 20 * time.Second},
 	}
@@ -630,10 +658,42 @@ func (c *Config) Validate() Errors {
 		add("storage.min_free_bytes", "must not be negative", "0 (off) or bytes")
 	}
 	positiveDur("storage.check_interval", c.Storage.CheckInterval)
+	if c.Drift.Enabled {
+		c.validateDrift(add)
+	}
 	if c.Shutdown.Timeout <= 0 || c.Shutdown.Timeout > 10*time.Minute {
 		add("shutdown.timeout", fmt.Sprintf("%s out of range", c.Shutdown.Timeout), "a Go duration in (0, 10m]")
 	}
 	return errs
+}
+
+func (c *Config) validateDrift(add func(path, problem, accepted string)) {
+	d := c.Drift
+	if d.ERT != 0 && (d.ERT < 100 || d.ERT > 100_000_000) {
+		add("drift.ert", fmt.Sprintf("%d out of range", d.ERT), "0 (the baseline's calibration) or 100..100000000 cells")
+	}
+	if d.WarnERT < 0 || (d.WarnERT > 0 && d.ERT > 0 && d.WarnERT > d.ERT) {
+		add("drift.warn_ert", fmt.Sprintf("%d out of range", d.WarnERT), "0 (ert/10) or 1..drift.ert cells")
+	}
+	for i, w := range d.Windows {
+		if w < 10 || w > 100_000 {
+			add(fmt.Sprintf("drift.windows[%d]", i), fmt.Sprintf("%d out of range", w), "10..100000 cells")
+		} else if i > 0 && w <= d.Windows[i-1] {
+			add(fmt.Sprintf("drift.windows[%d]", i), fmt.Sprintf("%d is not above the previous size", w), "ascending distinct sizes such as [50, 200, 1000]")
+		}
+	}
+	if len(d.Windows) > 8 {
+		add("drift.windows", fmt.Sprintf("%d sizes", len(d.Windows)), "at most 8 sizes")
+	}
+	if d.Sims != 0 && (d.Sims < 100 || d.Sims > 100_000) {
+		add("drift.sims", fmt.Sprintf("%d out of range", d.Sims), "0 (the baseline's) or 100..100000")
+	}
+	if d.Embedding && c.Images.Kind != "crop" {
+		add("drift.embedding", "needs images.kind crop", "false, or images.kind crop (segmented field cells carry no features)")
+	}
+	if d.PersistInterval < time.Second {
+		add("drift.persist_interval", fmt.Sprintf("%s too short", d.PersistInterval), "a Go duration of at least 1s, such as 1m")
+	}
 }
 
 // ValidSlideID reports whether s can name a slide (and its folder).

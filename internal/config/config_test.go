@@ -102,6 +102,13 @@ func TestBadConfigNamesField(t *testing.T) {
 		{"camera without source", "camera:\n  enabled: true\n", "camera.source", "/dev/video0"},
 		{"password without user", "mqtt:\n  password: x\n", "mqtt.username", ""},
 		{"two documents", "site: a\n---\nsite: b\n", "more than one YAML document", ""},
+		{"drift ert too small", "drift:\n  ert: 50\n", "drift.ert", "100..100000000"},
+		{"drift warn above alarm", "drift:\n  ert: 1000\n  warn_ert: 2000\n", "drift.warn_ert", "1..drift.ert"},
+		{"drift windows unsorted", "drift:\n  windows: [200, 50]\n", "drift.windows[1]", "ascending"},
+		{"drift window too small", "drift:\n  windows: [5]\n", "drift.windows[0]", "10..100000"},
+		{"drift embedding on fields", "drift:\n  embedding: true\n", "drift.embedding", "images.kind crop"},
+		{"drift unknown key", "drift:\n  ertt: 5\n", "drift.ertt", "persist_interval"},
+		{"drift persist too often", "drift:\n  persist_interval: 10ms\n", "drift.persist_interval", "at least 1s"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,6 +123,20 @@ func TestBadConfigNamesField(t *testing.T) {
 				t.Fatalf("error %q does not name %q / %q", err, tc.path, tc.accepted)
 			}
 		})
+	}
+}
+
+func TestDriftSettingsAccepted(t *testing.T) {
+	c, err := Decode(strings.NewReader("images:\n  kind: crop\ndrift:\n  ert: 2000\n  warn_ert: 200\n  windows: [20, 50]\n  embedding: true\n  sims: 300\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Drift; !d.Enabled || d.ERT != 2000 || d.WarnERT != 200 || len(d.Windows) != 2 || !d.Embedding || d.Sims != 300 || d.PersistInterval != time.Minute {
+		t.Fatalf("drift section %+v", d)
+	}
+	// Disabled, the detector settings are not checked.
+	if _, err := Decode(strings.NewReader("drift:\n  enabled: false\n  embedding: true\n"), noEnv); err != nil {
+		t.Fatalf("disabled drift section refused: %v", err)
 	}
 }
 
