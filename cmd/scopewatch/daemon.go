@@ -27,6 +27,9 @@ type cellResult struct {
 	P           float64
 	Label       string
 	Parasitized bool
+	// Features are the backbone's features when the embedding drift
+	// detector needs them (crops only), else nil.
+	Features []float32
 }
 
 // analysis is what the model made of one image.
@@ -92,6 +95,7 @@ type Daemon struct {
 	queue    chan job
 	mq       *mqttLink
 	inbox    *inbox
+	drift    *driftWatch // nil when drift.enabled is false
 	ready    atomic.Bool
 	degraded sync.Map // reason -> detail
 	lastBeat atomic.Int64
@@ -140,6 +144,9 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 	if cfg.MQTT.Enabled {
 		d.mq = newMQTTLink(d)
 	}
+	if cfg.Drift.Enabled {
+		d.drift = newDriftWatch(d, cfg.Drift)
+	}
 	return d, nil
 }
 
@@ -186,6 +193,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	bg.Add(1)
 	go func() { defer bg.Done(); d.housekeeping(bgCtx) }()
+	if d.drift != nil {
+		// Stopped with the background work, after the workers: its last
+		// save holds every cell.
+		bg.Add(1)
+		go func() { defer bg.Done(); d.drift.run(bgCtx) }()
+	}
 
 	var srv *http.Server
 	if ln != nil {
@@ -409,6 +422,9 @@ func (d *Daemon) process(j job) (r jobResult) {
 			infected++
 		}
 	}
+	if d.drift != nil {
+		d.drift.observe(ctx, an.Cells)
+	}
 	d.metrics.cells.WithLabelValues("parasitized").Add(float64(infected))
 	d.metrics.cells.WithLabelValues("uninfected").Add(float64(len(an.Cells) - infected))
 	d.metrics.processSeconds.WithLabelValues(an.Kind).Observe(d.now().Sub(start).Seconds())
@@ -597,6 +613,9 @@ func (d *Daemon) reloadModel(cfg config.Config) {
 	d.metrics.modelInfo.WithLabelValues(next.ModelVersion()).Set(1)
 	d.log.Info("model swapped", "from", old, "to", next.ModelVersion(), "path", cfg.Model.Path)
 	d.db.event(context.Background(), "info", "model_swapped", "", fmt.Sprintf("%s -> %s (%s)", old, next.ModelVersion(), cfg.Model.Path))
+	if d.drift != nil {
+		d.drift.modelChanged()
+	}
 	if d.mq != nil {
 		d.mq.publishStatus()
 	}

@@ -34,7 +34,10 @@ type fieldCell struct {
 	P   float64
 }
 
-var _ analyzer = (*modelAnalyzer)(nil)
+var (
+	_ analyzer       = (*modelAnalyzer)(nil)
+	_ baselineSource = (*modelAnalyzer)(nil)
+)
 
 // openAnalyzer loads and verifies the configured model bundle.
 func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
@@ -59,9 +62,10 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	// and the device budget is 200 MB. Crops are prepared on as many
 	// workers as threads.
 	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{
-		Batch:      cfg.Model.Batch,
-		Workers:    cfg.Model.Threads,
-		NoFeatures: true,
+		Batch:   cfg.Model.Batch,
+		Workers: cfg.Model.Threads,
+		// Features only for the embedding drift detector: a copy per cell.
+		NoFeatures: !cfg.Drift.Enabled || !cfg.Drift.Embedding,
 		Engine:     inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary},
 		Decode:     inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
 	})
@@ -88,6 +92,9 @@ func (a *modelAnalyzer) ModelVersion() string { return a.clf.Version() }
 
 // Identity is the sha256 of the bundle's manifest, which covers every file.
 func (a *modelAnalyzer) Identity() string { return a.bundle.ManifestSHA256 }
+
+// BaselinePath is the bundle's baseline.json ("" when it ships none).
+func (a *modelAnalyzer) BaselinePath() string { return a.bundle.BaselinePath }
 
 func (a *modelAnalyzer) SetThreshold(t float64) { a.threshold.Store(math.Float64bits(t)) }
 
@@ -148,7 +155,9 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 	if res[0].Err != nil {
 		return analysis{}, asBadImage(res[0].Err)
 	}
-	an.Cells = []cellResult{a.cell(image.Rect(0, 0, w, h), res[0].PParasitized)}
+	c := a.cell(image.Rect(0, 0, w, h), res[0].PParasitized)
+	c.Features = res[0].Features
+	an.Cells = []cellResult{c}
 	return an, nil
 }
 

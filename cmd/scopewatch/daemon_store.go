@@ -12,7 +12,8 @@ import (
 )
 
 // serveSchema holds the daemon's tables: slides, images, per-cell
-// predictions, events, a small key/value meta table (boot sequence) and
+// predictions, events, a small key/value meta table (boot sequence), the
+// drift detector's saved state (drift_state) and
 // serve_outbox, where a result is written in the same transaction that
 // completes its slide. A relay hands serve_outbox rows to the shared MQTT
 // outbox (feedback.Outbox, which sends after PUBACK) and marks them
@@ -91,6 +92,13 @@ CREATE TABLE serve_outbox (
 	relayed_at INTEGER
 );
 CREATE INDEX serve_outbox_pending ON serve_outbox(relayed_at, priority, created_at);
+`}, {SQL: `
+CREATE TABLE drift_state (
+	key           TEXT PRIMARY KEY,
+	model_version TEXT NOT NULL,
+	value         BLOB NOT NULL,
+	saved_at      INTEGER NOT NULL
+);
 `}},
 }
 

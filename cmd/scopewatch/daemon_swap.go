@@ -44,6 +44,17 @@ func (s *swappableModel) SetThreshold(t float64) {
 	s.cur.SetThreshold(t)
 }
 
+// baseline returns the serving model's version and baseline.json path
+// ("" when its bundle has none).
+func (s *swappableModel) baseline() (version, path string) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if b, ok := s.cur.(baselineSource); ok {
+		path = b.BaselinePath()
+	}
+	return s.cur.ModelVersion(), path
+}
+
 func (s *swappableModel) identity() string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -24,12 +24,16 @@ import (
 //	     raw image body, or multipart/form-data with the image in a file part
 //	GET  /v1/slides/{id}            the slide's counts (summary once complete)
 //	POST /v1/slides/{id}/complete   complete the slide now
+//	GET  /v1/drift                  the drift tests' statistics and thresholds
+//	POST /v1/drift/ack[?by=NAME]    acknowledge drift events: detection restarts
 //	GET  /healthz /readyz /metrics
 func (d *Daemon) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/images", d.handleUpload)
 	mux.HandleFunc("GET /v1/slides/{id}", d.handleSlide)
 	mux.HandleFunc("POST /v1/slides/{id}/complete", d.handleComplete)
+	mux.HandleFunc("GET /v1/drift", d.handleDriftStatus)
+	mux.HandleFunc("POST /v1/drift/ack", d.handleDriftAck)
 	mux.HandleFunc("GET /healthz", d.handleHealth)
 	mux.HandleFunc("GET /readyz", d.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
@@ -286,4 +290,35 @@ func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+func (d *Daemon) handleDriftStatus(w http.ResponseWriter, r *http.Request) {
+	if d.drift == nil {
+		d.fail(w, http.StatusNotFound, "drift_disabled", "drift detection is disabled (drift.enabled: false)")
+		return
+	}
+	writeJSON(w, http.StatusOK, d.drift.status())
+}
+
+// handleDriftAck acknowledges the drift events: the detectors start afresh
+// (a persisting drift is then detected again, from empty windows).
+func (d *Daemon) handleDriftAck(w http.ResponseWriter, r *http.Request) {
+	if d.drift == nil {
+		d.fail(w, http.StatusNotFound, "drift_disabled", "drift detection is disabled (drift.enabled: false)")
+		return
+	}
+	by := r.URL.Query().Get("by")
+	if by == "" {
+		by = "http"
+	}
+	if len(by) > 64 {
+		d.fail(w, http.StatusBadRequest, "bad_request", "by: at most 64 characters")
+		return
+	}
+	model, since, ok := d.drift.ack(r.Context(), by)
+	if !ok {
+		d.fail(w, http.StatusConflict, "drift_not_running", "drift detection is not running (no baseline loaded yet, or the model has none)")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"reset": true, "model_version": model, "cells_since_previous_reset": since})
 }

@@ -29,6 +29,17 @@ type serveMetrics struct {
 	dbBytes         prometheus.Gauge
 	diskFree        prometheus.Gauge
 	outbox          *feedback.PromMetrics
+
+	driftEvents        *prometheus.CounterVec
+	driftLastStatistic *prometheus.GaugeVec
+	driftLastThreshold *prometheus.GaugeVec
+	driftStatistic     *prometheus.GaugeVec
+	driftThreshold     *prometheus.GaugeVec
+	driftCells         prometheus.Counter
+	driftSkipped       prometheus.Counter
+	driftResets        *prometheus.CounterVec
+	driftSaves         prometheus.Counter
+	driftActive        prometheus.Gauge
 }
 
 func newServeMetrics(d *Daemon) *serveMetrics {
@@ -69,10 +80,32 @@ func newServeMetrics(d *Daemon) *serveMetrics {
 			Help: "Bytes used by the database's rows (the cap compares against this)."}),
 		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_disk_free_bytes",
 			Help: "Free bytes on the state file system."}),
+		driftEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_drift_events_total",
+			Help: "Drift events (a detector crossing its calibrated threshold), by signal and level (warn, alarm)."}, []string{"signal", "level"}),
+		driftLastStatistic: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_drift_last_event_statistic",
+			Help: "Statistic of the last drift event, by signal and level."}, []string{"signal", "level"}),
+		driftLastThreshold: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_drift_last_event_threshold",
+			Help: "Threshold the last drift event crossed, by signal and level."}, []string{"signal", "level"}),
+		driftStatistic: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_drift_statistic",
+			Help: "Current statistic of each drift test (NaN while its window fills), by signal and window size."}, []string{"signal", "window"}),
+		driftThreshold: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_drift_threshold",
+			Help: "Current threshold of each drift test, by signal, window size and level."}, []string{"signal", "window", "level"}),
+		driftCells: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_drift_cells_total",
+			Help: "Cells fed to the drift detectors."}),
+		driftSkipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_drift_cells_skipped_total",
+			Help: "Classified cells the drift detectors could not take (no features while the embedding detector runs)."}),
+		driftResets: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_drift_resets_total",
+			Help: "Drift detection restarts, by reason (ack, new_monitor)."}, []string{"reason"}),
+		driftSaves: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_drift_state_saves_total",
+			Help: "Drift detector states saved to the database."}),
+		driftActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_drift_active",
+			Help: "1 while the drift detectors run for the serving model."}),
 	}
 	m.reg.MustRegister(m.images, m.cells, m.slides, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.outboxPending, m.published, m.mqttConnected, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
+		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,
+		m.driftCells, m.driftSkipped, m.driftResets, m.driftSaves, m.driftActive,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var err error
 	if m.outbox, err = feedback.NewPromMetrics(m.reg); err != nil {

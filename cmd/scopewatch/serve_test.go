@@ -119,7 +119,13 @@ type testDaemon struct {
 
 func startTestDaemon(t *testing.T, mutate func(*config.Config)) *testDaemon {
 	t.Helper()
-	dir := t.TempDir()
+	return startTestDaemonWith(t, t.TempDir(), &pixelAnalyzer{}, mutate)
+}
+
+// startTestDaemonWith runs a daemon on state directory dir (reused to
+// test restarts) with the given model.
+func startTestDaemonWith(t *testing.T, dir string, model analyzer, mutate func(*config.Config)) *testDaemon {
+	t.Helper()
 	cfg := config.Default()
 	cfg.StateDir = dir
 	cfg.HTTP.Listen = "127.0.0.1:0"
@@ -141,7 +147,7 @@ func startTestDaemon(t *testing.T, mutate func(*config.Config)) *testDaemon {
 	level := new(slog.LevelVar)
 	level.Set(slog.LevelDebug)
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: logs}, &slog.HandlerOptions{Level: level}))
-	d, err := newDaemon(context.Background(), c, daemonDeps{Log: log, Level: level, Model: &pixelAnalyzer{}})
+	d, err := newDaemon(context.Background(), c, daemonDeps{Log: log, Level: level, Model: model})
 	if err != nil {
 		t.Fatal(err)
 	}

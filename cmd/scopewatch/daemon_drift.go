@@ -1,0 +1,524 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/scopewatch/scopewatch/drift"
+	"github.com/scopewatch/scopewatch/internal/config"
+)
+
+// driftAlertSchema is the alert payload of a drift event (kind "drift" of
+// the scopewatch.alert family, with the detector's fields).
+const driftAlertSchema = "scopewatch.alert/v1"
+
+// baselineSource is implemented by analyzers whose bundle ships a
+// baseline.json.
+type baselineSource interface{ BaselinePath() string }
+
+// driftWatch owns the drift monitor of the serving model. Workers feed it
+// every classified cell under mu (an O(log n) update, microseconds per
+// cell); events are written after mu is released. Its goroutine (run) loads
+// the baseline when a model arrives, calibrates it if the configuration
+// asks for other thresholds, restores the saved state, saves the state
+// periodically and at shutdown, and refreshes the gauges.
+type driftWatch struct {
+	d        *Daemon
+	cfg      config.Drift
+	mu       sync.Mutex
+	mon      *drift.Monitor // nil while no baseline is loaded
+	model    string         // model version mon belongs to
+	dirty    bool           // observed or reset since the last save
+	skipped  int64          // cells without features while the embedding detector runs
+	reloadCh chan struct{}
+}
+
+func newDriftWatch(d *Daemon, cfg config.Drift) *driftWatch {
+	return &driftWatch{d: d, cfg: cfg, reloadCh: make(chan struct{}, 1)}
+}
+
+// modelChanged drops the monitor at once (cells of the new model must not
+// reach the old baseline) and asks run to load the new model's baseline.
+// The new monitor starts fresh: the old state belongs to the old model.
+func (w *driftWatch) modelChanged() {
+	w.mu.Lock()
+	w.mon, w.model = nil, ""
+	w.mu.Unlock()
+	w.d.metrics.driftActive.Set(0)
+	select {
+	case w.reloadCh <- struct{}{}:
+	default:
+	}
+}
+
+// observe adds one image's cells and handles the events they triggered.
+func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
+	if len(cells) == 0 {
+		return
+	}
+	var events []drift.Event
+	w.mu.Lock()
+	mon, model := w.mon, w.model
+	if mon == nil {
+		w.mu.Unlock()
+		return
+	}
+	useF := mon.UsesFeatures()
+	n := 0
+	for _, c := range cells {
+		var f []float32
+		if useF {
+			if c.Features == nil {
+				w.skipped++
+				continue
+			}
+			f = c.Features
+		}
+		evs, err := mon.Observe(c.P, f)
+		if err != nil {
+			w.skipped++
+			continue
+		}
+		n++
+		events = append(events, evs...)
+	}
+	if n > 0 {
+		w.dirty = true
+	}
+	w.mu.Unlock()
+	w.d.metrics.driftCells.Add(float64(n))
+	if k := len(cells) - n; k > 0 {
+		w.d.metrics.driftSkipped.Add(float64(k))
+	}
+	for _, ev := range events {
+		w.d.driftEvent(ctx, ev, model)
+	}
+	if len(events) > 0 {
+		w.refreshGauges()
+	}
+}
+
+// ack acknowledges the current events: detection starts afresh.
+func (w *driftWatch) ack(ctx context.Context, who string) (model string, since int64, ok bool) {
+	w.mu.Lock()
+	if w.mon == nil {
+		w.mu.Unlock()
+		return "", 0, false
+	}
+	since = w.mon.SinceReset()
+	w.mon.Reset()
+	w.dirty = true
+	model = w.model
+	w.mu.Unlock()
+	w.d.metrics.driftResets.WithLabelValues("ack").Inc()
+	w.d.db.event(ctx, "info", "drift_ack", "", fmt.Sprintf("acknowledged by %s after %d cells; detection restarted (model %s)", who, since, model))
+	w.d.log.Info("drift acknowledged; detection restarted", "by", who, "cells_since_reset", since, "model", model)
+	w.save(ctx)
+	w.refreshGauges()
+	return model, since, true
+}
+
+// run loads the first model's baseline and serves reloads, saves and gauge
+// refreshes until ctx is cancelled, then saves once more. It must stop
+// after the workers (Run cancels it with the other background work).
+func (w *driftWatch) run(ctx context.Context) {
+	w.load(ctx)
+	save := time.NewTicker(w.cfg.PersistInterval)
+	defer save.Stop()
+	gauges := time.NewTicker(5 * time.Second)
+	defer gauges.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			w.save(context.Background())
+			return
+		case <-w.reloadCh:
+			w.load(ctx)
+		case <-save.C:
+			w.save(ctx)
+		case <-gauges.C:
+			w.refreshGauges()
+		}
+	}
+}
+
+// load builds the monitor for the model serving now.
+func (w *driftWatch) load(ctx context.Context) {
+	version, path := w.d.model.baseline()
+	if path == "" {
+		w.d.log.Warn("the model bundle has no baseline.json; drift detection is off for this model", "model", version)
+		return
+	}
+	start := time.Now()
+	b, err := drift.LoadBaseline(path)
+	if err == nil {
+		b, err = w.calibrated(ctx, b)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		w.d.log.Error("drift detection unavailable: baseline unusable", "path", path, "err", err)
+		w.d.db.event(ctx, "error", "drift_unavailable", "", fmt.Sprintf("%s: %v", path, err))
+		return
+	}
+	mon, err := drift.NewMonitor(b)
+	if err != nil {
+		w.d.log.Error("drift detection unavailable", "path", path, "err", err)
+		return
+	}
+	restored := w.restore(ctx, mon, version)
+	if w.d.model.ModelVersion() != version {
+		return // swapped again meanwhile; the pending reload takes over
+	}
+	w.mu.Lock()
+	w.mon, w.model, w.dirty = mon, version, !restored
+	w.mu.Unlock()
+	if !restored {
+		w.d.metrics.driftResets.WithLabelValues("new_monitor").Inc()
+	}
+	w.d.metrics.driftActive.Set(1)
+	w.refreshGauges()
+	cal := b.Detector
+	var signals []string
+	for _, t := range cal.Tests {
+		if !slices.Contains(signals, t.Signal) {
+			signals = append(signals, t.Signal)
+		}
+	}
+	w.d.log.Info("drift detection running", "model", version, "ert", cal.ERT, "warn_ert", cal.WarnERT, "windows", mon.Windows(),
+		"signals", signals, "features", mon.UsesFeatures(), "restored", restored, "cells_since_reset", mon.SinceReset(),
+		"ms", time.Since(start).Milliseconds())
+}
+
+// calibration returns the detector settings the configuration asks for and
+// whether they differ from the baseline's.
+func driftCalibration(b *drift.Baseline, c config.Drift) (drift.CalibrationConfig, bool) {
+	d := b.Detector
+	cc := drift.CalibrationConfig{ERT: d.ERT, WarnERT: d.WarnERT, Sims: d.Sims, Null: d.Null, Seed: d.Seed, Signals: map[string]float64{}}
+	for _, t := range d.Tests {
+		cc.Signals[t.Signal] = d.Weights[t.Signal]
+		if !slices.Contains(cc.Windows, t.Window) {
+			cc.Windows = append(cc.Windows, t.Window)
+		}
+	}
+	slices.Sort(cc.Windows)
+	change := false
+	if c.ERT != 0 && c.ERT != d.ERT {
+		cc.ERT, cc.WarnERT, change = c.ERT, max(1, c.ERT/10), true
+	}
+	if c.WarnERT != 0 && c.WarnERT != cc.WarnERT {
+		cc.WarnERT, change = c.WarnERT, true
+	}
+	if len(c.Windows) > 0 && !slices.Equal(c.Windows, cc.Windows) {
+		cc.Windows, change = slices.Clone(c.Windows), true
+	}
+	_, hasEmb := cc.Signals[drift.SignalEmbedding]
+	switch {
+	case hasEmb && !c.Embedding:
+		delete(cc.Signals, drift.SignalEmbedding)
+		change = true
+	case !hasEmb && c.Embedding && b.Embedding != nil:
+		cc.Signals[drift.SignalEmbedding] = 1
+		change = true
+	}
+	if change && c.Sims != 0 {
+		cc.Sims = c.Sims
+	}
+	cc.Horizon = 0
+	return cc, change
+}
+
+// calibrated returns b recalibrated as configured: from the database's
+// cache when the same baseline was calibrated the same way before, else by
+// simulation (seconds to a minute), then cached.
+func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.Baseline, error) {
+	cc, change := driftCalibration(b, w.cfg)
+	if !change {
+		return b, nil
+	}
+	if w.cfg.Embedding && b.Embedding == nil {
+		w.d.log.Warn("drift.embedding is on but the baseline has no embedding reference; running without it")
+	}
+	spec, _ := json.Marshal(cc)
+	h := sha256.Sum256(append([]byte(b.Fingerprint()+"\n"), spec...))
+	key := hex.EncodeToString(h[:])
+	if raw, ok, err := w.d.db.driftGet(ctx, "calibrated"); err == nil && ok {
+		var c cachedCalibration
+		if json.Unmarshal(raw, &c) == nil && c.Key == key {
+			if cb, err := drift.DecodeBaselineBytes(c.Baseline); err == nil {
+				return cb, nil
+			}
+		}
+	}
+	w.d.log.Info("calibrating the drift thresholds for the configured settings", "ert", cc.ERT, "warn_ert", cc.WarnERT,
+		"windows", cc.Windows, "sims", cc.Sims)
+	start := time.Now()
+	cb, err := b.Recalibrate(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("recalibrate: %w", err)
+	}
+	w.d.log.Info("drift thresholds calibrated", "seconds", time.Since(start).Seconds())
+	raw, err := json.Marshal(cb)
+	if err == nil {
+		// Only what decodes back is cached (a restart must get the same thresholds).
+		if _, derr := drift.DecodeBaselineBytes(raw); derr == nil {
+			val, _ := json.Marshal(cachedCalibration{Key: key, Baseline: raw})
+			if err := w.d.db.driftPut(ctx, "calibrated", "", val); err != nil {
+				w.d.log.Warn("caching the drift calibration failed", "err", err)
+			}
+		} else {
+			w.d.log.Warn("the recalibrated baseline does not decode; not cached", "err", derr)
+		}
+	}
+	return cb, nil
+}
+
+type cachedCalibration struct {
+	Key      string          `json:"key"`
+	Baseline json.RawMessage `json:"baseline"`
+}
+
+// restore loads the saved state when it was saved for this model version
+// and baseline.
+func (w *driftWatch) restore(ctx context.Context, mon *drift.Monitor, version string) bool {
+	raw, model, ok, err := w.d.db.driftGetModel(ctx, "monitor")
+	if err != nil {
+		w.d.log.Warn("reading the saved drift state failed; starting afresh", "err", err)
+		return false
+	}
+	if !ok {
+		return false
+	}
+	if model != version {
+		w.d.log.Info("saved drift state belongs to another model; starting afresh", "saved_for", model, "model", version)
+		return false
+	}
+	if err := mon.UnmarshalBinary(raw); err != nil {
+		level := "warn"
+		if errors.Is(err, drift.ErrStateMismatch) {
+			level = "info" // the calibration changed
+		}
+		w.d.log.Log(ctx, parseLevel(level), "saved drift state not restored; starting afresh", "err", err)
+		return false
+	}
+	return true
+}
+
+// save writes the monitor's state when it changed since the last save.
+func (w *driftWatch) save(ctx context.Context) {
+	w.mu.Lock()
+	if w.mon == nil || !w.dirty {
+		w.mu.Unlock()
+		return
+	}
+	raw, err := w.mon.MarshalBinary()
+	model := w.model
+	w.dirty = false
+	w.mu.Unlock()
+	if err == nil {
+		err = w.d.db.driftPut(ctx, "monitor", model, raw)
+	}
+	if err != nil {
+		w.d.log.Warn("saving the drift state failed", "err", err)
+		w.mu.Lock()
+		w.dirty = true
+		w.mu.Unlock()
+		return
+	}
+	w.d.metrics.driftSaves.Inc()
+}
+
+// driftTest is one test's state for the API (NaN becomes null).
+type driftTest struct {
+	Signal    string   `json:"signal"`
+	Window    int      `json:"window"`
+	N         int      `json:"n"`
+	Active    bool     `json:"active"`
+	Statistic *float64 `json:"statistic"`
+	Warn      *float64 `json:"warn_threshold"`
+	Alarm     *float64 `json:"alarm_threshold"`
+}
+
+type driftEstimate struct {
+	Window      int      `json:"window"`
+	N           int      `json:"n"`
+	Accuracy    *float64 `json:"accuracy"`
+	Sensitivity *float64 `json:"sensitivity"`
+	Specificity *float64 `json:"specificity"`
+}
+
+// driftStatus is GET /v1/drift.
+type driftStatus struct {
+	Active       bool            `json:"active"`
+	ModelVersion string          `json:"model_version,omitempty"`
+	Observed     int64           `json:"observed"`
+	SinceReset   int64           `json:"since_reset"`
+	Skipped      int64           `json:"skipped"`
+	Features     bool            `json:"features"`
+	Tests        []driftTest     `json:"tests,omitempty"`
+	Performance  []driftEstimate `json:"performance,omitempty"`
+}
+
+func finiteOrNil(v float64) *float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return nil
+	}
+	return &v
+}
+
+func (w *driftWatch) status() driftStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := driftStatus{Skipped: w.skipped}
+	if w.mon == nil {
+		return st
+	}
+	st.Active, st.ModelVersion = true, w.model
+	st.Observed, st.SinceReset, st.Features = w.mon.Index(), w.mon.SinceReset(), w.mon.UsesFeatures()
+	for _, t := range w.mon.Status() {
+		st.Tests = append(st.Tests, driftTest{Signal: t.Signal, Window: t.Window, N: t.N, Active: t.Active,
+			Statistic: finiteOrNil(t.Statistic), Warn: finiteOrNil(t.Warn), Alarm: finiteOrNil(t.Alarm)})
+	}
+	for _, e := range w.mon.Performance() {
+		st.Performance = append(st.Performance, driftEstimate{Window: e.Window, N: e.N,
+			Accuracy: finiteOrNil(e.Accuracy), Sensitivity: finiteOrNil(e.Sensitivity), Specificity: finiteOrNil(e.Specificity)})
+	}
+	return st
+}
+
+// refreshGauges copies every test's current statistic and thresholds into
+// the gauges (NaN while a test's window is filling).
+func (w *driftWatch) refreshGauges() {
+	w.mu.Lock()
+	var tests []drift.TestStatus
+	if w.mon != nil {
+		tests = w.mon.Status()
+	}
+	w.mu.Unlock()
+	m := w.d.metrics
+	for _, t := range tests {
+		win := fmt.Sprint(t.Window)
+		s := t.Statistic
+		if !t.Active {
+			s = math.NaN()
+		}
+		m.driftStatistic.WithLabelValues(t.Signal, win).Set(s)
+		m.driftThreshold.WithLabelValues(t.Signal, win, drift.LevelWarn).Set(t.Warn)
+		m.driftThreshold.WithLabelValues(t.Signal, win, drift.LevelAlarm).Set(t.Alarm)
+	}
+}
+
+// driftAlert is the alert topic's payload for a drift event.
+type driftAlert struct {
+	Schema       string    `json:"schema"`
+	ID           string    `json:"id"`
+	Site         string    `json:"site"`
+	Device       string    `json:"device"`
+	Kind         string    `json:"kind"`
+	Signal       string    `json:"signal"`
+	Level        string    `json:"level"`
+	Statistic    float64   `json:"statistic"`
+	Threshold    float64   `json:"threshold"`
+	Window       int       `json:"window"`
+	Index        int64     `json:"index"`
+	ModelVersion string    `json:"model_version"`
+	At           time.Time `json:"at"`
+	Boot         int64     `json:"boot"`
+}
+
+// driftEvent records a warn or alarm: an events row and the alert message
+// in one transaction, then the metrics.
+func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
+	cfg := d.config()
+	now := d.now().UTC()
+	// Stable and unique: one event per signal, level and window at a
+	// stream position, within one boot and model.
+	id := fmt.Sprintf("%s-%d-drift-%s-%d-%s-%s-%d", cfg.Device, d.boot, model, ev.Index, ev.Signal, ev.Level, ev.Window)
+	a := driftAlert{Schema: driftAlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device, Kind: "drift",
+		Signal: ev.Signal, Level: ev.Level, Statistic: ev.Statistic, Threshold: ev.Threshold, Window: ev.Window, Index: ev.Index,
+		ModelVersion: model, At: now, Boot: d.boot}
+	var msg outboxMsg
+	if cfg.MQTT.Enabled {
+		payload, err := json.Marshal(a)
+		if err != nil { // a non-finite statistic; never expected
+			d.log.Error("encoding the drift alert failed", "err", err)
+		} else {
+			msg = outboxMsg{ID: "alert/" + id, Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
+		}
+	}
+	level := "warn"
+	if ev.Level == drift.LevelAlarm {
+		level = "error"
+	}
+	detail := fmt.Sprintf("%s %s: statistic %.4g > threshold %.4g on the last %d cells (cell %d, model %s)",
+		ev.Signal, ev.Level, ev.Statistic, ev.Threshold, ev.Window, ev.Index, model)
+	if err := d.db.recordAlert(ctx, level, "drift_"+ev.Level, detail, msg); err != nil {
+		d.log.Error("recording the drift event failed", "err", err)
+	}
+	d.metrics.driftEvents.WithLabelValues(ev.Signal, ev.Level).Inc()
+	d.metrics.driftLastStatistic.WithLabelValues(ev.Signal, ev.Level).Set(ev.Statistic)
+	d.metrics.driftLastThreshold.WithLabelValues(ev.Signal, ev.Level).Set(ev.Threshold)
+	d.log.Warn("drift "+ev.Level, "signal", ev.Signal, "statistic", ev.Statistic, "threshold", ev.Threshold,
+		"window", ev.Window, "index", ev.Index, "model", model)
+	if d.mq != nil {
+		d.mq.wake()
+	}
+}
+
+// Drift state rows: "monitor" (the monitor's state, for one model version)
+// and "calibrated" (the last recalibrated baseline, keyed by baseline and
+// settings).
+func (s *dbStore) driftPut(ctx context.Context, key, model string, value []byte) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO drift_state(key, model_version, value, saved_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT(key) DO UPDATE SET model_version = excluded.model_version, value = excluded.value, saved_at = excluded.saved_at`,
+		key, model, value, s.now().UnixMilli())
+	if err != nil {
+		return fmt.Errorf("save drift %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *dbStore) driftGet(ctx context.Context, key string) ([]byte, bool, error) {
+	v, _, ok, err := s.driftGetModel(ctx, key)
+	return v, ok, err
+}
+
+func (s *dbStore) driftGetModel(ctx context.Context, key string) ([]byte, string, bool, error) {
+	var v []byte
+	var model string
+	err := s.db.QueryRowContext(ctx, `SELECT value, model_version FROM drift_state WHERE key = ?`, key).Scan(&v, &model)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", false, nil
+	}
+	if err != nil {
+		return nil, "", false, fmt.Errorf("read drift %s: %w", key, err)
+	}
+	return v, model, true, nil
+}
+
+// recordAlert writes an events row and, when msg has an id, its outbox
+// message in one transaction.
+func (s *dbStore) recordAlert(ctx context.Context, level, kind, detail string, msg outboxMsg) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("record alert: %w", err)
+	}
+	defer tx.Rollback()
+	if err := s.eventTx(ctx, tx, level, kind, "", detail); err != nil {
+		return err
+	}
+	if err := s.enqueueTx(ctx, tx, msg); err != nil {
+		return err
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/testutil"
+)
+
+// baselineModel is the pixel model (p = red/255) with the shipped bundle's
+// baseline.json, under a chosen version.
+type baselineModel struct {
+	pixelAnalyzer
+	version, baseline string
+}
+
+func (m *baselineModel) ModelVersion() string { return m.version }
+func (m *baselineModel) BaselinePath() string { return m.baseline }
+
+var _ baselineSource = (*baselineModel)(nil)
+
+// smallDrift makes the detectors quick to calibrate (a fraction of a
+// second) and quick to fill.
+func smallDrift(c *config.Config) {
+	c.Drift = config.Drift{Enabled: true, ERT: 300, WarnERT: 30, Windows: []int{20, 50}, Sims: 200, PersistInterval: time.Second}
+}
+
+func getDrift(t *testing.T, url string) driftStatus {
+	t.Helper()
+	resp, err := http.Get(url + "/v1/drift")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st driftStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/drift: %d %v", resp.StatusCode, err)
+	}
+	return st
+}
+
+func metricsText(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func TestDriftInServe(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(requireDefaultModel(t), "baseline.json")
+	model := &baselineModel{version: "pix-1", baseline: base}
+	td := startTestDaemonWith(t, dir, model, smallDrift)
+	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running")
+	if st := getDrift(t, td.url); st.ModelVersion != "pix-1" || st.SinceReset != 0 || st.Features || len(st.Tests) != 4 {
+		t.Fatalf("fresh status %+v", st)
+	}
+
+	// A 400x400 field gives 1600 cells with p = 250/255, far above the
+	// baseline's positive rate of about one half.
+	field := pngBytes(t, 400, 400, 250)
+	resp := upload(t, td.url+"/v1/images?slide=d1&name=f1.png", "image/png", field)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload: %d", resp.StatusCode)
+	}
+	st := getDrift(t, td.url)
+	if st.SinceReset != 1600 || st.Observed != 1600 {
+		t.Fatalf("after one field: %+v", st)
+	}
+
+	db := openDB(t, td.cfg.Database)
+	countKind := func(kind string) int {
+		var n int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM events WHERE kind = ?`, kind).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	alarms := countKind("drift_alarm")
+	if alarms == 0 || countKind("drift_warn") == 0 {
+		t.Fatalf("events: %d alarms, %d warnings", alarms, countKind("drift_warn"))
+	}
+	// Every event has its alert message queued for the broker.
+	rows, err := db.Query(`SELECT id, topic, payload, priority FROM serve_outbox WHERE id LIKE 'alert/%'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alerts []driftAlert
+	for rows.Next() {
+		var id, topic string
+		var payload []byte
+		var prio int
+		if err := rows.Scan(&id, &topic, &payload, &prio); err != nil {
+			t.Fatal(err)
+		}
+		var a driftAlert
+		if err := json.Unmarshal(payload, &a); err != nil {
+			t.Fatalf("alert %s: %v", id, err)
+		}
+		if a.Schema != driftAlertSchema || "alert/"+a.ID != id || a.Kind != "drift" || a.ModelVersion != "pix-1" || prio != prioAlert ||
+			!strings.HasSuffix(topic, "/alert") || a.Statistic <= a.Threshold || a.Window == 0 || a.At.IsZero() {
+			t.Errorf("alert %s: %+v (topic %s)", id, a, topic)
+		}
+		alerts = append(alerts, a)
+	}
+	rows.Close()
+	if len(alerts) != alarms+countKind("drift_warn") {
+		t.Fatalf("%d alert messages for %d events", len(alerts), alarms+countKind("drift_warn"))
+	}
+	m := metricsText(t, td.url)
+	for _, want := range []string{`scopewatch_drift_events_total{level="alarm",signal="positive_rate"} 1`, `scopewatch_drift_cells_total 1600`,
+		`scopewatch_drift_last_event_threshold{level="alarm",signal="positive_rate"}`, `scopewatch_drift_threshold{level="alarm",signal="scores_cvm",window="50"}`,
+		`scopewatch_drift_active 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	// More drifted cells raise nothing new: each signal alarms once per reset.
+	resp = upload(t, td.url+"/v1/images?slide=d1&name=f2.png", "image/png", field)
+	resp.Body.Close()
+	if n := countKind("drift_alarm"); n != alarms {
+		t.Fatalf("alarms %d -> %d without an acknowledgement", alarms, n)
+	}
+
+	// Acknowledging restarts detection; the drift is found again.
+	resp, err = http.Post(td.url+"/v1/drift/ack?by=tester", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || getDrift(t, td.url).SinceReset != 0 || countKind("drift_ack") != 1 {
+		t.Fatalf("ack: %d, status %+v", resp.StatusCode, getDrift(t, td.url))
+	}
+	resp = upload(t, td.url+"/v1/images?slide=d1&name=f3.png", "image/png", field)
+	resp.Body.Close()
+	if n := countKind("drift_alarm"); n != 2*alarms {
+		t.Fatalf("after the ack: %d alarms, want %d", n, 2*alarms)
+	}
+	var distinct int
+	db.QueryRow(`SELECT COUNT(DISTINCT id) FROM serve_outbox WHERE id LIKE 'alert/%'`).Scan(&distinct)
+	if distinct != 2*len(alerts) {
+		t.Fatalf("%d distinct alert ids, want %d", distinct, 2*len(alerts))
+	}
+
+	// The state survives a restart with the same model ...
+	td.stop(t)
+	td = startTestDaemonWith(t, dir, model, smallDrift)
+	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running after restart")
+	if st := getDrift(t, td.url); st.SinceReset != 1600 || st.Observed != 4800 {
+		t.Fatalf("restored status: since reset %d, observed %d", st.SinceReset, st.Observed)
+	}
+	// ... and the latches too: no repeated alarm for the same drift.
+	resp = upload(t, td.url+"/v1/images?slide=d2&name=f4.png", "image/png", field)
+	resp.Body.Close()
+	if n := countKind("drift_alarm"); n != 2*alarms {
+		t.Fatalf("after restart: %d alarms, want still %d", n, 2*alarms)
+	}
+
+	// A new model starts afresh.
+	next := &baselineModel{version: "pix-2", baseline: base}
+	td.d.open = func(config.Config, *slog.Logger) (analyzer, error) { return next, nil }
+	td.d.reload(td.d.config())
+	testutil.Eventually(t, 30*time.Second, func() bool { st := getDrift(t, td.url); return st.Active && st.ModelVersion == "pix-2" }, "monitor for the new model")
+	if st := getDrift(t, td.url); st.SinceReset != 0 || st.Observed != 0 {
+		t.Fatalf("after the swap: %+v", st)
+	}
+	td.stop(t)
+	// The saved state is the new model's, and a restart with the old
+	// model does not take it.
+	var saved string
+	db.QueryRow(`SELECT model_version FROM drift_state WHERE key = 'monitor'`).Scan(&saved)
+	if saved != "pix-2" {
+		t.Fatalf("saved state for %q", saved)
+	}
+	td = startTestDaemonWith(t, dir, model, smallDrift)
+	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running")
+	if st := getDrift(t, td.url); st.Observed != 0 {
+		t.Fatalf("state of another model restored: %+v", st)
+	}
+}
+
+func TestDriftDisabled(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) { c.Drift.Enabled = false })
+	for _, req := range []struct{ method, path string }{{"GET", "/v1/drift"}, {"POST", "/v1/drift/ack"}} {
+		r, _ := http.NewRequest(req.method, td.url+req.path, nil)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s %s: %d", req.method, req.path, resp.StatusCode)
+		}
+	}
+}
