@@ -310,7 +310,10 @@ func (rw *recordWriter) write(r inference.Result) {
 		if r.Err != nil {
 			rec[4] = r.Err.Error()
 		} else {
-			rec[1], rec[2], rec[3] = r.Label, strconv.FormatFloat(r.PParasitized, 'g', 6, 64), rw.version
+			// Full precision: these scores feed drift replay/eval, where
+			// rounding collapses scores saturated near 0 and 1 into ties
+			// the baseline does not have.
+			rec[1], rec[2], rec[3] = r.Label, strconv.FormatFloat(r.PParasitized, 'g', -1, 64), rw.version
 		}
 		rw.err = rw.csv.Write(rec)
 		return
