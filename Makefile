@@ -42,8 +42,21 @@ bench: build
 model: build
 	$(MAKE) -C models/recipe
 
-fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./inference/
+# Every parser of outside input has a fuzz target; each runs FUZZTIME.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./inference/:FuzzDecode ./inference/:FuzzManifest ./inference/:FuzzSafetensors \
+	./inference/:FuzzBundleArchive ./drift/:FuzzReadCSV ./drift/:FuzzDecodeBaseline \
+	./drift/:FuzzMonitorState ./feedback/:FuzzDecodeSample ./feedback/:FuzzDecodeChunk \
+	./feedback/:FuzzDecodeLabel ./feedback/:FuzzCollectorHandle ./internal/config/:FuzzDecode \
+	./cmd/scopewatch/:FuzzReadUpload
+
+fuzz: setup
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg; \
+	done
 
 vet:
 	$(GO) vet ./...
