@@ -16,6 +16,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
@@ -95,7 +96,8 @@ type Daemon struct {
 	queue    chan job
 	mq       *mqttLink
 	inbox    *inbox
-	drift    *driftWatch // nil when drift.enabled is false
+	drift    *driftWatch   // nil when drift.enabled is false
+	fb       *feedbackLink // nil when feedback.enabled is false
 	ready    atomic.Bool
 	degraded sync.Map // reason -> detail
 	lastBeat atomic.Int64
@@ -141,11 +143,27 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 	if cfg.Inbox.Enabled {
 		d.inbox = newInbox(d)
 	}
-	if cfg.MQTT.Enabled {
-		d.mq = newMQTTLink(d)
-	}
 	if cfg.Drift.Enabled {
 		d.drift = newDriftWatch(d, cfg.Drift)
+	}
+	if cfg.MQTT.Enabled {
+		d.mq = newMQTTLink(d)
+		outbox, err := feedback.NewOutbox(ctx, db.db, feedback.OutboxConfig{
+			AlertTopic: d.topic("alert"), Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
+		})
+		if err != nil {
+			// Results stay in serve_outbox until a restart can open it.
+			d.log.Error("mqtt outbox unavailable; results stay in the database", "err", err)
+			d.setDegraded("outbox", err.Error(), true)
+		} else {
+			d.mq.outbox = outbox
+			if cfg.Feedback.Enabled {
+				if d.fb, err = newFeedbackLink(ctx, d, cfg, outbox); err != nil {
+					db.Close()
+					return nil, fmt.Errorf("feedback: %w", err)
+				}
+			}
+		}
 	}
 	return d, nil
 }
@@ -425,6 +443,9 @@ func (d *Daemon) process(j job) (r jobResult) {
 	if d.drift != nil {
 		d.drift.observe(ctx, an.Cells)
 	}
+	if d.fb != nil {
+		d.fb.offer(ctx, j.slide, j.data, an)
+	}
 	d.metrics.cells.WithLabelValues("parasitized").Add(float64(infected))
 	d.metrics.cells.WithLabelValues("uninfected").Add(float64(len(an.Cells) - infected))
 	d.metrics.processSeconds.WithLabelValues(an.Kind).Observe(d.now().Sub(start).Seconds())
@@ -615,6 +636,9 @@ func (d *Daemon) reloadModel(cfg config.Config) {
 	d.db.event(context.Background(), "info", "model_swapped", "", fmt.Sprintf("%s -> %s (%s)", old, next.ModelVersion(), cfg.Model.Path))
 	if d.drift != nil {
 		d.drift.modelChanged()
+	}
+	if d.fb != nil {
+		d.fb.modelChanged(next.ModelVersion())
 	}
 	if d.mq != nil {
 		d.mq.publishStatus()

@@ -38,6 +38,8 @@ type driftWatch struct {
 	mon      *drift.Monitor // nil while no baseline is loaded
 	model    string         // model version mon belongs to
 	dirty    bool           // observed or reset since the last save
+	warnOn   bool           // a warn or alarm event since the last reset
+	alarmOn  bool           // an alarm event since the last reset
 	skipped  int64          // cells without features while the embedding detector runs
 	reloadCh chan struct{}
 }
@@ -52,6 +54,7 @@ func newDriftWatch(d *Daemon, cfg config.Drift) *driftWatch {
 func (w *driftWatch) modelChanged() {
 	w.mu.Lock()
 	w.mon, w.model = nil, ""
+	w.warnOn, w.alarmOn = false, false
 	w.mu.Unlock()
 	w.d.metrics.driftActive.Set(0)
 	select {
@@ -91,6 +94,10 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 		n++
 		events = append(events, evs...)
 	}
+	for _, ev := range events {
+		w.warnOn = true
+		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
+	}
 	if n > 0 {
 		w.dirty = true
 	}
@@ -107,6 +114,48 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 	}
 }
 
+// flagged reports a warn or alarm since the last reset (false without
+// drift detection). A restored state starts unflagged.
+func (w *driftWatch) flagged() bool {
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.warnOn
+}
+
+// alarmed reports an alarm since the last reset.
+func (w *driftWatch) alarmed() bool {
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.alarmOn
+}
+
+// evidence is every active test's statistic over its alarm threshold
+// ("signal/window" -> ratio; above 1 means in alarm), for retune requests.
+func (w *driftWatch) evidence() map[string]float64 {
+	out := map[string]float64{}
+	if w == nil {
+		return out
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mon == nil {
+		return out
+	}
+	for _, t := range w.mon.Status() {
+		if t.Active && t.Alarm > 0 && !math.IsNaN(t.Statistic) && !math.IsInf(t.Statistic, 0) {
+			out[fmt.Sprintf("%s/%d", t.Signal, t.Window)] = t.Statistic / t.Alarm
+		}
+	}
+	out["cells_since_reset"] = float64(w.mon.SinceReset())
+	return out
+}
+
 // ack acknowledges the current events: detection starts afresh.
 func (w *driftWatch) ack(ctx context.Context, who string) (model string, since int64, ok bool) {
 	w.mu.Lock()
@@ -116,6 +165,7 @@ func (w *driftWatch) ack(ctx context.Context, who string) (model string, since i
 	}
 	since = w.mon.SinceReset()
 	w.mon.Reset()
+	w.warnOn, w.alarmOn = false, false
 	w.dirty = true
 	model = w.model
 	w.mu.Unlock()

@@ -37,6 +37,7 @@ type fieldCell struct {
 var (
 	_ analyzer       = (*modelAnalyzer)(nil)
 	_ baselineSource = (*modelAnalyzer)(nil)
+	_ thresholded    = (*modelAnalyzer)(nil)
 )
 
 // openAnalyzer loads and verifies the configured model bundle.
@@ -95,6 +96,9 @@ func (a *modelAnalyzer) Identity() string { return a.bundle.ManifestSHA256 }
 
 // BaselinePath is the bundle's baseline.json ("" when it ships none).
 func (a *modelAnalyzer) BaselinePath() string { return a.bundle.BaselinePath }
+
+// Threshold is the decision threshold in use.
+func (a *modelAnalyzer) Threshold() float64 { return a.currentThreshold() }
 
 func (a *modelAnalyzer) SetThreshold(t float64) { a.threshold.Store(math.Float64bits(t)) }
 

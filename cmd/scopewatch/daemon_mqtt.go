@@ -80,13 +80,11 @@ func (m *mqttLink) publishStatus() {
 
 func (m *mqttLink) run(ctx context.Context) {
 	cfg := m.d.config()
-	outbox, err := feedback.NewOutbox(ctx, m.d.db.db, feedback.OutboxConfig{
-		AlertTopic: m.d.topic("alert"), Device: cfg.Device, Now: m.d.now, Log: m.d.log, Metrics: m.d.metrics.outbox,
-	})
-	if err != nil {
-		m.d.log.Error("mqtt outbox unavailable; results stay in the database", "err", err)
-		m.d.setDegraded("outbox", err.Error(), true)
-		return
+	m.mu.Lock()
+	outbox := m.outbox
+	m.mu.Unlock()
+	if outbox == nil {
+		return // newDaemon logged why
 	}
 	clientID := cfg.MQTT.ClientID
 	if clientID == "" {
@@ -97,11 +95,17 @@ func (m *mqttLink) run(ctx context.Context) {
 		CAFile: cfg.MQTT.TLS.CAFile, CertFile: cfg.MQTT.TLS.CertFile, KeyFile: cfg.MQTT.TLS.KeyFile,
 		KeepAlive: cfg.MQTT.KeepAlive, ConnectTimeout: cfg.MQTT.ConnectTimeout, MaxReconnectInterval: cfg.MQTT.MaxBackoff,
 		ConnectRetryInterval: time.Second,
-		Will:                 mqttconn.Will{Topic: m.d.topic("status"), Payload: m.status("offline", nil), QoS: 1, Retain: true},
+		// Labels are acknowledged once stored (or rejected), so a crash
+		// between delivery and storage gets them redelivered.
+		AutoAckDisabled: m.d.fb != nil,
+		Will:            mqttconn.Will{Topic: m.d.topic("status"), Payload: m.status("offline", nil), QoS: 1, Retain: true},
 	}
 	client, err := mqttconn.New(mc, m.d.log, mqttconn.Hooks{
 		OnConnect: func(c mqtt.Client) {
 			m.d.metrics.mqttConnected.Set(1)
+			if m.d.fb != nil {
+				m.d.fb.subscribe(ctx, c)
+			}
 			select {
 			case m.up <- struct{}{}:
 			default:
@@ -121,7 +125,7 @@ func (m *mqttLink) run(ctx context.Context) {
 		m.d.log.Error("mqtt outbox sender failed to start", "err", err)
 	}
 	m.mu.Lock()
-	m.client, m.outbox = client, outbox
+	m.client = client
 	m.mu.Unlock()
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -55,6 +55,17 @@ func (s *swappableModel) baseline() (version, path string) {
 	return s.cur.ModelVersion(), path
 }
 
+// threshold is the serving model's decision threshold, 0 when it does not
+// say.
+func (s *swappableModel) threshold() float64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if t, ok := s.cur.(thresholded); ok {
+		return t.Threshold()
+	}
+	return 0
+}
+
 func (s *swappableModel) identity() string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

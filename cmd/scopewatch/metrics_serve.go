@@ -40,6 +40,13 @@ type serveMetrics struct {
 	driftResets        *prometheus.CounterVec
 	driftSaves         prometheus.Counter
 	driftActive        prometheus.Gauge
+
+	feedbackSamples   prometheus.Counter
+	feedbackWindows   prometheus.Counter
+	feedbackLabelled  prometheus.Gauge
+	feedbackAgreement prometheus.Gauge
+	retuneRequests    prometheus.Counter
+	labelsRejected    *prometheus.CounterVec
 }
 
 func newServeMetrics(d *Daemon) *serveMetrics {
@@ -100,12 +107,25 @@ func newServeMetrics(d *Daemon) *serveMetrics {
 			Help: "Drift detector states saved to the database."}),
 		driftActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_drift_active",
 			Help: "1 while the drift detectors run for the serving model."}),
+		feedbackSamples: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_feedback_samples_total",
+			Help: "Cells selected as feedback samples and stored in the outbox."}),
+		feedbackWindows: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_feedback_windows_total",
+			Help: "Feedback windows completed."}),
+		feedbackLabelled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_feedback_labelled",
+			Help: "Feedback samples with a label (refreshed at each window's end)."}),
+		feedbackAgreement: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_feedback_label_agreement",
+			Help: "Fraction of labelled samples whose label agrees with the prediction (NaN without labels; over-represents hard cells)."}),
+		retuneRequests: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_retune_requests_total",
+			Help: "Retune requests queued."}),
+		labelsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_labels_rejected_total",
+			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.images, m.cells, m.slides, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.outboxPending, m.published, m.mqttConnected, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,
 		m.driftCells, m.driftSkipped, m.driftResets, m.driftSaves, m.driftActive,
+		m.feedbackSamples, m.feedbackWindows, m.feedbackLabelled, m.feedbackAgreement, m.retuneRequests, m.labelsRejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var err error
 	if m.outbox, err = feedback.NewPromMetrics(m.reg); err != nil {

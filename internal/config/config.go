@@ -38,6 +38,7 @@ type Config struct {
 	Camera   Camera   `yaml:"camera"`
 	Storage  Storage  `yaml:"storage"`
 	Drift    Drift    `yaml:"drift"`
+	Feedback Feedback `yaml:"feedback"`
 	Shutdown Shutdown `yaml:"shutdown"`
 }
 
@@ -161,6 +162,43 @@ type Drift struct {
 	PersistInterval time.Duration `yaml:"persist_interval"`
 }
 
+// Feedback selects classified crops to send for labelling (uncertain
+// cells, cells of drifted windows, a stratified random slice), takes
+// labels from the label topic and asks for retuning when drift persists.
+// Only the crop, its scores, a keyed hash of the slide id, the model
+// version and the time leave the device.
+type Feedback struct {
+	Enabled bool `yaml:"enabled"`
+	// WindowCells is the length of a feedback window in cells: quotas,
+	// the drifted flag and the retune rule count per window.
+	WindowCells int `yaml:"window_cells"`
+	// Band: a cell is uncertain when |p - threshold| <= band.
+	Band float64 `yaml:"band"`
+	// DriftRate is the fraction of cells kept from drifted windows.
+	DriftRate float64 `yaml:"drift_rate"`
+	// RandomRate is the fraction of all cells kept as the unbiased slice.
+	RandomRate float64 `yaml:"random_rate"`
+	// MaxPerWindow caps samples per window.
+	MaxPerWindow int `yaml:"max_per_window"`
+	// DailyBytes caps the crop bytes selected per UTC day.
+	DailyBytes int64 `yaml:"daily_bytes"`
+	// SecretFile keys the slide-id hash; created (32 random bytes, mode
+	// 0600) when missing; empty means state_dir/feedback.key.
+	SecretFile string `yaml:"secret_file"`
+	Retune     Retune `yaml:"retune"`
+}
+
+// Retune says when to publish a retune request: at least K of the last M
+// feedback windows alarmed and at least MinLabelled labelled samples exist,
+// at most once per Cooldown.
+type Retune struct {
+	Enabled     bool          `yaml:"enabled"`
+	K           int           `yaml:"k"`
+	M           int           `yaml:"m"`
+	MinLabelled int           `yaml:"min_labelled"`
+	Cooldown    time.Duration `yaml:"cooldown"`
+}
+
 // Shutdown bounds how long SIGTERM may take.
 type Shutdown struct {
 	Timeout time.Duration `yaml:"timeout"`
@@ -235,6 +273,22 @@ func Default() Config {
 			Enabled:         true,
 			Windows:         []int{},
 			PersistInterval: time.Minute,
+		},
+		Feedback: Feedback{
+			Enabled:      false,
+			WindowCells:  1000,
+			Band:         0.1,
+			DriftRate:    0.05,
+			RandomRate:   0.005,
+			MaxPerWindow: 50,
+			DailyBytes:   16 << 20,
+			Retune: Retune{
+				Enabled:     true,
+				K:           3,
+				M:           5,
+				MinLabelled: 200,
+				Cooldown:    24 * time.Hour,
+			},
 		},
 		Shutdown: Shutdown{Timeout: 20 * time.Second},
 	}
@@ -497,6 +551,9 @@ func (c *Config) resolvePaths() {
 	if c.Database == "" {
 		c.Database = filepath.Join(c.StateDir, "scopewatch.db")
 	}
+	if c.Feedback.SecretFile == "" {
+		c.Feedback.SecretFile = filepath.Join(c.StateDir, "feedback.key")
+	}
 	if c.Inbox.Dir == "" {
 		c.Inbox.Dir = filepath.Join(c.StateDir, "inbox")
 	}
@@ -661,6 +718,9 @@ func (c *Config) Validate() Errors {
 	if c.Drift.Enabled {
 		c.validateDrift(add)
 	}
+	if c.Feedback.Enabled {
+		c.validateFeedback(add)
+	}
 	if c.Shutdown.Timeout <= 0 || c.Shutdown.Timeout > 10*time.Minute {
 		add("shutdown.timeout", fmt.Sprintf("%s out of range", c.Shutdown.Timeout), "a Go duration in (0, 10m]")
 	}
@@ -693,6 +753,44 @@ func (c *Config) validateDrift(add func(path, problem, accepted string)) {
 	}
 	if d.PersistInterval < time.Second {
 		add("drift.persist_interval", fmt.Sprintf("%s too short", d.PersistInterval), "a Go duration of at least 1s, such as 1m")
+	}
+}
+
+func (c *Config) validateFeedback(add func(path, problem, accepted string)) {
+	f := c.Feedback
+	if !c.MQTT.Enabled {
+		add("feedback.enabled", "needs mqtt.enabled", "false, or mqtt.enabled true")
+	}
+	if f.WindowCells < 10 || f.WindowCells > 1_000_000 {
+		add("feedback.window_cells", fmt.Sprintf("%d out of range", f.WindowCells), "10..1000000 cells")
+	}
+	frac := func(path string, v, hi float64) {
+		if !(v > 0 && v <= hi) {
+			add(path, fmt.Sprintf("%g out of range", v), fmt.Sprintf("a number in (0, %g]", hi))
+		}
+	}
+	frac("feedback.band", f.Band, 0.5)
+	frac("feedback.drift_rate", f.DriftRate, 1)
+	frac("feedback.random_rate", f.RandomRate, 1)
+	if f.MaxPerWindow < 1 || f.MaxPerWindow > f.WindowCells {
+		add("feedback.max_per_window", fmt.Sprintf("%d out of range", f.MaxPerWindow), "1..feedback.window_cells")
+	}
+	if f.DailyBytes < 1<<16 {
+		add("feedback.daily_bytes", fmt.Sprintf("%d too small", f.DailyBytes), "an integer >= 65536 (bytes)")
+	}
+	if f.SecretFile == "" {
+		add("feedback.secret_file", "must not be empty", "a file path (created when missing)")
+	}
+	if r := f.Retune; r.Enabled {
+		if r.K < 1 || r.M < r.K || r.M > 1000 {
+			add("feedback.retune.k", fmt.Sprintf("k %d of m %d", r.K, r.M), "1 <= k <= m <= 1000")
+		}
+		if r.MinLabelled < 1 {
+			add("feedback.retune.min_labelled", fmt.Sprintf("%d too small", r.MinLabelled), "an integer >= 1")
+		}
+		if r.Cooldown <= 0 {
+			add("feedback.retune.cooldown", fmt.Sprintf("%s must be positive", r.Cooldown), "a Go duration such as 24h")
+		}
 	}
 }
 

@@ -108,6 +108,10 @@ func TestBadConfigNamesField(t *testing.T) {
 		{"drift window too small", "drift:\n  windows: [5]\n", "drift.windows[0]", "10..100000"},
 		{"drift embedding on fields", "drift:\n  embedding: true\n", "drift.embedding", "images.kind crop"},
 		{"drift unknown key", "drift:\n  ertt: 5\n", "drift.ertt", "persist_interval"},
+		{"feedback without mqtt", "mqtt:\n  enabled: false\nfeedback:\n  enabled: true\n", "feedback.enabled", "mqtt.enabled"},
+		{"feedback band", "feedback:\n  enabled: true\n  band: 0.7\n", "feedback.band", "(0, 0.5]"},
+		{"feedback retune k above m", "feedback:\n  enabled: true\n  retune:\n    k: 6\n    m: 5\n", "feedback.retune.k", "k <= m"},
+		{"feedback window", "feedback:\n  enabled: true\n  window_cells: 5\n", "feedback.window_cells", "10..1000000"},
 		{"drift persist too often", "drift:\n  persist_interval: 10ms\n", "drift.persist_interval", "at least 1s"},
 	}
 	for _, tc := range cases {

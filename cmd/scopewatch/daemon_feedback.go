@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
+)
+
+// feedbackLink is the device side of feedback in serve: every classified
+// crop is offered to the producer (selection, encoding, the shared outbox,
+// the sent-samples memory for labels); every window_cells cells a window
+// ends, the retuner sees whether the drift monitor was in alarm, and a new
+// window starts flagged when the monitor is in warn or alarm. Workers call
+// it after an image is stored, outside any transaction (the store allows
+// one connection, and the outbox writes through it).
+type feedbackLink struct {
+	d       *Daemon
+	cfg     config.Feedback
+	outbox  *feedback.Outbox
+	labels  *feedback.Labels
+	retuner *feedback.Retuner // nil when retune.enabled is false
+
+	mu       sync.Mutex
+	prod     *feedback.Producer
+	model    string
+	window   int64 // current window number, persisted at each boundary
+	inWindow int   // cells offered in the current window
+}
+
+// thresholded is implemented by analyzers that know their decision
+// threshold (for the predicted label and the uncertainty band).
+type thresholded interface{ Threshold() float64 }
+
+func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *feedback.Outbox) (*feedbackLink, error) {
+	fc := cfg.Feedback
+	secret, err := deviceSecret(fc.SecretFile)
+	if err != nil {
+		return nil, err
+	}
+	labels, err := feedback.NewLabels(ctx, d.db.db, feedback.LabelsConfig{Now: d.now})
+	if err != nil {
+		return nil, err
+	}
+	f := &feedbackLink{d: d, cfg: fc, outbox: outbox, labels: labels, model: d.model.ModelVersion()}
+	if fc.Retune.Enabled {
+		topic, err := mqttconn.RetuneRequestTopic(cfg.Site)
+		if err != nil {
+			return nil, fmt.Errorf("feedback: %w", err)
+		}
+		f.retuner, err = feedback.NewRetuner(d.db.db, labels, feedback.RetuneConfig{K: fc.Retune.K, M: fc.Retune.M,
+			MinLabelled: fc.Retune.MinLabelled, Cooldown: fc.Retune.Cooldown, Topic: topic, Site: cfg.Site, Device: cfg.Device, Now: d.now})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if v, ok, err := d.db.meta(ctx, "feedback_window"); err != nil {
+		return nil, err
+	} else if ok {
+		f.window, _ = strconv.ParseInt(v, 10, 64)
+	}
+	thr := 0.5
+	if t := d.model.threshold(); t > 0 {
+		thr = t
+	}
+	sel := feedback.NewSelector(feedback.SelectorConfig{Threshold: thr, Band: fc.Band, DriftRate: fc.DriftRate, RandomRate: fc.RandomRate,
+		MaxPerWindow: fc.MaxPerWindow, DailyBytes: fc.DailyBytes, Seed: uint64(d.boot), Now: d.now})
+	f.prod, err = feedback.NewProducer(feedback.ProducerConfig{Site: cfg.Site, Device: cfg.Device, DeviceSecret: secret,
+		ModelVersion: f.model, Threshold: thr, Now: d.now}, sel, outbox, labels)
+	if err != nil {
+		return nil, err
+	}
+	f.prod.StartWindow(d.drift.flagged())
+	return f, nil
+}
+
+// deviceSecret reads the slide-hash key, creating it on first use.
+func deviceSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if len(b) < 16 {
+			return nil, fmt.Errorf("feedback.secret_file %s: %d bytes, want at least 16 (delete it to make a new one)", path, len(b))
+		}
+		return b, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("feedback.secret_file: %w", err)
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("feedback secret: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("feedback.secret_file: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return nil, fmt.Errorf("feedback.secret_file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("feedback.secret_file: %w", err)
+	}
+	return b, nil
+}
+
+// offer feeds one stored image's cells: a crop is offered with its bytes;
+// the cells of a field only advance the window (cropping fields for
+// feedback is not done here).
+func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an analysis) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range an.Cells {
+		if f.inWindow >= f.cfg.WindowCells {
+			f.endWindow(ctx)
+		}
+		f.inWindow++
+		if an.Kind != "crop" {
+			continue
+		}
+		_, sent, err := f.prod.Offer(ctx, f.window, feedback.Cell{SlideID: slide, Crop: data, P: c.P})
+		switch {
+		case err != nil:
+			f.d.log.Warn("offering feedback failed", "slide", slide, "err", err)
+			f.d.metrics.errors.WithLabelValues("feedback").Inc()
+		case sent:
+			f.d.metrics.feedbackSamples.Inc()
+		}
+	}
+}
+
+// endWindow closes the current window (retune rule, agreement gauges) and
+// starts the next. Called with mu held.
+func (f *feedbackLink) endWindow(ctx context.Context) {
+	alarm := f.d.drift.alarmed()
+	if f.retuner != nil {
+		evidence := f.d.drift.evidence()
+		rec, err := f.retuner.Window(ctx, alarm, f.model, "drift alarm persisted", evidence)
+		if err != nil {
+			f.d.log.Warn("retune rule failed", "err", err)
+		} else if rec != nil {
+			if err := f.outbox.EnqueueBatch(ctx, *rec); err != nil {
+				f.d.log.Error("queueing the retune request failed", "err", err)
+			} else {
+				f.d.metrics.retuneRequests.Inc()
+				f.d.log.Warn("retune requested", "id", rec.ID, "model", f.model)
+				f.d.db.event(ctx, "warn", "retune_request", "", fmt.Sprintf("%s for model %s", rec.ID, f.model))
+			}
+		}
+	}
+	if a, err := f.labels.AgreementSince(ctx, 0); err == nil {
+		f.d.metrics.feedbackLabelled.Set(float64(a.Labelled))
+		f.d.metrics.feedbackAgreement.Set(a.Accuracy())
+	}
+	f.window++
+	f.inWindow = 0
+	if err := f.d.db.setMeta(ctx, "feedback_window", strconv.FormatInt(f.window, 10)); err != nil {
+		f.d.log.Warn("saving the feedback window failed", "err", err)
+	}
+	f.prod.StartWindow(f.d.drift.flagged())
+	f.d.metrics.feedbackWindows.Inc()
+}
+
+// modelChanged stamps samples with the new model's version.
+func (f *feedbackLink) modelChanged(version string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.model = version
+	f.prod.SetModelVersion(version)
+}
+
+// subscribe takes labels from this device's label topic; called on every
+// (re)connect.
+func (f *feedbackLink) subscribe(ctx context.Context, c mqtt.Client) {
+	cfg := f.d.config()
+	if err := f.labels.Subscribe(ctx, c, cfg.Site, cfg.Device, f.d.log, func(reason string) {
+		f.d.metrics.labelsRejected.WithLabelValues(reason).Inc()
+	}); err != nil {
+		f.d.log.Warn("label subscription failed; retried on the next connect", "err", err)
+	}
+}
+
+// meta and setMeta read and write serve_meta.
+func (s *dbStore) meta(ctx context.Context, key string) (string, bool, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM serve_meta WHERE key = ?`, key).Scan(&v)
+	if err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("read %s: %w", key, err)
+	}
+	return v, true, nil
+}
+
+func (s *dbStore) setMeta(ctx context.Context, key, value string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO serve_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", key, err)
+	}
+	return nil
+}

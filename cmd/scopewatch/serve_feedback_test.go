@@ -1,0 +1,109 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/testutil"
+)
+
+// TestFeedbackThroughBroker runs serve against a real mosquitto: uncertain
+// crops become feedback samples on the broker, a label published for one
+// is stored, and once the drift monitor is in alarm for a window with
+// enough labels a retune request is published.
+func TestFeedbackThroughBroker(t *testing.T) {
+	b := testutil.StartMosquitto(t)
+	sub := newSubscriber(t, b.URL(), "fb-sub", "scopewatch/v1/lab/scope1/#", "scopewatch/v1/lab/retune/request")
+	model := &baselineModel{version: "pix-1", baseline: filepath.Join(requireDefaultModel(t), "baseline.json")}
+	td := startTestDaemonWith(t, t.TempDir(), model, func(c *config.Config) {
+		smallDrift(c)
+		c.Site, c.Device = "lab", "scope1"
+		c.MQTT.Broker = b.URL()
+		c.Images.Kind = "crop"
+		c.Feedback.Enabled = true
+		c.Feedback.WindowCells = 10
+		c.Feedback.MaxPerWindow = 10
+		c.Feedback.Retune = config.Retune{Enabled: true, K: 1, M: 2, MinLabelled: 1, Cooldown: time.Hour}
+	})
+	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running")
+	send := func(name string, w int, red uint8) {
+		resp := upload(t, fmt.Sprintf("%s/v1/images?slide=fb-slide&name=%s.png", td.url, name), "image/png", pngBytes(t, w, 40, red))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("upload %s: %d", name, resp.StatusCode)
+		}
+	}
+	// p = 128/255, next to the 0.5 threshold: every crop is uncertain.
+	for i := 0; i < 5; i++ {
+		send(fmt.Sprintf("u%d", i), 40+i, 128)
+	}
+	fbTopic := "scopewatch/v1/lab/scope1/feedback"
+	samples := func() []feedback.Sample {
+		var out []feedback.Sample
+		for _, m := range sub.messages(fbTopic) {
+			if s, err := feedback.DecodeSample(m); err == nil {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(samples()) == 5 }, "5 feedback samples on the broker")
+	s := samples()[0]
+	if s.Reason != feedback.ReasonUncertainty || s.ModelVersion != "pix-1" || s.Device != "scope1" || s.Site != "lab" ||
+		s.SlideHash == "" || strings.Contains(string(sub.messages(fbTopic)[0]), "fb-slide") {
+		t.Fatalf("sample %+v", s)
+	}
+
+	// A label for it comes back on the label topic and is stored.
+	lb, _ := json.Marshal(feedback.Label{Schema: feedback.LabelSchema, FeedbackID: s.ID, Label: feedback.LabelParasitized, Who: "tester", Time: time.Now().UTC()})
+	if tok := sub.client.Publish("scopewatch/v1/lab/scope1/label", 1, false, lb); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish label: %v", tok.Error())
+	}
+	// And a malformed one is rejected and counted.
+	sub.client.Publish("scopewatch/v1/lab/scope1/label", 1, false, []byte(`{"schema":"scopewatch.label/v1","feedback_id":"nope"}`)).WaitTimeout(5 * time.Second)
+	db := openDB(t, td.cfg.Database)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		var n int
+		db.QueryRow(`SELECT COUNT(*) FROM feedback_labels WHERE feedback_id = ?`, s.ID).Scan(&n)
+		return n == 1
+	}, "label stored")
+	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(metricsText(t, td.url), "scopewatch_labels_rejected_total{") },
+		"malformed label counted")
+
+	// Drifted crops (p = 250/255): the monitor alarms, the next window
+	// ends in alarm, and with one labelled sample a retune request goes out.
+	for i := 0; i < 40; i++ {
+		send(fmt.Sprintf("d%d", i), 40+i, 250)
+	}
+	retuneTopic := "scopewatch/v1/lab/retune/request"
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(sub.messages(retuneTopic)) > 0 }, "retune request on the broker")
+	var req feedback.RetuneRequest
+	if err := json.Unmarshal(sub.messages(retuneTopic)[0], &req); err != nil {
+		t.Fatal(err)
+	}
+	if req.Schema != feedback.RetuneSchema || req.ModelVersion != "pix-1" || req.Device != "scope1" || len(req.FeedbackIDs) != 1 ||
+		req.FeedbackIDs[0] != s.ID || req.Evidence["cells_since_reset"] == 0 {
+		t.Fatalf("retune request %+v", req)
+	}
+	// Cooldown: the following alarmed windows ask nothing more.
+	for i := 40; i < 60; i++ {
+		send(fmt.Sprintf("d%d", i), 40+i, 250)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(sub.messages(retuneTopic)); n != 1 {
+		t.Fatalf("%d retune requests within the cooldown", n)
+	}
+	m := metricsText(t, td.url)
+	for _, want := range []string{"scopewatch_retune_requests_total 1", "scopewatch_feedback_labelled 1", "scopewatch_feedback_label_agreement 1"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
