@@ -21,6 +21,23 @@ import (
 // the scopewatch.alert family, with the detector's fields).
 const driftAlertSchema = "scopewatch.alert/v1"
 
+// calibrationBudget bounds the memory of an in-daemon recalibration: the
+// simulation keeps sims x horizon x tests float32 statistics (the
+// baseline's 2000 streams over 3000 steps and 6 tests are 144 MB, which
+// with ONNX Runtime breaks the 200 MB budget). Above it the streams are
+// cut, and the thresholds get noisier; a bundle whose baseline already
+// carries the wanted calibration needs no simulation at all.
+const calibrationBudget = 16 << 20
+
+// pendingCap bounds the cells kept while a baseline loads or calibrates;
+// they are fed to the monitor once it exists.
+const pendingCap = 2000
+
+type pendingCell struct {
+	p float64
+	f []float32
+}
+
 // baselineSource is implemented by analyzers whose bundle ships a
 // baseline.json.
 type baselineSource interface{ BaselinePath() string }
@@ -41,11 +58,13 @@ type driftWatch struct {
 	warnOn   bool           // a warn or alarm event since the last reset
 	alarmOn  bool           // an alarm event since the last reset
 	skipped  int64          // cells without features while the embedding detector runs
+	loading  bool           // a baseline is being loaded: cells wait in pending
+	pending  []pendingCell
 	reloadCh chan struct{}
 }
 
 func newDriftWatch(d *Daemon, cfg config.Drift) *driftWatch {
-	return &driftWatch{d: d, cfg: cfg, reloadCh: make(chan struct{}, 1)}
+	return &driftWatch{d: d, cfg: cfg, loading: true, reloadCh: make(chan struct{}, 1)}
 }
 
 // modelChanged drops the monitor at once (cells of the new model must not
@@ -55,6 +74,7 @@ func (w *driftWatch) modelChanged() {
 	w.mu.Lock()
 	w.mon, w.model = nil, ""
 	w.warnOn, w.alarmOn = false, false
+	w.loading, w.pending = true, nil
 	w.mu.Unlock()
 	w.d.metrics.driftActive.Set(0)
 	select {
@@ -72,6 +92,15 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 	w.mu.Lock()
 	mon, model := w.mon, w.model
 	if mon == nil {
+		if w.loading {
+			for _, c := range cells {
+				if len(w.pending) < pendingCap {
+					w.pending = append(w.pending, pendingCell{p: c.P, f: c.Features})
+				} else {
+					w.skipped++
+				}
+			}
+		}
 		w.mu.Unlock()
 		return
 	}
@@ -204,6 +233,14 @@ func (w *driftWatch) run(ctx context.Context) {
 // load builds the monitor for the model serving now.
 func (w *driftWatch) load(ctx context.Context) {
 	version, path := w.d.model.baseline()
+	done := false
+	defer func() {
+		if !done {
+			w.mu.Lock()
+			w.loading, w.pending = false, nil
+			w.mu.Unlock()
+		}
+	}()
 	if path == "" {
 		w.d.log.Warn("the model bundle has no baseline.json; drift detection is off for this model", "model", version)
 		return
@@ -228,11 +265,42 @@ func (w *driftWatch) load(ctx context.Context) {
 	}
 	restored := w.restore(ctx, mon, version)
 	if w.d.model.ModelVersion() != version {
-		return // swapped again meanwhile; the pending reload takes over
+		done = true // swapped again meanwhile; the pending reload takes over
+		return
 	}
+	// Cells classified while the baseline loaded go in first, in order.
 	w.mu.Lock()
-	w.mon, w.model, w.dirty = mon, version, !restored
+	w.mon, w.model, w.dirty = mon, version, true
+	pending := w.pending
+	w.loading, w.pending, done = false, nil, true
+	var events []drift.Event
+	fed := 0
+	for _, c := range pending {
+		var f []float32
+		if mon.UsesFeatures() {
+			if c.f == nil {
+				w.skipped++
+				continue
+			}
+			f = c.f
+		}
+		evs, err := mon.Observe(c.p, f)
+		if err != nil {
+			w.skipped++
+			continue
+		}
+		fed++
+		events = append(events, evs...)
+	}
+	for _, ev := range events {
+		w.warnOn = true
+		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
+	}
 	w.mu.Unlock()
+	w.d.metrics.driftCells.Add(float64(fed))
+	for _, ev := range events {
+		w.d.driftEvent(ctx, ev, version)
+	}
 	if !restored {
 		w.d.metrics.driftResets.WithLabelValues("new_monitor").Inc()
 	}
@@ -285,6 +353,13 @@ func driftCalibration(b *drift.Baseline, c config.Drift) (drift.CalibrationConfi
 		cc.Sims = c.Sims
 	}
 	cc.Horizon = 0
+	if change {
+		horizon := 3 * slices.Max(cc.Windows)
+		tests := len(cc.Windows) * len(cc.Signals)
+		if limit := calibrationBudget / (4 * horizon * max(1, tests)); cc.Sims > limit {
+			cc.Sims = max(100, limit)
+		}
+	}
 	return cc, change
 }
 
@@ -311,7 +386,7 @@ func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.
 		}
 	}
 	w.d.log.Info("calibrating the drift thresholds for the configured settings", "ert", cc.ERT, "warn_ert", cc.WarnERT,
-		"windows", cc.Windows, "sims", cc.Sims)
+		"windows", cc.Windows, "sims", cc.Sims, "baseline_sims", b.Detector.Sims)
 	start := time.Now()
 	cb, err := b.Recalibrate(ctx, cc)
 	if err != nil {

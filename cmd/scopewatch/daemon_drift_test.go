@@ -6,9 +6,12 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/scopewatch/scopewatch/drift"
 
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/testutil"
@@ -189,6 +192,47 @@ func TestDriftInServe(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running")
 	if st := getDrift(t, td.url); st.Observed != 0 {
 		t.Fatalf("state of another model restored: %+v", st)
+	}
+}
+
+func TestDriftCalibrationSettings(t *testing.T) {
+	b, err := drift.LoadBaseline(filepath.Join(requireDefaultModel(t), "baseline.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !usesEmbedding(b) {
+		t.Skip("the shipped baseline has no embedding detector")
+	}
+	cases := []struct {
+		name   string
+		cfg    config.Drift
+		change bool
+		ert    int
+		emb    bool
+	}{
+		{"as shipped", config.Drift{Embedding: true}, false, b.Detector.ERT, true},
+		{"without features", config.Drift{}, true, b.Detector.ERT, false},
+		{"other ERT", config.Drift{Embedding: true, ERT: 2000}, true, 2000, true},
+		{"small windows", config.Drift{Embedding: true, Windows: []int{20, 50}, Sims: 300}, true, b.Detector.ERT, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cc, change := driftCalibration(b, tc.cfg)
+			_, emb := cc.Signals[drift.SignalEmbedding]
+			if change != tc.change || cc.ERT != tc.ert || emb != tc.emb {
+				t.Fatalf("change %v, ERT %d, embedding %v", change, cc.ERT, emb)
+			}
+			if change {
+				// The simulation's statistics stay within the memory budget.
+				horizon := 3 * slices.Max(cc.Windows)
+				if bytes := cc.Sims * horizon * len(cc.Windows) * len(cc.Signals) * 4; bytes > calibrationBudget && cc.Sims > 100 {
+					t.Fatalf("%d sims need %d MB", cc.Sims, bytes>>20)
+				}
+				if cc.Sims < 100 {
+					t.Fatalf("%d sims", cc.Sims)
+				}
+			}
+		})
 	}
 }
 
