@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
+	"image"
+	_ "image/jpeg" // crops arrive as PNG or JPEG
+	"image/png"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -119,6 +123,14 @@ func deviceSecret(path string) ([]byte, error) {
 // the cells of a field only advance the window (cropping fields for
 // feedback is not done here).
 func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an analysis) {
+	var crop []byte
+	if an.Kind == "crop" {
+		var err error
+		if crop, err = cleanCrop(data); err != nil {
+			f.d.log.Debug("crop not offered as feedback", "slide", slide, "err", err)
+			f.d.metrics.errors.WithLabelValues("feedback_crop").Inc()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, c := range an.Cells {
@@ -126,10 +138,10 @@ func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an 
 			f.endWindow(ctx)
 		}
 		f.inWindow++
-		if an.Kind != "crop" {
+		if crop == nil {
 			continue
 		}
-		_, sent, err := f.prod.Offer(ctx, f.window, feedback.Cell{SlideID: slide, Crop: data, P: c.P})
+		_, sent, err := f.prod.Offer(ctx, f.window, feedback.Cell{SlideID: slide, Crop: crop, P: c.P})
 		switch {
 		case err != nil:
 			f.d.log.Warn("offering feedback failed", "slide", slide, "err", err)
@@ -170,6 +182,32 @@ func (f *feedbackLink) endWindow(ctx context.Context) {
 	}
 	f.prod.StartWindow(f.d.drift.flagged())
 	f.d.metrics.feedbackWindows.Inc()
+}
+
+// maxCropPixels bounds what is re-encoded as a feedback crop (a crop of
+// one red cell is about 150x150).
+const maxCropPixels = 512 * 512
+
+// cleanCrop re-encodes a crop as PNG: only pixels leave the device, never
+// the file's metadata (PNG text chunks, EXIF, comments), which microscope
+// software may fill with patient or operator details.
+func cleanCrop(data []byte) ([]byte, error) {
+	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("crop: %w", err)
+	}
+	if cfg.Width*cfg.Height > maxCropPixels {
+		return nil, fmt.Errorf("crop: %dx%d is larger than a cell crop", cfg.Width, cfg.Height)
+	}
+	img, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("crop: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&buf, img); err != nil {
+		return nil, fmt.Errorf("crop: %w", err)
+	}
+	return buf.Bytes(), nil
 }
 
 // modelChanged stamps samples with the new model's version.

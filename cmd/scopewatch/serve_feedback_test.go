@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
+	"image/png"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -41,8 +45,14 @@ func TestFeedbackThroughBroker(t *testing.T) {
 		}
 	}
 	// p = 128/255, next to the 0.5 threshold: every crop is uncertain.
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 4; i++ {
 		send(fmt.Sprintf("u%d", i), 40+i, 128)
+	}
+	// A crop whose file carries a patient's name in a PNG text chunk.
+	resp := upload(t, td.url+"/v1/images?slide=fb-slide&name=named.png", "image/png", withPNGText(t, pngBytes(t, 60, 40, 128), "Patient", "Jane Doe"))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload named.png: %d", resp.StatusCode)
 	}
 	fbTopic := "scopewatch/v1/lab/scope1/feedback"
 	samples := func() []feedback.Sample {
@@ -55,6 +65,14 @@ func TestFeedbackThroughBroker(t *testing.T) {
 		return out
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(samples()) == 5 }, "5 feedback samples on the broker")
+	for _, s := range samples() {
+		if s.Crop.Format != "png" || len(s.Crop.Data) == 0 || bytes.Contains(s.Crop.Data, []byte("Jane")) {
+			t.Fatalf("sample crop: format %q, %d bytes, carries the metadata: %v", s.Crop.Format, len(s.Crop.Data), bytes.Contains(s.Crop.Data, []byte("Jane")))
+		}
+		if _, err := png.Decode(bytes.NewReader(s.Crop.Data)); err != nil {
+			t.Fatalf("sample crop does not decode: %v", err)
+		}
+	}
 	s := samples()[0]
 	if s.Reason != feedback.ReasonUncertainty || s.ModelVersion != "pix-1" || s.Device != "scope1" || s.Site != "lab" ||
 		s.SlideHash == "" || strings.Contains(string(sub.messages(fbTopic)[0]), "fb-slide") {
@@ -106,4 +124,23 @@ func TestFeedbackThroughBroker(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+}
+
+// withPNGText inserts a tEXt chunk after the PNG's header chunk.
+func withPNGText(t *testing.T, p []byte, key, value string) []byte {
+	t.Helper()
+	const sigAndIHDR = 8 + 4 + 4 + 13 + 4
+	if len(p) < sigAndIHDR || string(p[12:16]) != "IHDR" {
+		t.Fatal("not a PNG")
+	}
+	data := append([]byte(key+"\x00"), value...)
+	chunk := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
+	chunk = append(chunk, "tEXt"...)
+	chunk = append(chunk, data...)
+	chunk = binary.BigEndian.AppendUint32(chunk, crc32.ChecksumIEEE(append([]byte("tEXt"), data...)))
+	out := append(append(append([]byte(nil), p[:sigAndIHDR]...), chunk...), p[sigAndIHDR:]...)
+	if !bytes.Contains(out, []byte(value)) {
+		t.Fatal("text chunk not inserted")
+	}
+	return out
 }
