@@ -296,6 +296,8 @@ func (w *driftWatch) load(ctx context.Context) {
 		w.warnOn = true
 		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
 	}
+	// Workers use mon from here on: read what the log needs first.
+	windows, features, since := mon.Windows(), mon.UsesFeatures(), mon.SinceReset()
 	w.mu.Unlock()
 	w.d.metrics.driftCells.Add(float64(fed))
 	for _, ev := range events {
@@ -313,8 +315,8 @@ func (w *driftWatch) load(ctx context.Context) {
 			signals = append(signals, t.Signal)
 		}
 	}
-	w.d.log.Info("drift detection running", "model", version, "ert", cal.ERT, "warn_ert", cal.WarnERT, "windows", mon.Windows(),
-		"signals", signals, "features", mon.UsesFeatures(), "restored", restored, "cells_since_reset", mon.SinceReset(),
+	w.d.log.Info("drift detection running", "model", version, "ert", cal.ERT, "warn_ert", cal.WarnERT, "windows", windows,
+		"signals", signals, "features", features, "restored", restored, "cells_since_reset", since, "fed_while_loading", fed,
 		"ms", time.Since(start).Milliseconds())
 }
 
