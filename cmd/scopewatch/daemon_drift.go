@@ -264,12 +264,15 @@ func (w *driftWatch) load(ctx context.Context) {
 		return
 	}
 	restored := w.restore(ctx, mon, version)
-	if w.d.model.ModelVersion() != version {
-		done = true // swapped again meanwhile; the pending reload takes over
-		return
-	}
 	// Cells classified while the baseline loaded go in first, in order.
 	w.mu.Lock()
+	if v, _ := w.d.model.baseline(); v != version {
+		// Swapped again meanwhile (modelChanged ran or is about to); the
+		// pending reload takes over.
+		w.mu.Unlock()
+		done = true
+		return
+	}
 	w.mon, w.model, w.dirty = mon, version, true
 	pending := w.pending
 	w.loading, w.pending, done = false, nil, true
