@@ -63,6 +63,13 @@ type EngineOptions struct {
 	// preprocessing need when they overlap with inference, so it is off by
 	// default.
 	Spin bool
+	// NoArena turns off ONNX Runtime's CPU memory arena, which serves
+	// tensors from blocks it never returns, so the process keeps its peak.
+	// Without it tensors come from malloc: worth it only where glibc is
+	// told to return memory (the daemon's unit sets MALLOC_ARENA_MAX and
+	// MALLOC_MMAP_THRESHOLD_); elsewhere malloc's per-thread arenas hold
+	// even more.
+	NoArena bool
 	// ORTLib is an explicit path to libonnxruntime (see FindORTLib).
 	ORTLib string
 }
@@ -155,6 +162,9 @@ func NewEngine(path string, in InputSpec, out OutputSpec, nClasses int, opts Eng
 	}
 	if err := so.SetGraphOptimizationLevel(opts.Optimization.ort()); err != nil {
 		return nil, fmt.Errorf("set graph optimisation: %w", err)
+	}
+	if err := so.SetCpuMemArena(!opts.NoArena); err != nil {
+		return nil, fmt.Errorf("set CPU memory arena: %w", err)
 	}
 	spin := "0"
 	if opts.Spin {

@@ -67,8 +67,11 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 		Workers: cfg.Model.Threads,
 		// Features only for the embedding drift detector: a copy per cell.
 		NoFeatures: !cfg.Drift.Enabled || !cfg.Drift.Embedding,
-		Engine:     inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary},
-		Decode:     inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
+		// No ORT arena: it would pin the peak of a field's batches for the
+		// daemon's lifetime (measured: peak RSS 214 -> 205 MB, steady 178 ->
+		// 169 MB on 20 fields, with the unit's malloc settings).
+		Engine: inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary, NoArena: true},
+		Decode: inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
 	})
 	if err != nil {
 		b.Close()
