@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -122,6 +124,11 @@ type dbStore struct {
 }
 
 func openServeStore(ctx context.Context, path string, now func() time.Time) (*dbStore, error) {
+	// systemd's StateDirectory makes the folder; a run by hand should not
+	// fail only because it does not exist yet.
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
 	db, err := store.Open(ctx, path, store.Options{}, serveSchema)
 	if err != nil {
 		return nil, err
