@@ -299,30 +299,21 @@ func FormatPublicKey(k ed25519.PublicKey) string {
 
 // DefaultKeysPath is where trusted bundle keys are looked for when the
 // configuration names none: /etc/scopewatch/keys on an installed device, else
-// models/keys of this project's source tree (found from the working
-// directory or one of its parents, so that tests and `make demo` find it). It returns "" when neither
-// exists.
+// models/keys of this project's source tree (found with ModuleRoot, so that
+// tests and `make demo` find it). It returns "" when neither exists.
 func DefaultKeysPath() string {
 	if st, err := os.Stat("/etc/scopewatch/keys"); err == nil && st.IsDir() {
 		return "/etc/scopewatch/keys"
 	}
-	dir, err := os.Getwd()
-	if err != nil {
+	root, ok := ModuleRoot()
+	if !ok {
 		return ""
 	}
-	for {
-		p := filepath.Join(dir, "models", "keys")
-		if st, err := os.Stat(p); err == nil && st.IsDir() {
-			if mod, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(mod, []byte("module github.com/scopewatch/scopewatch")) {
-				return p
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return ""
-		}
-		dir = parent
+	p := filepath.Join(root, "models", "keys")
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		return p
 	}
+	return ""
 }
 
 // SealBundle makes dir a signed bundle: it lists every file of dir except
