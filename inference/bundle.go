@@ -12,10 +12,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -225,12 +226,7 @@ func (b *Bundle) checkFiles() error {
 	if len(unlisted) > 0 {
 		return fmt.Errorf("%w: %q not listed in %s field \"files\" (run `scopewatch bundle seal` after changing a bundle)", ErrUnlistedFile, unlisted, ManifestFile)
 	}
-	names := make([]string, 0, len(b.Manifest.Files))
-	for n := range b.Manifest.Files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(b.Manifest.Files)) {
 		if err := b.verifyFile(n); err != nil {
 			return err
 		}
@@ -441,13 +437,7 @@ func extractTar(r io.Reader, dir string, maxFile, maxTotal int64) error {
 // the listed files in name order, at the archive root, owned by 0:0, mode
 // 0644, dated by the manifest's created time.
 func PackBundle(b *Bundle, w io.Writer) error {
-	names := []string{ManifestFile}
-	listed := make([]string, 0, len(b.Manifest.Files))
-	for n := range b.Manifest.Files {
-		listed = append(listed, n)
-	}
-	sort.Strings(listed)
-	names = append(names, listed...)
+	names := append([]string{ManifestFile}, slices.Sorted(maps.Keys(b.Manifest.Files))...)
 	mtime := b.Manifest.Created.UTC().Truncate(time.Second)
 	tw := tar.NewWriter(w)
 	for _, n := range names {

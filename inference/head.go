@@ -83,7 +83,7 @@ func LoadHead(data []byte, inDim, classes int) (*Head, error) {
 		{HeadFC2Bias, []int{classes}},
 	}
 	for _, c := range checks {
-		if !equalInts(shapes[c.name], c.want) {
+		if !slices.Equal(shapes[c.name], c.want) {
 			return nil, fmt.Errorf("%w: tensor %q: shape %v, want %v (outputs.features_dim=%d, %d classes)", ErrHead, c.name, shapes[c.name], c.want, inDim, classes)
 		}
 	}
@@ -238,16 +238,4 @@ func widen(v []float32) []float64 {
 		out[i] = float64(x)
 	}
 	return out
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

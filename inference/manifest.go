@@ -84,14 +84,7 @@ type OutputSpec struct {
 }
 
 // ClassIndex returns the position of name in Classes, or -1.
-func (m *Manifest) ClassIndex(name string) int {
-	for i, c := range m.Classes {
-		if c == name {
-			return i
-		}
-	}
-	return -1
-}
+func (m *Manifest) ClassIndex(name string) int { return slices.Index(m.Classes, name) }
 
 // requiredKeys lists the keys that must be present (even when their value
 // may be null, as for head): a missing key would otherwise decode as a zero

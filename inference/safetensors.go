@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -109,12 +111,7 @@ type Safetensors struct {
 
 // Names returns the tensor names, sorted.
 func (s *Safetensors) Names() []string {
-	names := make([]string, 0, len(s.Tensors))
-	for n := range s.Tensors {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(s.Tensors))
 }
 
 type stHeaderEntry struct {
