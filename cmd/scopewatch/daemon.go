@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -507,28 +508,19 @@ func (d *Daemon) completeSlide(ctx context.Context, slide, reason string) (slide
 
 func (d *Daemon) topic(leaf string) string {
 	cfg := d.config()
-	return fmt.Sprintf("%s/%s/%s/%s", trimSlashes(cfg.MQTT.TopicRoot), cfg.Site, cfg.Device, leaf)
-}
-
-func trimSlashes(s string) string {
-	for len(s) > 0 && s[0] == '/' {
-		s = s[1:]
-	}
-	for len(s) > 0 && s[len(s)-1] == '/' {
-		s = s[:len(s)-1]
-	}
-	return s
+	return fmt.Sprintf("%s/%s/%s/%s", strings.Trim(cfg.MQTT.TopicRoot, "/"), cfg.Site, cfg.Device, leaf)
 }
 
 // alert queues an alert message (sent before results) and records an event.
 func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 	cfg := d.config()
 	now := d.now().UTC()
+	id := fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli())
 	payload, _ := json.Marshal(map[string]any{
-		"schema": "scopewatch.alert/v1", "id": fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli()),
+		"schema": "scopewatch.alert/v1", "id": id,
 		"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
 	})
-	msg := outboxMsg{ID: fmt.Sprintf("alert/%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli()), Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
+	msg := outboxMsg{ID: "alert/" + id, Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
 	if cfg.MQTT.Enabled {
 		if err := d.db.enqueue(ctx, msg); err != nil {
 			d.log.Error("queue alert failed", "kind", kind, "err", err)
