@@ -225,7 +225,7 @@ func (in *inbox) scanSlide(ctx context.Context, dir, slide string, live map[stri
 			marker = true
 			continue
 		}
-		if !in.isImage(name) {
+		if !isImageName(name, cfg.Inbox.Extensions) {
 			continue
 		}
 		images++
@@ -239,13 +239,15 @@ func (in *inbox) scanSlide(ctx context.Context, dir, slide string, live map[stri
 	return pending
 }
 
-func (in *inbox) isImage(name string) bool {
+// isImageName reports whether name has one of the inbox.extensions and is
+// not hidden.
+func isImageName(name string, exts []string) bool {
 	if strings.HasPrefix(name, ".") {
 		return false
 	}
-	ext := strings.ToLower(filepath.Ext(name))
-	for _, e := range in.d.config().Inbox.Extensions {
-		if strings.ToLower(e) == ext {
+	ext := filepath.Ext(name)
+	for _, e := range exts {
+		if strings.EqualFold(e, ext) {
 			return true
 		}
 	}
@@ -274,8 +276,9 @@ func (in *inbox) finishSlide(ctx context.Context, dir, slide string) {
 
 // consider queues path when it is a stable image not already queued.
 func (in *inbox) consider(ctx context.Context, path, slide, kind string, live map[string]bool) (pending bool) {
+	cfg := in.d.config()
 	name := filepath.Base(path)
-	if !in.isImage(name) {
+	if !isImageName(name, cfg.Inbox.Extensions) {
 		return false
 	}
 	live[path] = true
@@ -289,7 +292,6 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 	if err != nil || !st.Mode().IsRegular() {
 		return false
 	}
-	cfg := in.d.config()
 	now := in.d.now()
 	in.mu.Lock()
 	sig, ok := in.seen[path]
