@@ -250,32 +250,35 @@ var (
 	labelKeys  = keys("schema", "feedback_id", "label", "who", "time")
 )
 
-func decodeStrict(data []byte, schema string, allowed map[string]bool, v any) error {
+// decodeStrict decodes data into v after strictObject's checks and returns
+// the object's raw fields, so that callers can check nested objects without
+// tokenising the payload again.
+func decodeStrict(data []byte, schema string, allowed map[string]bool, v any) (map[string]json.RawMessage, error) {
 	if len(data) > MaxPayload {
-		return fmt.Errorf("%w: %d bytes > %d", ErrOversize, len(data), MaxPayload)
+		return nil, fmt.Errorf("%w: %d bytes > %d", ErrOversize, len(data), MaxPayload)
 	}
 	fields, err := strictObject(data, allowed)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var got string
 	if raw, ok := fields["schema"]; !ok || json.Unmarshal(raw, &got) != nil || got != schema {
-		return fmt.Errorf("%w: want %q", ErrSchema, schema)
+		return nil, fmt.Errorf("%w: want %q", ErrSchema, schema)
 	}
 	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("%w: %v", ErrBadJSON, err)
+		return nil, fmt.Errorf("%w: %v", ErrBadJSON, err)
 	}
-	return nil
+	return fields, nil
 }
 
 // DecodeSample parses and validates a feedback sample message; an inline
 // crop is hash-checked.
 func DecodeSample(data []byte) (Sample, error) {
 	var s Sample
-	if err := decodeStrict(data, SampleSchema, sampleKeys, &s); err != nil {
+	fields, err := decodeStrict(data, SampleSchema, sampleKeys, &s)
+	if err != nil {
 		return Sample{}, err
 	}
-	fields, _ := strictObject(data, sampleKeys)
 	raw, ok := fields["crop"]
 	if !ok {
 		return Sample{}, fmt.Errorf("%w: crop missing", ErrInvalid)
@@ -394,7 +397,7 @@ func (s *Sample) validate() error {
 // DecodeChunk parses and validates a chunk message.
 func DecodeChunk(data []byte) (Chunk, error) {
 	var c Chunk
-	if err := decodeStrict(data, ChunkSchema, chunkKeys, &c); err != nil {
+	if _, err := decodeStrict(data, ChunkSchema, chunkKeys, &c); err != nil {
 		return Chunk{}, err
 	}
 	switch {
@@ -417,7 +420,7 @@ func DecodeChunk(data []byte) (Chunk, error) {
 // DecodeLabel parses and validates a label message.
 func DecodeLabel(data []byte) (Label, error) {
 	var l Label
-	if err := decodeStrict(data, LabelSchema, labelKeys, &l); err != nil {
+	if _, err := decodeStrict(data, LabelSchema, labelKeys, &l); err != nil {
 		return Label{}, err
 	}
 	if err := l.Validate(); err != nil {
