@@ -517,5 +517,3 @@ func (c *Calibration) validate(haveEmbedding bool) error {
 	}
 	return nil
 }
-
-func bytesReader(p []byte) io.Reader { return bytes.NewReader(p) }

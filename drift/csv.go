@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
 )
@@ -100,7 +99,7 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 			f := make([]float32, len(feat))
 			for k := range f {
 				v, err := strconv.ParseFloat(strings.TrimSpace(rec[feat[k]]), 32)
-				if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+				if err != nil || !finite(v) {
 					return nil, fmt.Errorf("%w: line %d: f%d %q: want a finite number", ErrBadCSV, line, k, rec[feat[k]])
 				}
 				f[k] = float32(v)

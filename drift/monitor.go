@@ -1,6 +1,7 @@
 package drift
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -370,7 +371,7 @@ func (m *Monitor) MarshalJSON() ([]byte, error) { return m.MarshalBinary() }
 // from the same baseline. On error the monitor is left as it was.
 func (m *Monitor) UnmarshalBinary(p []byte) error {
 	var st monitorState
-	d := json.NewDecoder(bytesReader(p))
+	d := json.NewDecoder(bytes.NewReader(p))
 	d.DisallowUnknownFields()
 	if err := d.Decode(&st); err != nil {
 		return fmt.Errorf("decode drift state: %w", err)
