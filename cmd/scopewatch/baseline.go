@@ -87,15 +87,17 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	// Refused before the model is loaded: a missing -model is left to
+	// openClassifier, which says what is wrong with it.
+	if st, err := os.Stat(*model); err == nil && !st.IsDir() && *out == "" && !*scoreOnly {
+		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, *model)
+	}
 	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{Engine: inference.EngineOptions{ORTLib: *ortLib}})
 	if err != nil {
 		return err
 	}
 	defer bundle.Close()
 	defer clf.Close()
-	if st, err := os.Stat(*model); (err != nil || !st.IsDir()) && *out == "" && !*scoreOnly {
-		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, *model)
-	}
 	fmt.Fprintf(stderr, "scopewatch baseline: classifying %d test images...\n", len(paths))
 	var sc cellScorer = classifierScorer{clf}
 	scores, feats, errs, err := sc.Score(ctx, paths)

@@ -222,7 +222,9 @@ func benchImages(dir string, n int, seed int64) ([][]byte, string, error) {
 				var buf bytes.Buffer
 				if err := synth.Encode(&buf, s.Image, synth.Knobs{}); err != nil {
 					mu.Lock()
-					firstErr = err
+					if firstErr == nil {
+						firstErr = err
+					}
 					mu.Unlock()
 					continue
 				}
@@ -270,14 +272,14 @@ func benchBatch(ctx context.Context, clf *inference.Classifier, images [][]byte,
 	// a large folder: a pipeline's fill and drain at the ends of a short
 	// stream would otherwise weigh on the pipeline figure only.
 	n := len(images) * max(1, (benchRoundImages+len(images)-1)/len(images))
-	// One batch buffer per session, so that bare runs use every session
-	// exactly as the pipeline does.
 	var bareTime, pipeTime, bareCPU, pipeCPU time.Duration
 	var bareN, pipeN int
 	var bareLat, pipeLat []float64
 
 	bareRound := func() error {
-		// Each session runs its share of the batches from its own goroutine.
+		// Each session runs its share of the batches from its own goroutine,
+		// with its own batch buffer, so that bare runs use every session
+		// exactly as the pipeline does.
 		batches := (n + size - 1) / size
 		next := make(chan int, batches)
 		for k := range batches {

@@ -7,9 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/scopewatch/scopewatch/inference"
@@ -209,11 +210,7 @@ func bundleVerify(args []string, stdout, stderr io.Writer) error {
 	default:
 		w("signature", "NONE: unsigned bundle accepted (--allow-unsigned)")
 	}
-	names := make([]string, 0, len(m.Files))
-	for n := range m.Files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(m.Files))
 	var sizes []string
 	for _, n := range names {
 		if st, err := os.Stat(filepath.Join(b.Dir, n)); err == nil {

@@ -350,7 +350,6 @@ type classifySummary struct {
 	positives  int
 	scores     []labelledScore
 	labelled   int
-	correct    int
 	tp, fn     int
 	tn, fp     int
 	unmatched  int // classified images without a labels.csv row
