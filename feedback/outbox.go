@@ -24,12 +24,13 @@ const MaxPayload = 128 << 10
 // Kind classifies an outbox record; it fixes the record's priority.
 type Kind string
 
-// Record kinds, in the order the sender serves them.
+// Record kinds, in the order the sender serves them; each is named after
+// the topic leaf it is published on.
 const (
-	KindStatus   Kind = "status"
-	KindAlert    Kind = "alert"
-	KindResult   Kind = "result"
-	KindFeedback Kind = "feedback"
+	KindStatus   = Kind(mqttconn.KindStatus)
+	KindAlert    = Kind(mqttconn.KindAlert)
+	KindResult   = Kind(mqttconn.KindResult)
+	KindFeedback = Kind(mqttconn.KindFeedback)
 )
 
 // Priority orders the sender's work: lower goes first. Status is tiny and
