@@ -193,13 +193,9 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%w: %s: mode %v lets others read the private key; run chmod 600 %s", ErrKey, path, st.Mode().Perm(), path)
 	}
-	data, err := os.ReadFile(path)
+	lines, err := readKeyLines(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrKey, err)
-	}
-	lines, err := keyLines(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrKey, path, err)
+		return nil, err
 	}
 	if len(lines) != 1 {
 		return nil, fmt.Errorf("%w: %s: want exactly one key line, found %d", ErrKey, path, len(lines))
@@ -249,13 +245,9 @@ func LoadPublicKeys(path string) ([]ed25519.PublicKey, error) {
 }
 
 func readPublicKeyFile(path string) ([]ed25519.PublicKey, error) {
-	data, err := os.ReadFile(path)
+	lines, err := readKeyLines(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrKey, err)
-	}
-	lines, err := keyLines(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrKey, path, err)
+		return nil, err
 	}
 	var keys []ed25519.PublicKey
 	for _, l := range lines {
@@ -266,6 +258,19 @@ func readPublicKeyFile(path string) ([]ed25519.PublicKey, error) {
 		keys = append(keys, ed25519.PublicKey(b))
 	}
 	return keys, nil
+}
+
+// readKeyLines reads a key file's key lines; errors wrap ErrKey.
+func readKeyLines(path string) ([]keyLine, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrKey, err)
+	}
+	lines, err := keyLines(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrKey, path, err)
+	}
+	return lines, nil
 }
 
 type keyLine struct {
