@@ -294,16 +294,6 @@ func (p *Preprocessor) table(in, out int) *linearTable {
 func linearIndices(in, out int) *linearTable {
 	t := &linearTable{i0: make([]int, out), i1: make([]int, out), l0: make([]float32, out), l1: make([]float32, out),
 		q0: make([]int32, out), q1: make([]int32, out), exact: true}
-	defer func() {
-		for o := range out {
-			q := t.l1[o] * 256
-			if q != float32(int32(q)) {
-				t.exact = false
-				return
-			}
-			t.q0[o], t.q1[o] = 256-int32(q), int32(q)
-		}
-	}()
 	scale := float32(in) / float32(out)
 	for o := range out {
 		if in == out {
@@ -321,6 +311,14 @@ func linearIndices(in, out int) *linearTable {
 		}
 		l1 := min(max(src-float32(i0), 0), 1)
 		t.i0[o], t.i1[o], t.l0[o], t.l1[o] = i0, i1, 1-l1, l1
+	}
+	for o := range out {
+		q := t.l1[o] * 256
+		if q != float32(int32(q)) {
+			t.exact = false
+			break
+		}
+		t.q0[o], t.q1[o] = 256-int32(q), int32(q)
 	}
 	return t
 }
