@@ -241,19 +241,12 @@ func (d *Daemon) handleSlide(w http.ResponseWriter, r *http.Request) {
 
 func (d *Daemon) handleComplete(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	_, ok, err := d.completeSlide(r.Context(), id, "request")
-	if err != nil {
+	if _, _, err := d.completeSlide(r.Context(), id, "request"); err != nil {
 		d.fail(w, http.StatusInternalServerError, "internal", "%v", err)
 		return
 	}
-	if !ok {
-		if _, exists, _ := d.slideSummaryByID(r.Context(), id); !exists {
-			d.fail(w, http.StatusNotFound, "no_slide", "no slide %q", id)
-			return
-		}
-	}
-	s, _, _ := d.slideSummaryByID(r.Context(), id)
-	writeJSON(w, http.StatusOK, s)
+	// Completed now or before: answer with the stored slide either way.
+	d.handleSlide(w, r)
 }
 
 // slideSummaryByID reads a slide: its stored summary when complete, the
@@ -263,8 +256,7 @@ func (d *Daemon) slideSummaryByID(ctx context.Context, id string) (slideSummary,
 	if err != nil || !ok {
 		return slideSummary{}, ok, err
 	}
-	reason := sl.StoppingReason
-	s, _ := d.summarise(sl, reason)
+	s, _ := d.summarise(sl, sl.StoppingReason)
 	s.State = sl.State
 	return s, true, nil
 }
