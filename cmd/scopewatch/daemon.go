@@ -139,7 +139,7 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		db.Close()
 		return nil, err
 	}
-	d.metrics = newServeMetrics(d)
+	d.metrics = newServeMetrics()
 	d.metrics.modelInfo.WithLabelValues(d.model.ModelVersion()).Set(1)
 	if cfg.Inbox.Enabled {
 		d.inbox = newInbox(d)

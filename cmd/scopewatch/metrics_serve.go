@@ -49,7 +49,7 @@ type serveMetrics struct {
 	labelsRejected    *prometheus.CounterVec
 }
 
-func newServeMetrics(d *Daemon) *serveMetrics {
+func newServeMetrics() *serveMetrics {
 	latency := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 	m := &serveMetrics{
 		reg: prometheus.NewRegistry(),
