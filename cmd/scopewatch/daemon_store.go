@@ -410,8 +410,11 @@ func (s *dbStore) countPending(ctx context.Context) (int, error) {
 	return n, err
 }
 
-func (s *dbStore) eventTx(ctx context.Context, tx *sql.Tx, level, kind, slide, detail string) error {
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events(at, level, kind, slide, detail) VALUES (?, ?, ?, ?, ?)`,
+// eventTx records an event with q: a transaction, or the database itself.
+func (s *dbStore) eventTx(ctx context.Context, q interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, level, kind, slide, detail string) error {
+	if _, err := q.ExecContext(ctx, `INSERT INTO events(at, level, kind, slide, detail) VALUES (?, ?, ?, ?, ?)`,
 		s.now().UnixMilli(), level, kind, slide, detail); err != nil {
 		return fmt.Errorf("record event: %w", err)
 	}
@@ -419,12 +422,7 @@ func (s *dbStore) eventTx(ctx context.Context, tx *sql.Tx, level, kind, slide, d
 }
 
 func (s *dbStore) event(ctx context.Context, level, kind, slide, detail string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO events(at, level, kind, slide, detail) VALUES (?, ?, ?, ?, ?)`,
-		s.now().UnixMilli(), level, kind, slide, detail)
-	if err != nil {
-		return fmt.Errorf("record event: %w", err)
-	}
-	return nil
+	return s.eventTx(ctx, s.db, level, kind, slide, detail)
 }
 
 // idleSlides lists open slides whose last image is older than before.
