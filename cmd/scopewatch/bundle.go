@@ -175,23 +175,34 @@ func (f bundleCheckFlags) options() (inference.BundleOptions, string, error) {
 	return opts, path, nil
 }
 
+// openBundleArgs parses a subcommand's arguments, which must be npos
+// positional ones (usage says which), and opens and verifies the bundle
+// named by the first. It also returns where the trusted keys came from.
+func openBundleArgs(fs *flag.FlagSet, cf bundleCheckFlags, args []string, npos int, usage string) (*inference.Bundle, []string, string, error) {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if len(pos) != npos {
+		return nil, nil, "", fmt.Errorf("%w: want %s", errUsage, usage)
+	}
+	opts, keysFrom, err := cf.options()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	b, err := inference.OpenBundle(pos[0], opts)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return b, pos, keysFrom, nil
+}
+
 func bundleVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bundle verify", stderr)
 	cf := addBundleCheckFlags(fs)
 	noONNX := fs.Bool("no-onnx", false, "skip loading the ONNX model (names, shapes, smoke inference)")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: found as for classify)")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: want bundle verify [--keys PATH] DIR|TAR", errUsage)
-	}
-	opts, keysFrom, err := cf.options()
-	if err != nil {
-		return err
-	}
-	b, err := inference.OpenBundle(pos[0], opts)
+	b, pos, keysFrom, err := openBundleArgs(fs, cf, args, 1, "bundle verify [--keys PATH] DIR|TAR")
 	if err != nil {
 		return err
 	}
@@ -253,18 +264,7 @@ func bundleVerify(args []string, stdout, stderr io.Writer) error {
 func bundlePack(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bundle pack", stderr)
 	cf := addBundleCheckFlags(fs)
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 {
-		return fmt.Errorf("%w: want bundle pack [--keys PATH] DIR OUT.tar", errUsage)
-	}
-	opts, _, err := cf.options()
-	if err != nil {
-		return err
-	}
-	b, err := inference.OpenBundle(pos[0], opts)
+	b, pos, _, err := openBundleArgs(fs, cf, args, 2, "bundle pack [--keys PATH] DIR OUT.tar")
 	if err != nil {
 		return err
 	}
