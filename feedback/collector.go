@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -566,26 +568,11 @@ func (c *Collector) Subscribe(ctx context.Context, client mqtt.Client, group str
 		}
 		m.Ack()
 	})
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("subscribe %s: %v", strings.Join(mapKeys(filters), ", "), errOrTimeout(tok))
+	if err := mqttconn.Wait(tok, 10*time.Second); err != nil {
+		return fmt.Errorf("subscribe %s: %v", strings.Join(slices.Sorted(maps.Keys(filters)), ", "), err)
 	}
 	c.subscribed.Add(1)
 	return nil
-}
-
-func errOrTimeout(t mqtt.Token) error {
-	if t.Error() != nil {
-		return t.Error()
-	}
-	return errors.New("timed out")
-}
-
-func mapKeys(m map[string]byte) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 // Subscriptions counts successful Subscribe calls (one per connection):

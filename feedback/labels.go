@@ -283,8 +283,8 @@ func (l *Labels) Subscribe(ctx context.Context, client mqtt.Client, site, device
 		}
 		m.Ack()
 	})
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("subscribe %s: %v", topic, errOrTimeout(tok))
+	if err := mqttconn.Wait(tok, 10*time.Second); err != nil {
+		return fmt.Errorf("subscribe %s: %v", topic, err)
 	}
 	return nil
 }

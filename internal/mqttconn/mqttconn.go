@@ -32,6 +32,19 @@ const (
 // ErrConfig marks an invalid Config; the message names the field.
 var ErrConfig = errors.New("invalid mqtt configuration")
 
+// ErrTimeout is returned by Wait when the broker did not answer in time.
+var ErrTimeout = errors.New("timed out")
+
+// Wait waits up to timeout for tok to complete and returns its error, or
+// ErrTimeout: paho's WaitTimeout alone cannot tell a slow broker from a
+// refusal.
+func Wait(tok mqtt.Token, timeout time.Duration) error {
+	if !tok.WaitTimeout(timeout) {
+		return ErrTimeout
+	}
+	return tok.Error()
+}
+
 // Will is the last-will message the broker publishes if the client
 // disappears without disconnecting (the "offline" status).
 type Will struct {
