@@ -29,11 +29,12 @@ func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", "", "output folder (required)")
 	n := fs.Int("n", 0, "number of images to generate (required)")
 	seed := fs.Int64("seed", 1, "random seed; a new seed gives new slides")
-	perSlide := 0
+	perSlide, perSlideFlag := 0, "cells-per-slide"
 	if kind == "cells" {
-		fs.IntVar(&perSlide, "cells-per-slide", synth.DefaultCellsPerSlide, "crops per slide")
+		fs.IntVar(&perSlide, perSlideFlag, synth.DefaultCellsPerSlide, "crops per slide")
 	} else {
-		fs.IntVar(&perSlide, "fields-per-slide", synth.DefaultFieldsPerSlide, "fields per slide")
+		perSlideFlag = "fields-per-slide"
+		fs.IntVar(&perSlide, perSlideFlag, synth.DefaultFieldsPerSlide, "fields per slide")
 	}
 	workers := fs.Int("workers", 0, "parallel workers (0: one per CPU); output is identical for any value")
 	var k synth.Knobs
@@ -61,11 +62,7 @@ func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: -n: %d, want a positive number of images", errUsage, *n)
 	}
 	if perSlide <= 0 {
-		name := "cells-per-slide"
-		if kind == "fields" {
-			name = "fields-per-slide"
-		}
-		return fmt.Errorf("%w: -%s: %d, want > 0", errUsage, name, perSlide)
+		return fmt.Errorf("%w: -%s: %d, want > 0", errUsage, perSlideFlag, perSlide)
 	}
 	if *workers < 0 {
 		return fmt.Errorf("%w: -workers: %d, want >= 0", errUsage, *workers)
