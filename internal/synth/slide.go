@@ -272,7 +272,7 @@ var expTable = func() []float32 {
 
 // gauss is a standard normal deviate from a quantile table: per-pixel
 // noise needs millions of draws per field and the ziggurat's exactness
-// buys nothing at 8 bits. One Uint64 yields several draws.
+// buys nothing at 8 bits. Each draw costs one Uint32.
 func gauss(rng *rand.Rand) float64 {
 	return gaussTable[rng.Uint32()>>(32-gaussBits)]
 }
