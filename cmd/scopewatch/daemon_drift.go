@@ -104,28 +104,12 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 		w.mu.Unlock()
 		return
 	}
-	useF := mon.UsesFeatures()
 	n := 0
 	for _, c := range cells {
-		var f []float32
-		if useF {
-			if c.Features == nil {
-				w.skipped++
-				continue
-			}
-			f = c.Features
+		if evs, ok := w.feedLocked(mon, c.P, c.Features); ok {
+			n++
+			events = append(events, evs...)
 		}
-		evs, err := mon.Observe(c.P, f)
-		if err != nil {
-			w.skipped++
-			continue
-		}
-		n++
-		events = append(events, evs...)
-	}
-	for _, ev := range events {
-		w.warnOn = true
-		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
 	}
 	if n > 0 {
 		w.dirty = true
@@ -141,6 +125,28 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 	if len(events) > 0 {
 		w.refreshGauges()
 	}
+}
+
+// feedLocked adds one cell to mon and flags the events it triggered; ok is
+// false (and the cell counted as skipped) when mon could not take it.
+// Called with mu held.
+func (w *driftWatch) feedLocked(mon *drift.Monitor, p float64, f []float32) (events []drift.Event, ok bool) {
+	if !mon.UsesFeatures() {
+		f = nil
+	} else if f == nil {
+		w.skipped++
+		return nil, false
+	}
+	events, err := mon.Observe(p, f)
+	if err != nil {
+		w.skipped++
+		return nil, false
+	}
+	for _, ev := range events {
+		w.warnOn = true
+		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
+	}
+	return events, true
 }
 
 // flagged reports a warn or alarm since the last reset (false without
@@ -279,25 +285,10 @@ func (w *driftWatch) load(ctx context.Context) {
 	var events []drift.Event
 	fed := 0
 	for _, c := range pending {
-		var f []float32
-		if mon.UsesFeatures() {
-			if c.f == nil {
-				w.skipped++
-				continue
-			}
-			f = c.f
+		if evs, ok := w.feedLocked(mon, c.p, c.f); ok {
+			fed++
+			events = append(events, evs...)
 		}
-		evs, err := mon.Observe(c.p, f)
-		if err != nil {
-			w.skipped++
-			continue
-		}
-		fed++
-		events = append(events, evs...)
-	}
-	for _, ev := range events {
-		w.warnOn = true
-		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
 	}
 	// Workers use mon from here on: read what the log needs first.
 	windows, features, since := mon.Windows(), mon.UsesFeatures(), mon.SinceReset()
