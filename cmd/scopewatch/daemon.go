@@ -515,18 +515,18 @@ func (d *Daemon) topic(leaf string) string {
 func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 	cfg := d.config()
 	now := d.now().UTC()
-	id := fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli())
-	payload, _ := json.Marshal(map[string]any{
-		"schema": "scopewatch.alert/v1", "id": id,
-		"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
-	})
-	msg := outboxMsg{ID: "alert/" + id, Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
+	var msg outboxMsg // no id: nothing to send without MQTT
 	if cfg.MQTT.Enabled {
-		if err := d.db.enqueue(ctx, msg); err != nil {
-			d.log.Error("queue alert failed", "kind", kind, "err", err)
-		}
+		id := fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli())
+		payload, _ := json.Marshal(map[string]any{
+			"schema": "scopewatch.alert/v1", "id": id,
+			"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
+		})
+		msg = outboxMsg{ID: "alert/" + id, Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
 	}
-	d.db.event(ctx, "warn", kind, "", detail)
+	if err := d.db.recordAlert(ctx, "warn", kind, detail, msg); err != nil {
+		d.log.Error("recording alert failed", "kind", kind, "err", err)
+	}
 	d.metrics.alerts.WithLabelValues(kind).Inc()
 	if d.mq != nil {
 		d.mq.wake()

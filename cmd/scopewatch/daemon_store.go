@@ -357,18 +357,6 @@ func (s *dbStore) enqueueTx(ctx context.Context, tx *sql.Tx, m outboxMsg) error 
 	return nil
 }
 
-func (s *dbStore) enqueue(ctx context.Context, m outboxMsg) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("enqueue %s: %w", m.ID, err)
-	}
-	defer tx.Rollback()
-	if err := s.enqueueTx(ctx, tx, m); err != nil {
-		return err
-	}
-	return tx.Commit()
-}
-
 // pending returns up to n messages not yet relayed, alerts before results,
 // oldest first.
 func (s *dbStore) pending(ctx context.Context, n int) ([]outboxMsg, error) {
