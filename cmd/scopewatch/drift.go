@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -65,7 +66,7 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	cfg := drift.CalibrationConfig{ERT: d.ERT, WarnERT: d.WarnERT, Sims: d.Sims, Null: d.Null, Seed: d.Seed, Signals: map[string]float64{}}
 	for _, t := range d.Tests {
 		cfg.Signals[t.Signal] = d.Weights[t.Signal]
-		if !containsInt(cfg.Windows, t.Window) {
+		if !slices.Contains(cfg.Windows, t.Window) {
 			cfg.Windows = append(cfg.Windows, t.Window)
 		}
 	}
@@ -100,15 +101,6 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	}
 	cfg.Horizon = 0
 	return cfg, nil
-}
-
-func containsInt(v []int, x int) bool {
-	for _, y := range v {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // usesEmbedding reports whether the baseline's detector runs the embedding signal.
