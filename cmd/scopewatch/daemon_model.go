@@ -120,8 +120,10 @@ func (a *modelAnalyzer) Close() error {
 	return err
 }
 
-func (a *modelAnalyzer) cell(box image.Rectangle, p float64) cellResult {
-	pos := p >= a.currentThreshold()
+// cell labels one cell at thr (read once per image, so that a reload
+// cannot split an image's cells between two thresholds).
+func cell(box image.Rectangle, p, thr float64) cellResult {
+	pos := p >= thr
 	label := "uninfected"
 	if pos {
 		label = "parasitized"
@@ -141,6 +143,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 		}
 	}
 	an := analysis{Kind: kind, Width: w, Height: h}
+	thr := a.currentThreshold()
 	if kind == "field" {
 		if a.fields == nil {
 			return analysis{}, errors.New("field segmentation is not available in this build")
@@ -151,7 +154,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 		}
 		an.Width, an.Height = fw, fh
 		for _, c := range cells {
-			an.Cells = append(an.Cells, a.cell(c.Box, c.P))
+			an.Cells = append(an.Cells, cell(c.Box, c.P, thr))
 		}
 		return an, nil
 	}
@@ -162,7 +165,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 	if res[0].Err != nil {
 		return analysis{}, asBadImage(res[0].Err)
 	}
-	c := a.cell(image.Rect(0, 0, w, h), res[0].PParasitized)
+	c := cell(image.Rect(0, 0, w, h), res[0].PParasitized, thr)
 	c.Features = res[0].Features
 	an.Cells = []cellResult{c}
 	return an, nil
