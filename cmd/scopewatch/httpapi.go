@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -101,7 +102,7 @@ func (d *Daemon) handleUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	kind := q.Get("kind")
-	if kind != "" && kind != "crop" && kind != "field" && kind != "auto" {
+	if kind != "" && !slices.Contains(config.ImageKinds, kind) {
 		d.fail(w, http.StatusBadRequest, "bad_kind", "kind %q: want crop, field or auto", kind)
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -208,7 +209,7 @@ func (in *inbox) scanSlide(ctx context.Context, dir, slide string, live map[stri
 	kind := ""
 	if data, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err == nil {
 		var m slideManifest
-		if err := json.Unmarshal(data, &m); err != nil || (m.Kind != "" && m.Kind != "crop" && m.Kind != "field" && m.Kind != "auto") {
+		if err := json.Unmarshal(data, &m); err != nil || (m.Kind != "" && !slices.Contains(config.ImageKinds, m.Kind)) {
 			in.d.log.Warn("slide manifest ignored: want {\"kind\": \"crop\"|\"field\"|\"auto\"}", "file", filepath.Join(dir, "manifest.json"), "err", err)
 		} else {
 			kind = m.Kind
