@@ -5,6 +5,7 @@
 package config
 
 import (
+	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -419,7 +420,7 @@ func decodeStrict(data []byte) (Config, error) {
 	}
 	// The key walk above gives path-named errors; the strict decoder stays as
 	// the safety net for anything it does not cover (types, anchors).
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, fmt.Errorf("%w: %v", ErrInvalid, typeErrorPaths(err, doc))
