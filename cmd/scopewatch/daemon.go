@@ -574,20 +574,7 @@ func (d *Daemon) reload(next config.Config) {
 			restart = append(restart, p)
 		}
 	}
-	cfg := old
-	cfg.Log.Level = next.Log.Level
-	cfg.Model.Threshold = next.Model.Threshold
-	cfg.Slides.IdleTimeout = next.Slides.IdleTimeout
-	cfg.Slides.TargetCells = next.Slides.TargetCells
-	cfg.Slides.CI = next.Slides.CI
-	cfg.Storage.Retention = next.Storage.Retention
-	cfg.Storage.MaxDBBytes = next.Storage.MaxDBBytes
-	cfg.Storage.MinFreeBytes = next.Storage.MinFreeBytes
-	cfg.Model.Path = next.Model.Path
-	cfg.Model.Keys = next.Model.Keys
-	cfg.Model.AllowUnsigned = next.Model.AllowUnsigned
-	cfg.Model.Threads = next.Model.Threads
-	cfg.Model.Batch = next.Model.Batch
+	cfg := old.WithReloaded(next)
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	if d.level != nil {

@@ -829,6 +829,23 @@ var Reloadable = []string{
 	"storage.min_free_bytes",
 }
 
+// WithReloaded returns c with the Reloadable fields taken from next.
+func (c Config) WithReloaded(next Config) Config {
+	dst, src := reflect.ValueOf(&c).Elem(), reflect.ValueOf(next)
+	for _, p := range Reloadable {
+		d, s := dst, src
+		for _, key := range strings.Split(p, ".") {
+			f, ok := fieldByTag(d.Type(), key)
+			if !ok {
+				panic("config: Reloadable names unknown field " + p)
+			}
+			d, s = d.FieldByIndex(f.Index), s.FieldByIndex(f.Index)
+		}
+		d.Set(s)
+	}
+	return c
+}
+
 // Diff returns the dotted paths of the leaf fields that differ between a and b.
 func Diff(a, b Config) []string {
 	var out []string

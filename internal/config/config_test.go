@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -261,4 +262,24 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted config fails validation: %v", errs)
 		}
 	})
+}
+
+func TestWithReloadedTakesOnlyReloadableFields(t *testing.T) {
+	a := Default()
+	b := Default()
+	b.Log.Level = "debug"
+	b.Model.Threshold = 0.7
+	b.Slides.TargetCells = 42
+	b.Storage.Retention = 2 * time.Hour
+	b.Device = "other-device"
+	b.MQTT.Broker = "tcp://elsewhere:1883"
+	got := a.WithReloaded(b)
+	if d := Diff(got, b); !slices.Equal(d, []string{"device", "mqtt.broker"}) {
+		t.Fatalf("fields still differing from next = %v, want only the restart-only ones [device mqtt.broker]", d)
+	}
+	for _, p := range Diff(a, got) {
+		if !slices.Contains(Reloadable, p) {
+			t.Errorf("WithReloaded changed %s, which is not reloadable", p)
+		}
+	}
 }
