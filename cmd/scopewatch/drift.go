@@ -354,10 +354,6 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if err != nil {
 			return err
 		}
-		var sigs []string
-		for s := range cfg.Signals {
-			sigs = append(sigs, s)
-		}
 		for _, s := range []string{drift.SignalScores, drift.SignalRate, drift.SignalEmbedding} {
 			if _, ok := cfg.Signals[s]; !ok || (s == drift.SignalEmbedding && !haveFeatures) {
 				continue
