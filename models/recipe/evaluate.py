@@ -1,7 +1,11 @@
-"""Evaluates a trained checkpoint with the manifest threshold, with slide-bootstrap CIs.
+"""Evaluates a trained checkpoint at the bundle's threshold, with slide-bootstrap CIs.
 
-  /usr/bin/python3 evaluate.py --work WORK --split test --out test_metrics.json
-  /usr/bin/python3 evaluate.py --work WORK --data DIR --out fresh_metrics.json
+  /usr/bin/python3 evaluate.py --work WORK --split test --out test_metrics.json [--manifest M]
+  /usr/bin/python3 evaluate.py --work WORK --data DIR --out fresh_metrics.json [--manifest M]
+
+--manifest takes the decision threshold from the bundle's manifest.json (the
+operating point chosen on field cells) instead of the checkpoint's
+crop-validation threshold.
 
 --split evaluates one of the slide-disjoint splits recorded in the checkpoint;
 --data evaluates a folder written by `scopewatch synth cells` (for example a
@@ -11,6 +15,7 @@ exported bundle through ONNX Runtime.
 """
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -27,6 +32,7 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=None, help="generator seed of --data, recorded in the output")
     ap.add_argument("--out", required=True)
     ap.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--manifest", default=None, help="manifest.json whose threshold is used")
     return ap.parse_args()
 
 
@@ -35,6 +41,9 @@ def main():
     common.limit_threads(2)
     model, ckpt = common.load_checkpoint(os.path.join(args.work, "checkpoint.pt"))
     threshold = float(ckpt["threshold"])
+    if args.manifest:
+        with open(args.manifest) as f:
+            threshold = float(json.load(f)["threshold"])
     if args.split:
         sp = ckpt["split"]
         sel = [i for i, s in enumerate(sp["split"]) if s == args.split]
