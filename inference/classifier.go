@@ -46,6 +46,9 @@ type Result struct {
 	Label string
 	// Features is the backbone's feature vector (nil with NoFeatures).
 	Features []float32
+	// Focus is the crop's sharpness (Preprocessor.Focus, on the model's
+	// input), which defocus lowers even when the classifier copes with it.
+	Focus float64
 	// Err is set when this image could not be classified (the other
 	// fields are then zero); other images are unaffected.
 	Err error
@@ -234,10 +237,11 @@ type pipeline struct {
 }
 
 type pipeBatch struct {
-	p    *pipeline
-	b    *Batch
-	idx  []int
-	path []string
+	p     *pipeline
+	b     *Batch
+	idx   []int
+	path  []string
+	focus []float64
 
 	mu       sync.Mutex
 	reserved int
@@ -273,7 +277,7 @@ func (c *Classifier) getBatch(size int) (*pipeBatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pipeBatch{b: eb, idx: make([]int, size), path: make([]string, size)}, nil
+	return &pipeBatch{b: eb, idx: make([]int, size), path: make([]string, size), focus: make([]float64, size)}, nil
 }
 
 func (c *Classifier) putBatch(pb *pipeBatch) {
@@ -394,6 +398,8 @@ func (p *pipeline) fill(i int, path string, m gocv.Mat) error {
 		// The slot is already part of the batch; mark it so the inference
 		// loop reports this error instead of a result for garbage input.
 		b.idx[slot] = -1 - i
+	} else {
+		b.focus[slot] = p.c.pre.Focus(b.b.Input(slot))
 	}
 	b.filled()
 	if err != nil {
@@ -434,6 +440,7 @@ func (p *pipeline) inferLoop() {
 			}
 			r.PParasitized = probs[c.posIndex]
 			r.Label = c.label(probs)
+			r.Focus = b.focus[s]
 			if c.features {
 				r.Features = append([]float32(nil), feat...)
 			}

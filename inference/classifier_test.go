@@ -168,6 +168,11 @@ func TestClassifierMixedInputs(t *testing.T) {
 			} else if math.Abs(*ref-r.PParasitized) > 1e-6 {
 				t.Fatalf("batch %d: input %d p=%v differs from an identical image's %v", batch, i, r.PParasitized, *ref)
 			}
+			// The focus is the preprocessor's on this image's own tensor,
+			// whichever slot it filled.
+			if wantFocus := focusOfInput(t, c, inputs[i]); r.Focus != wantFocus || !(r.Focus > 0) {
+				t.Fatalf("batch %d: input %d focus %v, want %v (> 0)", batch, i, r.Focus, wantFocus)
+			}
 		}
 	}
 }
@@ -279,4 +284,27 @@ func BenchmarkClassifier(b *testing.B) {
 		n += len(inputs)
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "img/s")
+}
+
+// focusOfInput decodes and preprocesses in outside the pipeline and
+// returns its focus.
+func focusOfInput(t testing.TB, c *Classifier, in Input) float64 {
+	t.Helper()
+	data := in.Data
+	if data == nil {
+		var err error
+		if data, err = os.ReadFile(in.Path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := c.Decoder().Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	dst := make([]float32, c.Preprocessor().Size())
+	if err := c.Preprocessor().Mat(dst, m); err != nil {
+		t.Fatal(err)
+	}
+	return c.Preprocessor().Focus(dst)
 }

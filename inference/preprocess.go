@@ -29,10 +29,15 @@ type Preprocessor struct {
 	lut [3][256]float32
 	// src[c] is the BGR index feeding output channel c.
 	src [3]int
+	// grey[c] and greyOff turn normalised values back into a grey level
+	// (0..255, ITU-R 601 luma) for Focus.
+	grey    [3]float32
+	greyOff float32
 
-	mu      sync.RWMutex
-	tables  map[[2]int]*linearTable
-	scratch sync.Pool // *fixedScratch
+	mu        sync.RWMutex
+	tables    map[[2]int]*linearTable
+	scratch   sync.Pool // *fixedScratch
+	focusPool sync.Pool // *focusScratch
 }
 
 // NewPreprocessor validates spec and precomputes its tables.
@@ -65,6 +70,10 @@ func NewPreprocessor(spec InputSpec) (*Preprocessor, error) {
 		for v := range 256 {
 			p.lut[c][v] = (float32(v)*scale - mean) / std
 		}
+		// pixel = (value*std + mean) / scale
+		w := luma[p.src[c]]
+		p.grey[c] = float32(w * spec.Std[c] / spec.Scale)
+		p.greyOff += float32(w * spec.Mean[c] / spec.Scale)
 	}
 	return p, nil
 }
@@ -321,4 +330,132 @@ func linearIndices(in, out int) *linearTable {
 		t.q0[o], t.q1[o] = 256-int32(q), int32(q)
 	}
 	return t
+}
+
+// ITU-R BT.601 luma weights by BGR index.
+var luma = [3]float64{0.114, 0.587, 0.299}
+
+// Focus measure constants. Crops are cells on black (the NIH convention,
+// and what Segmentation.Crop produces): pixels at or below focusBlack grey
+// levels are background, and focusErode erosions keep the measure off the
+// cell's outline, whose step to black is sharp however blurred the optics
+// are (the mask is applied after the blur) and would otherwise dominate it.
+const (
+	focusBlack    = 4
+	focusErode    = 3
+	focusMinCount = 16
+)
+
+type focusScratch struct {
+	grey []float32
+	mask []uint8
+}
+
+// Focus measures the sharpness of one preprocessed image (in, as Mat or BGR
+// filled it): the variance of the 4-neighbour Laplacian of the grey image
+// (luma, 0..255) at the model's input size, over the cell's interior. It
+// falls as defocus grows and is unchanged by adding a constant brightness;
+// it also follows contrast and sensor noise, which is why drift detection
+// compares its distribution with a reference rather than thresholding it.
+// An image with fewer than 16 interior pixels (blank, or all background)
+// has focus 0. Cost: a few passes over width x height values, no
+// allocation once warm.
+func (p *Preprocessor) Focus(in []float32) float64 {
+	w, h := p.spec.Width, p.spec.Height
+	n := w * h
+	if len(in) != 3*n || w < 3 || h < 3 {
+		return 0
+	}
+	sc, _ := p.focusPool.Get().(*focusScratch)
+	if sc == nil || len(sc.grey) < n {
+		sc = &focusScratch{grey: make([]float32, n), mask: make([]uint8, n)}
+	}
+	defer p.focusPool.Put(sc)
+	grey, mask := sc.grey[:n], sc.mask[:n]
+	g0, g1, g2, off := p.grey[0], p.grey[1], p.grey[2], p.greyOff
+	if p.spec.Layout == "NCHW" {
+		c0, c1, c2 := in[:n], in[n:2*n], in[2*n:3*n]
+		for i := range grey {
+			grey[i] = g0*c0[i] + g1*c1[i] + g2*c2[i] + off
+		}
+	} else {
+		for i := range grey {
+			grey[i] = g0*in[3*i] + g1*in[3*i+1] + g2*in[3*i+2] + off
+		}
+	}
+	// mask[i] is pixel i's city-block distance to the background or the
+	// image border, capped at focusErode+1: a pixel survives k erosions by
+	// the 4-neighbour cross exactly when its distance exceeds k. Two
+	// raster passes compute it.
+	const cap8 = focusErode + 1
+	for y := range h {
+		row := mask[y*w : (y+1)*w]
+		g := grey[y*w : (y+1)*w]
+		var up []uint8
+		if y > 0 {
+			up = mask[(y-1)*w : y*w]
+		}
+		var left uint8
+		for x, v := range g {
+			var d uint8
+			if v > focusBlack {
+				var u uint8
+				if up != nil {
+					u = up[x]
+				}
+				d = min(u, left) + 1
+				if d > cap8 {
+					d = cap8
+				}
+			}
+			row[x] = d
+			left = d
+		}
+	}
+	for y := h - 1; y >= 0; y-- {
+		row := mask[y*w : (y+1)*w]
+		var down []uint8
+		if y < h-1 {
+			down = mask[(y+1)*w : (y+2)*w]
+		}
+		var right uint8
+		for x := w - 1; x >= 0; x-- {
+			d := row[x]
+			if d != 0 {
+				var u uint8
+				if down != nil {
+					u = down[x]
+				}
+				d = min(d, min(u, right)+1)
+				row[x] = d
+			}
+			right = d
+		}
+	}
+	// Single pass with a shift by the first value keeps the variance
+	// accurate in float64 without a second pass.
+	var cnt int
+	var shift, s, s2 float64
+	for y := 1; y < h-1; y++ {
+		row := y * w
+		for x := 1; x < w-1; x++ {
+			i := row + x
+			if mask[i] < cap8 {
+				continue
+			}
+			l := float64(grey[i-1] + grey[i+1] + grey[i-w] + grey[i+w] - 4*grey[i])
+			if cnt == 0 {
+				shift = l
+			}
+			d := l - shift
+			s += d
+			s2 += d * d
+			cnt++
+		}
+	}
+	if cnt < focusMinCount {
+		return 0
+	}
+	m := s / float64(cnt)
+	return max(s2/float64(cnt)-m*m, 0)
 }

@@ -1,9 +1,13 @@
 package inference
 
 import (
+	"image"
 	"math"
 	"os"
+	"slices"
 	"testing"
+
+	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
 var recipeSpec = InputSpec{
@@ -199,5 +203,158 @@ func BenchmarkPreprocessFloat(b *testing.B) {
 	xt, yt := p.table(w, 128), p.table(h, 128)
 	for b.Loop() {
 		p.resizeFloat(dst, pix, w, xt, yt)
+	}
+}
+
+// synthCropBGR renders synth crop i of a run as packed BGR.
+func synthCropBGR(seed int64, k synth.Knobs, i int) ([]byte, int, int) {
+	img := synth.CellAt(seed, k, 4, i).Image.(*image.RGBA)
+	w, h := img.Bounds().Dx(), img.Bounds().Dy()
+	bgr := make([]byte, w*h*3)
+	for p := range w * h {
+		bgr[3*p], bgr[3*p+1], bgr[3*p+2] = img.Pix[4*p+2], img.Pix[4*p+1], img.Pix[4*p]
+	}
+	return bgr, w, h
+}
+
+// focusOf preprocesses pix and returns its focus.
+func focusOf(t testing.TB, p *Preprocessor, pix []byte, w, h int) float64 {
+	t.Helper()
+	dst := make([]float32, p.Size())
+	if err := p.BGR(dst, pix, w, h); err != nil {
+		t.Fatal(err)
+	}
+	return p.Focus(dst)
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestFocusFallsWithBlur renders the same cells (same slides, same noise
+// draws) with more and more added defocus: the focus must fall with every
+// step, in the median and cell by cell.
+func TestFocusFallsWithBlur(t *testing.T) {
+	p, err := NewPreprocessor(recipeSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	blurs := []float64{0, 0.75, 1.5, 3}
+	focus := make([][]float64, len(blurs))
+	for bi, b := range blurs {
+		for i := range n {
+			pix, w, h := synthCropBGR(31, synth.Knobs{Blur: b}, i)
+			focus[bi] = append(focus[bi], focusOf(t, p, pix, w, h))
+		}
+	}
+	for bi := 1; bi < len(blurs); bi++ {
+		m0, m1 := median(focus[bi-1]), median(focus[bi])
+		if !(m1 < m0) {
+			t.Errorf("median focus %.1f at blur %v, %.1f at blur %v: want it to fall", m0, blurs[bi-1], m1, blurs[bi])
+		}
+		var lower int
+		for i := range n {
+			if focus[bi][i] < focus[bi-1][i] {
+				lower++
+			}
+		}
+		// Sensor noise sets a floor the Laplacian cannot go below, and a
+		// strong blur carries the bright surround's edge (blurred before
+		// the crop is masked) into the measured interior, so past the
+		// noise floor some cells stay level or rise a little.
+		if lower < n*3/4 {
+			t.Errorf("blur %v -> %v: focus fell for %d of %d cells; want at least 75%%", blurs[bi-1], blurs[bi], lower, n)
+		}
+	}
+}
+
+// TestFocusBrightness checks that a brightness change (an offset added to
+// every channel, as a lamp or exposure change gives) hardly moves the
+// focus: within 10% in the median over cells. It moves at all only through
+// clipping and 8-bit rounding; a measure normalised by mean brightness
+// would move by about twice the relative brightness change.
+func TestFocusBrightness(t *testing.T) {
+	p, err := NewPreprocessor(recipeSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	var base []float64
+	for i := range n {
+		pix, w, h := synthCropBGR(37, synth.Knobs{}, i)
+		base = append(base, focusOf(t, p, pix, w, h))
+	}
+	for _, br := range []float64{-0.1, 0.1} {
+		var ratio []float64
+		for i := range n {
+			pix, w, h := synthCropBGR(37, synth.Knobs{Brightness: br}, i)
+			ratio = append(ratio, focusOf(t, p, pix, w, h)/base[i])
+		}
+		if r := median(ratio); math.Abs(r-1) > 0.10 {
+			t.Errorf("brightness %+v: median focus ratio %.3f; want within 10%% of 1", br, r)
+		}
+	}
+}
+
+// TestFocusExact checks the measure on hand-made images: blank and
+// uniform images have focus 0, a constant offset leaves it exactly
+// unchanged, a doubled contrast quadruples it, and both layouts agree.
+func TestFocusExact(t *testing.T) {
+	const s = 128
+	pattern := func(offset, gain int) []byte {
+		pix := make([]byte, s*s*3)
+		for y := 8; y < s-8; y++ {
+			for x := 8; x < s-8; x++ {
+				v := byte(100 + offset + gain*((x*7+y*13)%9))
+				pix[3*(y*s+x)], pix[3*(y*s+x)+1], pix[3*(y*s+x)+2] = v, v, v
+			}
+		}
+		return pix
+	}
+	nchw, _ := NewPreprocessor(recipeSpec)
+	nhwcSpec := recipeSpec
+	nhwcSpec.Layout, nhwcSpec.Color = "NHWC", "BGR"
+	nhwc, _ := NewPreprocessor(nhwcSpec)
+	if f := focusOf(t, nchw, make([]byte, s*s*3), s, s); f != 0 {
+		t.Errorf("black image: focus %v, want 0", f)
+	}
+	uniform := pattern(0, 0)
+	if f := focusOf(t, nchw, uniform, s, s); f > 1e-6 {
+		t.Errorf("uniform cell: focus %v, want 0", f)
+	}
+	f0 := focusOf(t, nchw, pattern(0, 4), s, s)
+	if !(f0 > 100) {
+		t.Fatalf("textured cell: focus %v, want well above 0", f0)
+	}
+	if f := focusOf(t, nchw, pattern(40, 4), s, s); math.Abs(f-f0) > 1e-3*f0 {
+		t.Errorf("offset +40: focus %v, want %v", f, f0)
+	}
+	if f := focusOf(t, nchw, pattern(0, 8), s, s); math.Abs(f-4*f0) > 1e-3*f0 {
+		t.Errorf("contrast x2: focus %v, want %v", f, 4*f0)
+	}
+	if f := focusOf(t, nhwc, pattern(0, 4), s, s); math.Abs(f-f0) > 1e-3*f0 {
+		t.Errorf("NHWC/BGR: focus %v, NCHW/RGB %v", f, f0)
+	}
+	if f := nchw.Focus(make([]float32, 10)); f != 0 {
+		t.Errorf("wrong-sized input: focus %v, want 0", f)
+	}
+}
+
+func BenchmarkFocus(b *testing.B) {
+	p, err := NewPreprocessor(recipeSpec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pix, w, h := synthCropBGR(41, synth.Knobs{}, 0)
+	dst := make([]float32, p.Size())
+	if err := p.BGR(dst, pix, w, h); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		p.Focus(dst)
 	}
 }
