@@ -120,6 +120,7 @@ func (c *Capture) Close() error {
 type FieldCell struct {
 	Box          image.Rectangle
 	PParasitized float64
+	Focus        float64 // Result.Focus of the cell's crop
 }
 
 // FieldAnalysis is what AnalyzeField found in one field.
@@ -168,6 +169,7 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 		}
 	}()
 	probs := make([]float64, n)
+	focus := make([]float64, n)
 	var firstErr error
 	err = c.Stream(ctx, n, func(i int) Input {
 		crop, err := seg.Crop(m, i)
@@ -186,6 +188,7 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 			firstErr = fmt.Errorf("cell %d at %v: %w", r.Index, seg.Cells[r.Index].Box, r.Err)
 		}
 		probs[r.Index] = r.PParasitized
+		focus[r.Index] = r.Focus
 	})
 	if err != nil {
 		return FieldAnalysis{}, err
@@ -195,7 +198,7 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 	}
 	out.Cells = make([]FieldCell, n)
 	for i, cell := range seg.Cells {
-		out.Cells[i] = FieldCell{Box: cell.Box, PParasitized: probs[i]}
+		out.Cells[i] = FieldCell{Box: cell.Box, PParasitized: probs[i], Focus: focus[i]}
 	}
 	return out, nil
 }
