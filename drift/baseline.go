@@ -50,6 +50,10 @@ type Baseline struct {
 	Slides    []int       `json:"slides,omitempty"` // reference rows: slide index (0..), when known
 	Embedding *Embedding  `json:"embedding"`        // nil without features
 	Projected [][]float32 `json:"projected"`        // reference rows: projected embeddings (or empty)
+	// Focus holds the reference rows' focus (per-crop sharpness, see
+	// BaselineConfig.Focus); absent in baselines made without it, which
+	// then have no focus signal.
+	Focus []float64 `json:"focus,omitempty"`
 
 	Descriptive []DescriptiveThreshold `json:"descriptive"`
 	Detector    *Calibration           `json:"detector"`
@@ -93,7 +97,12 @@ type BaselineConfig struct {
 	// alike, so a test set of S slides pins the score distribution down
 	// much less than its cell count suggests, and new slides differ from it
 	// by more than cell-level sampling would explain.
-	Slides   []string
+	Slides []string
+	// Focus, when given (one value per test case), is each crop's focus
+	// (a sharpness measure such as inference's variance of the Laplacian;
+	// finite, >= 0) and enables the focus signal: defocus the classifier
+	// copes with still shows in it.
+	Focus    []float64
 	Seed     uint64
 	Detector CalibrationConfig
 }
@@ -128,6 +137,16 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 	}
 	if cfg.Slides != nil && len(cfg.Slides) != len(scores) {
 		return nil, fmt.Errorf("%w: %d slide ids for %d scores", ErrInvalidBaseline, len(cfg.Slides), len(scores))
+	}
+	if cfg.Focus != nil {
+		if len(cfg.Focus) != len(scores) {
+			return nil, fmt.Errorf("%w: %d focus values for %d scores", ErrInvalidBaseline, len(cfg.Focus), len(scores))
+		}
+		for i, f := range cfg.Focus {
+			if !(f >= 0) || math.IsInf(f, 0) {
+				return nil, fmt.Errorf("%w: focus %d = %v: want a finite value >= 0", ErrInvalidBaseline, i, f)
+			}
+		}
 	}
 	if cfg.MaxReference < 20 {
 		return nil, fmt.Errorf("%w: max reference %d: want at least 20", ErrInvalidBaseline, cfg.MaxReference)
@@ -189,6 +208,9 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 	for _, i := range rows {
 		b.Scores = append(b.Scores, scores[i])
 		b.Labels = append(b.Labels, labels[i])
+		if cfg.Focus != nil {
+			b.Focus = append(b.Focus, cfg.Focus[i])
+		}
 		if cfg.Slides != nil {
 			k, ok := slideIndex[cfg.Slides[i]]
 			if !ok {
@@ -209,7 +231,7 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 		}
 		b.Embedding, b.Projected = emb, z
 	}
-	dc, err := cfg.Detector.withDefaults(b.Embedding != nil)
+	dc, err := cfg.Detector.withDefaults(b.Embedding != nil, len(b.Focus) > 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: detector: %w", ErrInvalidBaseline, err)
 	}
@@ -233,7 +255,7 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 // Recalibrate returns a copy of b whose detector thresholds are calibrated
 // for cfg (for example another ERT); the rest of the baseline is shared.
 func (b *Baseline) Recalibrate(ctx context.Context, cfg CalibrationConfig) (*Baseline, error) {
-	dc, err := cfg.withDefaults(b.Embedding != nil)
+	dc, err := cfg.withDefaults(b.Embedding != nil, len(b.Focus) > 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: detector: %w", ErrInvalidBaseline, err)
 	}
@@ -283,7 +305,11 @@ func (b *Baseline) prepare() {
 	if b.Embedding != nil {
 		b.Embedding.init()
 	}
-	b.ref = newReference(b.Scores, b.Threshold, b.Embedding, b.Projected)
+	var focus []float64
+	if len(b.Focus) > 0 {
+		focus = b.Focus
+	}
+	b.ref = newReference(b.Scores, b.Threshold, b.Embedding, b.Projected, focus)
 	if len(b.Slides) == len(b.Scores) {
 		n := 0
 		for _, k := range b.Slides {
@@ -388,6 +414,14 @@ func (b *Baseline) validate() error {
 			return bad("slides: index %d out of range", k)
 		}
 	}
+	if len(b.Focus) != 0 && len(b.Focus) != len(b.Scores) {
+		return bad("focus: %d values for %d scores", len(b.Focus), len(b.Scores))
+	}
+	for i, f := range b.Focus {
+		if !(f >= 0) || math.IsInf(f, 0) {
+			return bad("focus[%d] = %v: want a finite value >= 0", i, f)
+		}
+	}
 	for i, s := range b.Scores {
 		if !(s >= 0 && s <= 1) {
 			return bad("scores[%d] = %v: want [0, 1]", i, s)
@@ -456,10 +490,10 @@ func (b *Baseline) validate() error {
 	if b.Detector == nil {
 		return bad("detector: missing")
 	}
-	return b.Detector.validate(b.Embedding != nil)
+	return b.Detector.validate(b.Embedding != nil, len(b.Focus) > 0)
 }
 
-func (c *Calibration) validate(haveEmbedding bool) error {
+func (c *Calibration) validate(haveEmbedding, haveFocus bool) error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: detector: %s", ErrInvalidBaseline, fmt.Sprintf(format, a...))
 	}
@@ -486,6 +520,10 @@ func (c *Calibration) validate(haveEmbedding bool) error {
 		case SignalEmbedding:
 			if !haveEmbedding {
 				return bad("tests[%d]: %s without an embedding reference", i, t.Signal)
+			}
+		case SignalFocus:
+			if !haveFocus {
+				return bad("tests[%d]: %s without a focus reference", i, t.Signal)
 			}
 		default:
 			return bad("tests[%d].signal %q: unknown", i, t.Signal)

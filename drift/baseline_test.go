@@ -126,8 +126,8 @@ func TestBaselineRoundTrip(t *testing.T) {
 	m1, _ := NewMonitor(b)
 	m2, _ := NewMonitor(c)
 	for i := range s {
-		e1, err1 := m1.Observe(s[i], f[i])
-		e2, err2 := m2.Observe(s[i], f[i])
+		e1, err1 := m1.Observe(Observation{Score: s[i], Features: f[i]})
+		e2, err2 := m2.Observe(Observation{Score: s[i], Features: f[i]})
 		if err1 != nil || err2 != nil {
 			t.Fatal(err1, err2)
 		}
@@ -209,7 +209,7 @@ func FuzzDecodeBaseline(f *testing.F) {
 			f = make([]float32, b.Embedding.InputDim)
 		}
 		for i := range 50 {
-			if _, err := m.Observe(float64(i%3)/2, f); err != nil {
+			if _, err := m.Observe(Observation{Score: float64(i%3)/2, Features: f}); err != nil {
 				t.Fatal(err)
 			}
 		}

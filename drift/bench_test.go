@@ -13,14 +13,14 @@ func BenchmarkEngineObserve(b *testing.B) {
 		for _, maxW := range []int{100, 1000, 10000} {
 			b.Run(fmt.Sprintf("ref=%d/window=%d", nref, maxW), func(b *testing.B) {
 				s, _, _ := synthCells(nref, 0.2, 0, 1)
-				ref := newReference(s, 0.5, nil, nil)
+				ref := newReference(s, 0.5, nil, nil, nil)
 				tests := testsFor(map[string]float64{SignalScores: 1, SignalRate: 1}, []int{maxW / 20, maxW / 5, maxW})
 				e := newEngine(ref, tests, 1)
 				live, _, _ := synthCells(4096, 0.2, 0.3, 2)
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := range b.N {
-					e.observe(live[i&4095], nil)
+					e.observe(live[i&4095], 0, nil)
 				}
 			})
 		}
@@ -45,7 +45,7 @@ func BenchmarkMonitorObserve(b *testing.B) {
 				if feats {
 					ff = f[i&4095]
 				}
-				if _, err := m.Observe(s[i&4095], ff); err != nil {
+				if _, err := m.Observe(Observation{Score: s[i&4095], Features: ff}); err != nil {
 					b.Fatal(err)
 				}
 			}

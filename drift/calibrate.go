@@ -61,7 +61,7 @@ type CalibrationConfig struct {
 	Workers int // 0 means min(2, GOMAXPROCS)
 }
 
-func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig, error) {
+func (c *CalibrationConfig) withDefaults(haveEmbedding, haveFocus bool) (CalibrationConfig, error) {
 	o := *c
 	if o.ERT == 0 {
 		o.ERT = 5000
@@ -92,6 +92,9 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig,
 		if haveEmbedding {
 			o.Signals[SignalEmbedding] = 1
 		}
+		if haveFocus {
+			o.Signals[SignalFocus] = 1
+		}
 	}
 	switch {
 	case o.ERT < 2 || o.WarnERT < 2 || o.WarnERT > o.ERT:
@@ -116,8 +119,12 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig,
 			if !haveEmbedding {
 				return o, fmt.Errorf("signal %s: the baseline has no embedding reference (no features given)", s)
 			}
+		case SignalFocus:
+			if !haveFocus {
+				return o, fmt.Errorf("signal %s: the baseline has no focus reference (no focus values given)", s)
+			}
 		default:
-			return o, fmt.Errorf("signal %q: want %s, %s or %s", s, SignalScores, SignalRate, SignalEmbedding)
+			return o, fmt.Errorf("signal %q: want %s, %s, %s or %s", s, SignalScores, SignalRate, SignalEmbedding, SignalFocus)
 		}
 		if !(w > 0) || math.IsInf(w, 0) {
 			return o, fmt.Errorf("signal %s weight %v: want > 0", s, w)
@@ -134,7 +141,7 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding bool) (CalibrationConfig,
 // then windows ascending.
 func testsFor(signals map[string]float64, windows []int) []TestSpec {
 	var ts []TestSpec
-	for _, s := range []string{SignalScores, SignalRate, SignalEmbedding} {
+	for _, s := range signalOrder {
 		if _, ok := signals[s]; !ok {
 			continue
 		}
@@ -194,12 +201,15 @@ func calibrate(ctx context.Context, ref *reference, cfg CalibrationConfig) (*Cal
 				st.reset(newRand(cfg.Seed, uint64(b)+1000))
 				row := stats[b*T*K : (b+1)*T*K]
 				for t := range T {
-					idx, score := st.next()
+					// One reference row gives score, features and focus
+					// together, keeping their dependence (a blurred
+					// slide's cells are also scored differently).
+					idx, score, focus := st.next()
 					var phi []float64
 					if e.useMMD {
 						phi = ref.phi[idx*e.rffDim : (idx+1)*e.rffDim]
 					}
-					e.observe(score, phi)
+					e.observe(score, focus, phi)
 					for k, v := range e.stats {
 						row[t*K+k] = float32(v)
 					}
@@ -395,11 +405,16 @@ func (s *nullStream) reset(r interface {
 	}
 }
 
-// next returns the drawn reference row and the stream's score.
-func (s *nullStream) next() (int, float64) {
+// next returns the drawn reference row, the stream's score and (0 without
+// a focus reference) its focus.
+func (s *nullStream) next() (int, float64, float64) {
 	if s.null == NullBootstrap {
 		i := s.r.IntN(len(s.ref.scores))
-		return i, s.ref.scores[i]
+		var f float64
+		if s.ref.focus != nil {
+			f = s.ref.focus[i]
+		}
+		return i, s.ref.scores[i], f
 	}
 	var i int
 	if s.cum != nil && len(s.ref.slideRows) > 1 {
@@ -410,15 +425,25 @@ func (s *nullStream) next() (int, float64) {
 		i = int(s.urn[s.r.IntN(len(s.urn))])
 		s.urn = append(s.urn, int32(i))
 	}
-	lo, hi := s.ref.jitLo[i], s.ref.jitHi[i]
+	score := s.jitter(s.ref.jitLo[i], s.ref.jitHi[i], s.ref.scores[i])
+	var f float64
+	if s.ref.focus != nil {
+		f = s.jitter(s.ref.focusLo[i], s.ref.focusHi[i], s.ref.focus[i])
+	}
+	return i, score, f
+}
+
+// jitter draws a new value in the open gap (lo, hi) around the reference
+// value v, or returns v when it is an atom (lo == hi).
+func (s *nullStream) jitter(lo, hi, v float64) float64 {
 	if lo == hi {
-		return i, lo
+		return lo
 	}
 	for {
-		// Open interval: the new score must not tie a reference value.
-		v := lo + s.r.Float64()*(hi-lo)
-		if v != lo && v != hi && v != s.ref.scores[i] {
-			return i, v
+		// Open interval: the new value must not tie a reference value.
+		x := lo + s.r.Float64()*(hi-lo)
+		if x != lo && x != hi && x != v {
+			return x
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -18,8 +19,9 @@ var ErrBadCSV = errors.New("bad score CSV")
 // which classify uses for the predicted class); other
 // columns are ignored. A row whose p_parasitized is empty while an error
 // column is filled (an image that failed to classify) is skipped. An
-// optional slide column names each cell's slide. At most
-// maxRows rows are read (0: no limit).
+// optional slide column names each cell's slide, and an optional focus
+// column each crop's focus (a finite number >= 0; the focus signal needs it).
+// At most maxRows rows are read (0: no limit).
 func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 	cr := csv.NewReader(r)
 	cr.ReuseRecord = true
@@ -28,7 +30,7 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: header: %w", ErrBadCSV, err)
 	}
-	pCol, lCol, eCol, sCol := -1, -1, -1, -1
+	pCol, lCol, eCol, sCol, fCol := -1, -1, -1, -1, -1
 	feat := map[int]int{} // feature index -> column
 	for i, h := range head {
 		h = strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))
@@ -41,6 +43,8 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 			eCol = i
 		case h == "slide":
 			sCol = i
+		case h == "focus":
+			fCol = i
 		case len(h) > 1 && h[0] == 'f':
 			if k, err := strconv.Atoi(h[1:]); err == nil && k >= 0 && strconv.Itoa(k) == h[1:] {
 				if _, dup := feat[k]; dup {
@@ -80,6 +84,14 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 		p, err := strconv.ParseFloat(ps, 64)
 		if err != nil || !(p >= 0 && p <= 1) {
 			return nil, fmt.Errorf("%w: line %d: p_parasitized %q: want a number in [0, 1]", ErrBadCSV, line, ps)
+		}
+		if fCol >= 0 {
+			fs := strings.TrimSpace(rec[fCol])
+			f, err := strconv.ParseFloat(fs, 64)
+			if err != nil || !(f >= 0) || math.IsInf(f, 0) {
+				return nil, fmt.Errorf("%w: line %d: focus %q: want a finite number >= 0", ErrBadCSV, line, fs)
+			}
+			rows.Focus = append(rows.Focus, f)
 		}
 		rows.Scores = append(rows.Scores, p)
 		if sCol >= 0 {

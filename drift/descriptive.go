@@ -90,7 +90,7 @@ func (b *Baseline) simulateDescriptive(n, sims int, seed uint64) DescriptiveThre
 	for s := range sims {
 		st.reset(newRand(seed, uint64(s)))
 		for i := range win {
-			_, win[i] = st.next()
+			_, win[i], _ = st.next()
 		}
 		v := b.describe(win)
 		psi, js, w, ks = append(psi, v.psi), append(js, v.js), append(w, v.w), append(ks, v.ks)

@@ -7,12 +7,14 @@
 //
 // The package is pure Go and takes plain values from its callers: scores are
 // []float64 (p(parasitized)), labels []int (1 = parasitized), features
-// [][]float32 (the backbone's pooled embedding).
+// [][]float32 (the backbone's pooled embedding), focus []float64 (a per-crop
+// sharpness measure; inference computes the variance of the Laplacian inside
+// the cell).
 //
 // # Detection scheme
 //
-// Each signal (score distribution, predicted-positive rate, embedding) is
-// tested on several sliding windows over the most recent scores. At step t
+// Each signal (score distribution, predicted-positive rate, embedding,
+// focus) is tested on several sliding windows over the most recent scores. At step t
 // (counted from the last Reset) a test alarms when its statistic exceeds a
 // threshold that depends on t while the windows fill and settles to a constant
 // afterwards. Thresholds are set when the baseline is built by simulating
@@ -29,6 +31,30 @@
 // data, not a copy of the reference. The "bootstrap" null model (plain
 // resampling of the reference) is available for comparison; it is too
 // permissive for new data with large windows.
+//
+// # Focus
+//
+// A microscope drifting out of focus is something operators must hear about
+// even while the classifier copes with it, and a classifier trained with
+// blur augmentation barely moves its scores or its (projected) embedding
+// under moderate defocus. The focus signal (focus_cvm) therefore tests the
+// distribution of an image-quality value, the crop's focus, against the
+// test set's, with the same rank-based Cramér-von Mises machinery as the
+// scores. It is on when the baseline was built with focus values
+// (BaselineConfig.Focus); older baselines load without it. The calibration
+// draws a reference row's score, embedding and focus together, so the
+// dependence between them (blurred slides are also scored a little
+// differently) is kept in the simulated drift-free streams.
+//
+// Its limits: the focus value follows contrast, stain intensity and sensor
+// noise as well as defocus, so a strong stain or contrast change can raise
+// it too (it is a drift alarm, not a diagnosis); it is comparable only
+// between crops of the same kind and scale as the baseline's (crops on
+// black at the model's input size), so a baseline built from NIH-style
+// crops does not describe the focus of cells segmented from whole fields,
+// which are smaller, upsampled and keep a rim of background; and defocus
+// within the test set's own slide-to-slide range of focus is, correctly,
+// not drift.
 package drift
 
 // # Other outputs

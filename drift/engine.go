@@ -10,7 +10,11 @@ const (
 	SignalScores    = "scores_cvm"    // Cramér-von Mises on the score distribution
 	SignalRate      = "positive_rate" // randomised binomial test on the predicted-positive rate
 	SignalEmbedding = "embedding_mmd" // MMD (random Fourier features) on projected embeddings
+	SignalFocus     = "focus_cvm"     // Cramér-von Mises on the per-cell focus (sharpness) distribution
 )
+
+// signalOrder is the canonical order of the sequential signals.
+var signalOrder = [...]string{SignalScores, SignalRate, SignalEmbedding, SignalFocus}
 
 // TestSpec is one sequential test: a signal on one window size.
 type TestSpec struct {
@@ -34,9 +38,16 @@ type reference struct {
 	jitLo     []float64 // for the exchangeable null: open interval around an untied reference score
 	jitHi     []float64
 	slideRows [][]int32 // reference rows per slide, when slides are known
+
+	// focus, when not nil, holds the reference rows' focus values (same
+	// rows as scores), with their Cramér-von Mises reference and the gaps
+	// the exchangeable null draws new values from.
+	focus            []float64
+	focusCvM         *cvmRef
+	focusLo, focusHi []float64
 }
 
-func newReference(scores []float64, threshold float64, emb *Embedding, z [][]float32) *reference {
+func newReference(scores []float64, threshold float64, emb *Embedding, z [][]float32, focus []float64) *reference {
 	r := &reference{scores: scores, threshold: threshold, cvm: newCvMRef(scores), emb: emb}
 	var pos int
 	for _, s := range scores {
@@ -45,27 +56,11 @@ func newReference(scores []float64, threshold float64, emb *Embedding, z [][]flo
 		}
 	}
 	r.p0 = (float64(pos) + 0.5) / (float64(len(scores)) + 1)
-	r.jitLo, r.jitHi = make([]float64, len(scores)), make([]float64, len(scores))
-	vals := r.cvm.vals
-	for i, s := range scores {
-		c, _ := r.cvm.locate(s)
-		k := (c - 1) / 2
-		if r.cvm.cnt[k] > 1 {
-			r.jitLo[i], r.jitHi[i] = s, s // an atom: new data hits it exactly
-			continue
-		}
-		lo, hi := s, s
-		if k > 0 {
-			lo = vals[k-1]
-		} else if len(vals) > 1 {
-			lo = s - (vals[1] - s)
-		}
-		if k+1 < len(vals) {
-			hi = vals[k+1]
-		} else if len(vals) > 1 {
-			hi = s + (s - vals[k-1])
-		}
-		r.jitLo[i], r.jitHi[i] = lo, hi
+	r.jitLo, r.jitHi = gaps(scores, r.cvm)
+	if focus != nil {
+		r.focus = focus
+		r.focusCvM = newCvMRef(focus)
+		r.focusLo, r.focusHi = gaps(focus, r.focusCvM)
 	}
 	if emb != nil && len(z) == len(scores) {
 		d := emb.RFFDim
@@ -85,6 +80,37 @@ func newReference(scores []float64, threshold float64, emb *Embedding, z [][]flo
 	return r
 }
 
+// gaps returns, for each reference value, the open interval a new value
+// from the same continuous distribution falls in (between its neighbours
+// among the distinct values), or the value itself when it is an atom
+// (several reference rows share it, as saturated scores do): new data hits
+// atoms exactly.
+func gaps(values []float64, c *cvmRef) (lo, hi []float64) {
+	lo, hi = make([]float64, len(values)), make([]float64, len(values))
+	vals := c.vals
+	for i, s := range values {
+		cell, _ := c.locate(s)
+		k := (cell - 1) / 2
+		if c.cnt[k] > 1 {
+			lo[i], hi[i] = s, s
+			continue
+		}
+		l, h := s, s
+		if k > 0 {
+			l = vals[k-1]
+		} else if len(vals) > 1 {
+			l = s - (vals[1] - s)
+		}
+		if k+1 < len(vals) {
+			h = vals[k+1]
+		} else if len(vals) > 1 {
+			h = s + (s - vals[k-1])
+		}
+		lo[i], hi[i] = l, h
+	}
+	return lo, hi
+}
+
 // engine runs the tests over a stream of scores. The calibration simulates
 // through the same engine as the live monitor, so the thresholds fit the
 // statistics exactly as they are computed live.
@@ -97,6 +123,7 @@ type engine struct {
 	useCvM  bool
 	useRate bool
 	useMMD  bool
+	useFoc  bool
 	rffDim  int
 
 	t         int64 // scores seen since reset
@@ -104,8 +131,12 @@ type engine struct {
 	ringCell  []int32
 	ringTwoR  []int64
 	ringPhi   []float64 // maxW x rffDim
+	ringFoc   []float64
+	ringFCell []int32
+	ringFTwoR []int64
 
 	cvm     []*cvmWindow
+	cvmFoc  []*cvmWindow
 	count   []int64     // scores in each window
 	pos     []int64     // positives per window
 	phiSum  [][]float64 // per window
@@ -126,6 +157,8 @@ func newEngine(ref *reference, tests []TestSpec, seed uint64) *engine {
 			e.useRate = true
 		case SignalEmbedding:
 			e.useMMD = true
+		case SignalFocus:
+			e.useFoc = true
 		}
 	}
 	slices.Sort(e.windows)
@@ -148,6 +181,14 @@ func newEngine(ref *reference, tests []TestSpec, seed uint64) *engine {
 		}
 		e.scratch = make([]float64, e.rffDim)
 	}
+	if e.useFoc {
+		e.ringFoc = make([]float64, e.maxW)
+		e.ringFCell = make([]int32, e.maxW)
+		e.ringFTwoR = make([]int64, e.maxW)
+		for range e.windows {
+			e.cvmFoc = append(e.cvmFoc, newCvMWindow(ref.focusCvM))
+		}
+	}
 	e.stats = make([]float64, len(tests))
 	return e
 }
@@ -155,6 +196,9 @@ func newEngine(ref *reference, tests []TestSpec, seed uint64) *engine {
 func (e *engine) reset() {
 	e.t = 0
 	for _, w := range e.cvm {
+		w.reset()
+	}
+	for _, w := range e.cvmFoc {
 		w.reset()
 	}
 	clear(e.pos)
@@ -167,8 +211,9 @@ func (e *engine) reset() {
 func (e *engine) positive(s float64) bool { return s >= e.ref.threshold }
 
 // observe adds one score (and, when the embedding signal is on, its feature
-// map phi) and recomputes every test statistic.
-func (e *engine) observe(score float64, phi []float64) {
+// map phi; when the focus signal is on, its focus) and recomputes every test
+// statistic.
+func (e *engine) observe(score, focus float64, phi []float64) {
 	// Expire first: the new score's ring slot may hold the oldest score of
 	// the largest window.
 	for wi, w := range e.windows {
@@ -180,6 +225,9 @@ func (e *engine) observe(score float64, phi []float64) {
 		os := e.ringScore[old]
 		if e.useCvM {
 			e.cvm[wi].update(os, int(e.ringCell[old]), e.ringTwoR[old], -1)
+		}
+		if e.useFoc {
+			e.cvmFoc[wi].update(e.ringFoc[old], int(e.ringFCell[old]), e.ringFTwoR[old], -1)
 		}
 		if e.positive(os) {
 			e.pos[wi]--
@@ -197,11 +245,20 @@ func (e *engine) observe(score float64, phi []float64) {
 	if e.useMMD {
 		copy(e.ringPhi[slot*e.rffDim:(slot+1)*e.rffDim], phi)
 	}
+	var fCell int
+	var fTwoR int64
+	if e.useFoc {
+		fCell, fTwoR = e.ref.focusCvM.locate(focus)
+		e.ringFoc[slot], e.ringFCell[slot], e.ringFTwoR[slot] = focus, int32(fCell), fTwoR
+	}
 	isPos := e.positive(score)
 	for wi := range e.windows {
 		e.count[wi]++
 		if e.useCvM {
 			e.cvm[wi].update(score, cell, twoR, 1)
+		}
+		if e.useFoc {
+			e.cvmFoc[wi].update(focus, fCell, fTwoR, 1)
 		}
 		if isPos {
 			e.pos[wi]++
@@ -232,6 +289,8 @@ func (e *engine) observe(score float64, phi []float64) {
 			e.stats[i] = e.rateStat(e.pos[wi], m, ts.Window)
 		case SignalEmbedding:
 			e.stats[i] = e.mmdStat(e.phiSum[wi], m)
+		case SignalFocus:
+			e.stats[i] = e.cvmFoc[wi].stat()
 		}
 	}
 }

@@ -14,15 +14,16 @@ type EvalRows struct {
 	Scores   []float64
 	Labels   []int
 	Features [][]float32
-	Slides   []string // optional slide id per row
+	Slides   []string  // optional slide id per row
+	Focus    []float64 // optional focus per row (needed by a detector with the focus signal)
 
 	z   [][]float32
 	phi [][]float64
 }
 
-// prepare projects the features once, so that streams drawn from the pool
-// cost no projection per step.
-func (r *EvalRows) prepare(b *Baseline, needFeatures bool) error {
+// prepare checks the rows and projects the features once, so that streams
+// drawn from the pool cost no projection per step.
+func (r *EvalRows) prepare(b *Baseline, needFeatures, needFocus bool) error {
 	if len(r.Scores) == 0 {
 		return fmt.Errorf("no rows")
 	}
@@ -32,6 +33,16 @@ func (r *EvalRows) prepare(b *Baseline, needFeatures bool) error {
 	for i, s := range r.Scores {
 		if !(s >= 0 && s <= 1) {
 			return fmt.Errorf("row %d: score %v not in [0, 1]", i, s)
+		}
+	}
+	if needFocus {
+		if len(r.Focus) != len(r.Scores) {
+			return fmt.Errorf("the detector uses focus: %d focus values for %d scores (a focus column is needed)", len(r.Focus), len(r.Scores))
+		}
+		for i, f := range r.Focus {
+			if !(f >= 0) || math.IsInf(f, 0) {
+				return fmt.Errorf("row %d: focus %v: want a finite value >= 0", i, f)
+			}
 		}
 	}
 	if !needFeatures || r.phi != nil {
@@ -163,7 +174,7 @@ func (b *Baseline) EvalRunLengths(ctx context.Context, rows *EvalRows, newSample
 	if err != nil {
 		return NullResult{}, err
 	}
-	if err := rows.prepare(b, m.UsesFeatures()); err != nil {
+	if err := rows.prepare(b, m.UsesFeatures(), m.UsesFocus()); err != nil {
 		return NullResult{}, fmt.Errorf("eval rows: %w", err)
 	}
 	var warn, alarm []float64
@@ -204,15 +215,17 @@ func (b *Baseline) EvalRunLengths(ctx context.Context, rows *EvalRows, newSample
 	return NullResult{Warn: summarise(warn, cw, byW), Alarm: summarise(alarm, ca, byA)}, nil
 }
 
-func isSequential(signal string) bool {
-	return signal == SignalScores || signal == SignalRate || signal == SignalEmbedding
-}
+func isSequential(signal string) bool { return slices.Contains(signalOrder[:], signal) }
 
 func (m *Monitor) observeRow(rows *EvalRows, i int) []Event {
-	if m.e.useMMD {
-		return m.observe(rows.Scores[i], rows.z[i], rows.phi[i], true)
+	var f float64
+	if m.e.useFoc {
+		f = rows.Focus[i]
 	}
-	return m.observe(rows.Scores[i], nil, nil, true)
+	if m.e.useMMD {
+		return m.observe(rows.Scores[i], f, rows.z[i], rows.phi[i], true)
+	}
+	return m.observe(rows.Scores[i], f, nil, nil, true)
 }
 
 // DelayResult summarises detection of a shift that starts at Onset.
@@ -247,10 +260,10 @@ func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull fu
 	if err != nil {
 		return DelayResult{}, err
 	}
-	if err := nullRows.prepare(b, m.UsesFeatures()); err != nil {
+	if err := nullRows.prepare(b, m.UsesFeatures(), m.UsesFocus()); err != nil {
 		return DelayResult{}, fmt.Errorf("drift-free rows: %w", err)
 	}
-	if err := shiftRows.prepare(b, m.UsesFeatures()); err != nil {
+	if err := shiftRows.prepare(b, m.UsesFeatures(), m.UsesFocus()); err != nil {
 		return DelayResult{}, fmt.Errorf("shifted rows: %w", err)
 	}
 	if cfg.Level == "" {
@@ -315,7 +328,7 @@ func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull fu
 // ReferenceRows returns the baseline's reference rows as an evaluation pool
 // (scores, labels and, when the baseline has them, projected embeddings).
 func (b *Baseline) ReferenceRows() *EvalRows {
-	r := &EvalRows{Scores: slices.Clone(b.Scores), Labels: slices.Clone(b.Labels)}
+	r := &EvalRows{Scores: slices.Clone(b.Scores), Labels: slices.Clone(b.Labels), Focus: slices.Clone(b.Focus)}
 	if b.Embedding != nil {
 		r.z = b.Projected
 	}

@@ -96,6 +96,10 @@ func NewMonitor(b *Baseline) (*Monitor, error) {
 // UsesFeatures reports whether Observe needs features.
 func (m *Monitor) UsesFeatures() bool { return m.e.useMMD }
 
+// UsesFocus reports whether Observe needs a focus value (the baseline has a
+// focus reference and its calibration includes the focus signal).
+func (m *Monitor) UsesFocus() bool { return m.e.useFoc }
+
 // Reset starts detection afresh (after an acknowledged alarm or a new model):
 // windows are emptied and thresholds start again from the first block.
 func (m *Monitor) Reset() {
@@ -141,11 +145,27 @@ func (m *Monitor) Index() int64 { return m.total }
 // SinceReset is the number of scores observed since the last Reset.
 func (m *Monitor) SinceReset() int64 { return m.e.t }
 
-// Observe adds one classified cell: its score p(parasitized) and, when
-// UsesFeatures, its backbone features. It returns the events it triggered.
-func (m *Monitor) Observe(score float64, features []float32) ([]Event, error) {
+// Observation is one classified cell as the monitor takes it.
+type Observation struct {
+	// Score is p(parasitized), in [0, 1].
+	Score float64
+	// Features are the backbone's features; needed when UsesFeatures,
+	// ignored otherwise.
+	Features []float32
+	// Focus is the crop's sharpness (finite, >= 0, on the scale of the
+	// baseline's focus reference); needed when UsesFocus, ignored
+	// otherwise.
+	Focus float64
+}
+
+// Observe adds one classified cell and returns the events it triggered.
+func (m *Monitor) Observe(o Observation) ([]Event, error) {
+	score, features := o.Score, o.Features
 	if !(score >= 0 && score <= 1) {
 		return nil, fmt.Errorf("%w: score %v: want a probability in [0, 1]", ErrBadInput, score)
+	}
+	if m.e.useFoc && (!(o.Focus >= 0) || math.IsInf(o.Focus, 0)) {
+		return nil, fmt.Errorf("%w: focus %v: want a finite value >= 0", ErrBadInput, o.Focus)
 	}
 	var z []float32
 	if m.e.useMMD {
@@ -160,12 +180,12 @@ func (m *Monitor) Observe(score float64, features []float32) ([]Event, error) {
 			}
 		}
 	}
-	return m.observe(score, z, nil, true), nil
+	return m.observe(score, o.Focus, z, nil, true), nil
 }
 
 // observe takes projected features z and, when the caller has them already,
 // their feature map phi.
-func (m *Monitor) observe(score float64, z []float32, phi []float64, emit bool) []Event {
+func (m *Monitor) observe(score, focus float64, z []float32, phi []float64, emit bool) []Event {
 	slot := int(m.e.t % int64(m.e.maxW))
 	if m.e.useMMD {
 		if phi == nil {
@@ -182,7 +202,7 @@ func (m *Monitor) observe(score float64, z []float32, phi []float64, emit bool) 
 		}
 	}
 	m.probs[slot] = m.b.Calibration.Apply(score)
-	m.e.observe(score, phi)
+	m.e.observe(score, focus, phi)
 	for wi := range m.e.windows {
 		m.perfAdd(wi, slot, 1)
 	}
@@ -325,6 +345,7 @@ type monitorState struct {
 	SinceReset int64       `json:"since_reset"`
 	Scores     []float64   `json:"scores"`
 	Projected  [][]float32 `json:"projected,omitempty"`
+	Focus      []float64   `json:"focus,omitempty"` // one per score when the focus signal is on
 	Warned     []string    `json:"warned"`
 	Alarmed    []string    `json:"alarmed"`
 	PerfLow    []string    `json:"perf_low"` // "signal/window" of estimates that alerted
@@ -348,6 +369,9 @@ func (m *Monitor) MarshalBinary() ([]byte, error) {
 	for i := m.e.t - n; i < m.e.t; i++ {
 		slot := int(i % int64(m.e.maxW))
 		st.Scores = append(st.Scores, m.e.ringScore[slot])
+		if m.e.useFoc {
+			st.Focus = append(st.Focus, m.e.ringFoc[slot])
+		}
 		if m.e.useMMD {
 			d := m.b.Embedding.Dim
 			st.Projected = append(st.Projected, slices.Clone(m.z[slot*d:(slot+1)*d]))
@@ -389,6 +413,14 @@ func (m *Monitor) UnmarshalBinary(p []byte) error {
 	if m.e.useMMD != (len(st.Projected) > 0 || want == 0) || (m.e.useMMD && len(st.Projected) != len(st.Scores)) {
 		return fmt.Errorf("decode drift state: %d projected rows for %d scores", len(st.Projected), len(st.Scores))
 	}
+	if m.e.useFoc && len(st.Focus) != len(st.Scores) || !m.e.useFoc && len(st.Focus) != 0 {
+		return fmt.Errorf("decode drift state: %d focus values for %d scores", len(st.Focus), len(st.Scores))
+	}
+	for i, f := range st.Focus {
+		if !(f >= 0) || math.IsInf(f, 0) {
+			return fmt.Errorf("decode drift state: focus %d = %v", i, f)
+		}
+	}
 	for i, s := range st.Scores {
 		if !(s >= 0 && s <= 1) {
 			return fmt.Errorf("decode drift state: score %d = %v", i, s)
@@ -416,7 +448,11 @@ func (m *Monitor) UnmarshalBinary(p []byte) error {
 		if m.e.useMMD {
 			z = st.Projected[i]
 		}
-		m.observe(s, z, nil, false)
+		var f float64
+		if m.e.useFoc {
+			f = st.Focus[i]
+		}
+		m.observe(s, f, z, nil, false)
 	}
 	m.total = st.Total
 	m.fired = [2]map[string]bool{{}, {}}

@@ -17,7 +17,7 @@ func TestMonitorDetectsShiftAndLatches(t *testing.T) {
 	s, _, f := synthCells(600, 0.2, 2.5, 21) // a strong shift of logits and embeddings
 	var events []Event
 	for i := range s {
-		ev, err := m.Observe(s[i], f[i])
+		ev, err := m.Observe(Observation{Score: s[i], Features: f[i]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -43,7 +43,7 @@ func TestMonitorDetectsShiftAndLatches(t *testing.T) {
 	}
 	var again int
 	for i := range 200 {
-		ev, _ := m.Observe(s[i], f[i])
+		ev, _ := m.Observe(Observation{Score: s[i], Features: f[i]})
 		for _, e := range ev {
 			if e.Level == LevelAlarm && e.Signal == SignalScores {
 				again++
@@ -62,7 +62,7 @@ func TestMonitorRejectsBadInput(t *testing.T) {
 		s float64
 		f []float32
 	}{{math.NaN(), f[0]}, {-0.1, f[0]}, {1.1, f[0]}, {0.5, nil}, {0.5, f[0][:3]}, {0.5, append(append([]float32{}, f[0][:23]...), float32(math.Inf(1)))}} {
-		if _, err := m.Observe(c.s, c.f); !errors.Is(err, ErrBadInput) {
+		if _, err := m.Observe(Observation{Score: c.s, Features: c.f}); !errors.Is(err, ErrBadInput) {
 			t.Errorf("Observe(%v, %d features) err = %v, want ErrBadInput", c.s, len(c.f), err)
 		}
 	}
@@ -82,7 +82,7 @@ func TestMonitorStateRoundTrip(t *testing.T) {
 	for _, cut := range []int{0, 5, 45, 333} {
 		a, _ := NewMonitor(b)
 		for i := range cut {
-			if _, err := a.Observe(s[i], f[i]); err != nil {
+			if _, err := a.Observe(Observation{Score: s[i], Features: f[i]}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -95,8 +95,8 @@ func TestMonitorStateRoundTrip(t *testing.T) {
 			t.Fatalf("cut %d: %v", cut, err)
 		}
 		for i := cut; i < len(s); i++ {
-			ea, _ := a.Observe(s[i], f[i])
-			ec, _ := c.Observe(s[i], f[i])
+			ea, _ := a.Observe(Observation{Score: s[i], Features: f[i]})
+			ec, _ := c.Observe(Observation{Score: s[i], Features: f[i]})
 			ja, _ := json.Marshal(ea)
 			jc, _ := json.Marshal(ec)
 			if !bytes.Equal(ja, jc) {
@@ -119,7 +119,7 @@ func TestMonitorStateRejects(t *testing.T) {
 	a, _ := NewMonitor(b)
 	s, _, f := synthCells(80, 0.2, 0, 3)
 	for i := range s {
-		a.Observe(s[i], f[i])
+		a.Observe(Observation{Score: s[i], Features: f[i]})
 	}
 	good, _ := a.MarshalBinary()
 	other := smallBaseline(t, 200, 20, []int{20, 60}, 200, true)
@@ -148,7 +148,7 @@ func FuzzMonitorState(f *testing.F) {
 		feats[i] = feats[i][:4]
 	}
 	for i := range s {
-		if _, err := a.Observe(s[i], feats[i]); err != nil {
+		if _, err := a.Observe(Observation{Score: s[i], Features: feats[i]}); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -160,7 +160,7 @@ func FuzzMonitorState(f *testing.F) {
 			return
 		}
 		for i := range s {
-			if _, err := m.Observe(s[i], feats[i]); err != nil {
+			if _, err := m.Observe(Observation{Score: s[i], Features: feats[i]}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -176,7 +176,7 @@ func TestPerformanceEstimate(t *testing.T) {
 	m, _ := NewMonitor(b)
 	s, l, f := synthCells(60, 0.2, 0, 41)
 	for i := range s {
-		m.Observe(s[i], f[i])
+		m.Observe(Observation{Score: s[i], Features: f[i]})
 	}
 	est := m.Performance()
 	if len(est) != 2 || est[1].N != 60 {
@@ -221,7 +221,7 @@ func TestPerformanceEstimateAlerts(t *testing.T) {
 	var got []Event
 	for i := range 200 {
 		// Unsure cells: the calibrated probability of being right is low.
-		ev, err := m.Observe(0.45+0.1*float64(i%2), f[i])
+		ev, err := m.Observe(Observation{Score: 0.45+0.1*float64(i%2), Features: f[i]})
 		if err != nil {
 			t.Fatal(err)
 		}
