@@ -209,7 +209,7 @@ func FuzzDecodeBaseline(f *testing.F) {
 			f = make([]float32, b.Embedding.InputDim)
 		}
 		for i := range 50 {
-			if _, err := m.Observe(Observation{Score: float64(i%3)/2, Features: f}); err != nil {
+			if _, err := m.Observe(Observation{Score: float64(i%3) / 2, Features: f}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -221,7 +221,7 @@ func TestPerformanceEstimateAlerts(t *testing.T) {
 	var got []Event
 	for i := range 200 {
 		// Unsure cells: the calibrated probability of being right is low.
-		ev, err := m.Observe(Observation{Score: 0.45+0.1*float64(i%2), Features: f[i]})
+		ev, err := m.Observe(Observation{Score: 0.45 + 0.1*float64(i%2), Features: f[i]})
 		if err != nil {
 			t.Fatal(err)
 		}
