@@ -112,7 +112,9 @@ CREATE TABLE collect_labels (
 // CollectorConfig configures a Collector.
 type CollectorConfig struct {
 	// Dir holds collect.db and images/ (content-addressed by sha256).
-	Dir     string
+	Dir string
+	// Topics carries the fleet's topic root (zero value: scopewatch/v1).
+	Topics  mqttconn.Topics
 	Now     func() time.Time
 	Log     *slog.Logger
 	Metrics CollectorMetrics
@@ -183,7 +185,7 @@ func (c *Collector) handle(ctx context.Context, topic string, payload []byte) er
 	if len(payload) > MaxPayload {
 		return fmt.Errorf("%w: %d bytes", ErrOversize, len(payload))
 	}
-	site, device, kind, err := mqttconn.ParseDeviceTopic(topic)
+	site, device, kind, err := c.cfg.Topics.ParseDevice(topic)
 	if err != nil {
 		return err
 	}
@@ -554,7 +556,7 @@ func (c *Collector) Export(ctx context.Context, outDir string) (int, error) {
 func (c *Collector) Subscribe(ctx context.Context, client mqtt.Client, group string) error {
 	filters := map[string]byte{}
 	for _, k := range []mqttconn.Kind{mqttconn.KindFeedback, mqttconn.KindLabel} {
-		f, err := mqttconn.SharedFilter(group, k)
+		f, err := c.cfg.Topics.SharedFilter(group, k)
 		if err != nil {
 			return err
 		}

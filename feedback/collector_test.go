@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
 type countMetrics struct {
@@ -252,5 +254,44 @@ func TestCollectorPrunesOrphanChunks(t *testing.T) {
 	clk.Add(ChunkMaxAge + time.Minute)
 	if n, _ := c.PruneChunks(ctx, ChunkMaxAge); n != 2 {
 		t.Fatalf("pruned %d, want 2", n)
+	}
+}
+
+// TestCollectorTopicRoot: a collector configured with a fleet's own topic
+// root takes samples published under it and rejects the default root's.
+func TestCollectorTopicRoot(t *testing.T) {
+	ctx := context.Background()
+	topics, err := mqttconn.NewTopics("acme/scopewatch/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenCollector(ctx, CollectorConfig{Dir: t.TempDir(), Topics: topics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	crop := testPNG(t, 30, 30, 7)
+	s := testSample(7)
+	s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(crop), s.ModelVersion)
+	topic, err := topics.Device("lab", "dev-1", mqttconn.KindFeedback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.Records(topic, crop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Handle(ctx, "scopewatch/v1/lab/dev-1/feedback", recs[0].Payload); !errors.Is(err, mqttconn.ErrTopic) {
+		t.Fatalf("default-root topic: %v, want ErrTopic", err)
+	}
+	if err := c.Handle(ctx, recs[0].Topic, recs[0].Payload); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Samples != 1 {
+		t.Fatalf("stats %+v, want 1 sample", st)
 	}
 }

@@ -256,17 +256,13 @@ func (r *Retuner) Window(ctx context.Context, alarm bool, modelVersion, reason s
 	return &Record{ID: req.ID, Kind: KindAlert, Topic: r.cfg.Topic, Payload: payload, QoS: 1}, nil
 }
 
-// Subscribe subscribes client to this device's label topic
-// (scopewatch/v1/{site}/{device}/label) and stores incoming labels. Call
+// Subscribe subscribes client to this device's label topic (see
+// mqttconn.Topics.Device with KindLabel) and stores incoming labels. Call
 // it from the OnConnect hook. Rejected labels are logged and passed to
 // onReject (may be nil) with their reason (see RejectReason); with
 // mqttconn's AutoAckDisabled the message is acknowledged only once stored
 // or rejected, otherwise paho acknowledges after the handler returns.
-func (l *Labels) Subscribe(ctx context.Context, client mqtt.Client, site, device string, log *slog.Logger, onReject func(reason string)) error {
-	topic, err := mqttconn.DeviceTopic(site, device, mqttconn.KindLabel)
-	if err != nil {
-		return err
-	}
+func (l *Labels) Subscribe(ctx context.Context, client mqtt.Client, topic string, log *slog.Logger, onReject func(reason string)) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

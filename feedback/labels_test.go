@@ -145,7 +145,7 @@ func TestLabelsSubscribeRealBroker(t *testing.T) {
 	}
 	defer client.Disconnect(100)
 	testutil.Eventually(t, 5*time.Second, client.IsConnectionOpen, "not connected")
-	if err := l.Subscribe(ctx, client, "lab", "dev-1", nil, func(r string) { mu.Lock(); rejected = append(rejected, r); mu.Unlock() }); err != nil {
+	if err := l.Subscribe(ctx, client, "scopewatch/v1/lab/dev-1/label", nil, func(r string) { mu.Lock(); rejected = append(rejected, r); mu.Unlock() }); err != nil {
 		t.Fatal(err)
 	}
 	good, _ := Label{FeedbackID: "fb-live", Label: LabelParasitized, Who: "tech", Time: time.Now()}.Encode()

@@ -25,6 +25,8 @@ type Producer struct {
 // (keep it in the device's state directory, never send it).
 type ProducerConfig struct {
 	Site, Device string
+	// Topics carries the fleet's topic root (zero value: scopewatch/v1).
+	Topics       mqttconn.Topics
 	DeviceSecret []byte
 	ModelVersion string
 	// Threshold is the model's decision threshold (for label_predicted).
@@ -41,7 +43,7 @@ type Cell struct {
 
 // NewProducer wires a selector, an outbox and the labels store.
 func NewProducer(cfg ProducerConfig, sel *Selector, outbox *Outbox, labels *Labels) (*Producer, error) {
-	topic, err := mqttconn.DeviceTopic(cfg.Site, cfg.Device, mqttconn.KindFeedback)
+	topic, err := cfg.Topics.Device(cfg.Site, cfg.Device, mqttconn.KindFeedback)
 	if err != nil {
 		return nil, fmt.Errorf("feedback producer: %w", err)
 	}

@@ -38,7 +38,7 @@ func runCollect(ctx context.Context, args []string, stdout, stderr io.Writer) er
        scopewatch collect export --db DATASET/collect.db --out DIR
        scopewatch collect stats  --db DATASET/collect.db [--verify]
 
-Subscribes to scopewatch/v1/+/+/feedback and .../label, reassembles chunked crops, verifies every sha256 and stores samples and labels
+Subscribes to ROOT/+/+/feedback and .../label (ROOT: --topic-root), reassembles chunked crops, verifies every sha256 and stores samples and labels
 idempotently by id; images are kept next to the database under images/,
 named by their sha256. Malformed messages are logged, counted and dropped.
 
@@ -57,6 +57,7 @@ flags:`)
 	clientID := fs.String("client-id", "", "MQTT client id; stable across restarts (default collect-HOSTNAME)")
 	db := fs.String("db", "", "dataset database path (DIR/collect.db); images go to DIR/images")
 	share := fs.String("share", "", `shared subscription group, e.g. tuners ("" for a plain subscription)`)
+	root := fs.String("topic-root", mqttconn.Root, "topic root of the fleet (the devices' mqtt.topic_root)")
 	ca := fs.String("ca", "", "PEM CA bundle for the broker certificate")
 	cert := fs.String("cert", "", "client certificate (PEM)")
 	key := fs.String("key", "", "client key (PEM)")
@@ -86,7 +87,11 @@ flags:`)
 	if err != nil {
 		return err
 	}
-	c, err := feedback.OpenCollector(ctx, feedback.CollectorConfig{Dir: dir, Log: log, Metrics: metrics})
+	topics, err := mqttconn.NewTopics(*root)
+	if err != nil {
+		return fmt.Errorf("%w: --topic-root: %v", errUsage, err)
+	}
+	c, err := feedback.OpenCollector(ctx, feedback.CollectorConfig{Dir: dir, Topics: topics, Log: log, Metrics: metrics})
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ type feedbackLink struct {
 	outbox  *feedback.Outbox
 	labels  *feedback.Labels
 	retuner *feedback.Retuner // nil when retune.enabled is false
+	topics  mqttconn.Topics
 
 	mu       sync.Mutex
 	prod     *feedback.Producer
@@ -58,9 +59,13 @@ func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *
 	if err != nil {
 		return nil, err
 	}
-	f := &feedbackLink{d: d, cfg: fc, outbox: outbox, labels: labels, model: d.model.ModelVersion()}
+	topics, err := mqttconn.NewTopics(cfg.MQTT.TopicRoot)
+	if err != nil {
+		return nil, fmt.Errorf("feedback: mqtt.topic_root: %w", err)
+	}
+	f := &feedbackLink{d: d, cfg: fc, outbox: outbox, labels: labels, model: d.model.ModelVersion(), topics: topics}
 	if fc.Retune.Enabled {
-		topic, err := mqttconn.RetuneRequestTopic(cfg.Site)
+		topic, err := topics.RetuneRequest(cfg.Site)
 		if err != nil {
 			return nil, fmt.Errorf("feedback: %w", err)
 		}
@@ -81,7 +86,7 @@ func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *
 	}
 	sel := feedback.NewSelector(feedback.SelectorConfig{Threshold: thr, Band: fc.Band, DriftRate: fc.DriftRate, RandomRate: fc.RandomRate,
 		MaxPerWindow: fc.MaxPerWindow, DailyBytes: fc.DailyBytes, Seed: uint64(d.boot), Now: d.now})
-	f.prod, err = feedback.NewProducer(feedback.ProducerConfig{Site: cfg.Site, Device: cfg.Device, DeviceSecret: secret,
+	f.prod, err = feedback.NewProducer(feedback.ProducerConfig{Site: cfg.Site, Device: cfg.Device, Topics: topics, DeviceSecret: secret,
 		ModelVersion: f.model, Threshold: thr, Now: d.now}, sel, outbox, labels)
 	if err != nil {
 		return nil, err
@@ -222,9 +227,13 @@ func (f *feedbackLink) modelChanged(version string) {
 // (re)connect.
 func (f *feedbackLink) subscribe(ctx context.Context, c mqtt.Client) {
 	cfg := f.d.config()
-	if err := f.labels.Subscribe(ctx, c, cfg.Site, cfg.Device, f.d.log, func(reason string) {
-		f.d.metrics.labelsRejected.WithLabelValues(reason).Inc()
-	}); err != nil {
+	topic, err := f.topics.Device(cfg.Site, cfg.Device, mqttconn.KindLabel)
+	if err == nil {
+		err = f.labels.Subscribe(ctx, c, topic, f.d.log, func(reason string) {
+			f.d.metrics.labelsRejected.WithLabelValues(reason).Inc()
+		})
+	}
+	if err != nil {
 		f.d.log.Warn("label subscription failed; retried on the next connect", "err", err)
 	}
 }

@@ -31,6 +31,7 @@ func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	label := fs.String("label", "", "parasitized or uninfected")
 	who := fs.String("who", os.Getenv("USER"), "who labels (name or e-mail)")
 	ca := fs.String("ca", "", "PEM CA bundle for the broker certificate")
+	root := fs.String("topic-root", mqttconn.Root, "topic root of the fleet (the devices' mqtt.topic_root)")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up when the broker has not acknowledged by then")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -39,7 +40,11 @@ func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	topic, err := mqttconn.DeviceTopic(*site, *device, mqttconn.KindLabel)
+	topics, err := mqttconn.NewTopics(*root)
+	if err != nil {
+		return fmt.Errorf("%w: --topic-root: %v", errUsage, err)
+	}
+	topic, err := topics.Device(*site, *device, mqttconn.KindLabel)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

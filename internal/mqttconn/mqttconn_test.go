@@ -11,44 +11,72 @@ import (
 )
 
 func TestTopics(t *testing.T) {
-	got, err := DeviceTopic("lab-1", "scope_07", KindFeedback)
-	if err != nil || got != "scopewatch/v1/lab-1/scope_07/feedback" {
-		t.Fatalf("DeviceTopic = %q, %v", got, err)
+	custom, err := NewTopics("acme/scopewatch/v1/")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got, _ := RetuneRequestTopic("lab-1"); got != "scopewatch/v1/lab-1/retune/request" {
-		t.Fatalf("RetuneRequestTopic = %q", got)
+	for _, tc := range []struct {
+		name   string
+		topics Topics
+		root   string
+	}{
+		{"zero value", Topics{}, "scopewatch/v1"},
+		{"custom root", custom, "acme/scopewatch/v1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp, r := tc.topics, tc.root
+			if got, err := tp.Device("lab-1", "scope_07", KindFeedback); err != nil || got != r+"/lab-1/scope_07/feedback" {
+				t.Fatalf("Device = %q, %v", got, err)
+			}
+			if got, _ := tp.RetuneRequest("lab-1"); got != r+"/lab-1/retune/request" {
+				t.Fatalf("RetuneRequest = %q", got)
+			}
+			if got, _ := tp.ModelOffer("lab-1"); got != r+"/lab-1/model/offer" {
+				t.Fatalf("ModelOffer = %q", got)
+			}
+			if got, _ := tp.SharedFilter("tuners", KindFeedback); got != "$share/tuners/"+r+"/+/+/feedback" {
+				t.Fatalf("SharedFilter = %q", got)
+			}
+			s, d, k, err := tp.ParseDevice(r + "/lab/dev/label")
+			if err != nil || s != "lab" || d != "dev" || k != KindLabel {
+				t.Fatalf("ParseDevice = %q %q %q %v", s, d, k, err)
+			}
+			for _, bad := range []string{r + "/lab/dev", "other/v1/lab/dev/label", r + "/Lab/dev/label", r + "/lab/dev/label/x"} {
+				if _, _, _, err := tp.ParseDevice(bad); err == nil {
+					t.Errorf("ParseDevice(%q) accepted", bad)
+				}
+			}
+		})
 	}
-	if got, _ := ModelOfferTopic("lab-1"); got != "scopewatch/v1/lab-1/model/offer" {
-		t.Fatalf("ModelOfferTopic = %q", got)
+	// The default root's chunk topic reaches the level limit exactly; a
+	// three-level root makes it one level too deep, which must be refused.
+	if got, _ := (Topics{}).ModelChunk("lab-1", "2026.11.1", 3); got != "scopewatch/v1/lab-1/model/chunk/2026.11.1/3" {
+		t.Fatalf("ModelChunk = %q", got)
 	}
-	if got, _ := ModelChunkTopic("lab-1", "2026.11.1", 3); got != "scopewatch/v1/lab-1/model/chunk/2026.11.1/3" {
-		t.Fatalf("ModelChunkTopic = %q", got)
+	if _, err := custom.ModelChunk("lab-1", "2026.11.1", 3); !errors.Is(err, ErrTopic) {
+		t.Errorf("ModelChunk under a three-level root: %v, want ErrTopic", err)
 	}
-	if got, _ := SharedFilter("tuners", KindFeedback); got != "$share/tuners/scopewatch/v1/+/+/feedback" {
-		t.Fatalf("SharedFilter = %q", got)
+	if _, _, _, err := custom.ParseDevice("scopewatch/v1/lab/dev/label"); err == nil {
+		t.Error("custom root parsed a default-root topic")
 	}
 	for _, bad := range []struct{ site, device string }{
 		{"Lab", "d"}, {"lab", "d/e"}, {"lab", "+"}, {"#", "d"}, {"", "d"}, {"lab", "dé"},
 	} {
-		if _, err := DeviceTopic(bad.site, bad.device, KindAlert); !errors.Is(err, ErrTopic) {
-			t.Errorf("DeviceTopic(%q,%q) accepted", bad.site, bad.device)
+		if _, err := (Topics{}).Device(bad.site, bad.device, KindAlert); !errors.Is(err, ErrTopic) {
+			t.Errorf("Device(%q,%q) accepted", bad.site, bad.device)
 		}
 	}
-	if _, err := DeviceTopic("a", "b", Kind("nope")); !errors.Is(err, ErrTopic) {
+	if _, err := (Topics{}).Device("a", "b", Kind("nope")); !errors.Is(err, ErrTopic) {
 		t.Error("unknown kind accepted")
+	}
+	for _, bad := range []string{"", "a/b/c/d", "a/+", "A", "a//b", "$sys"} {
+		if _, err := NewTopics(bad); !errors.Is(err, ErrTopic) {
+			t.Errorf("NewTopics(%q) accepted", bad)
+		}
 	}
 	for _, bad := range []string{"", "a/b/c/d/e/f/g/h", "a/+/b", "a/#", "A/b", "a//b", "$sys/x", "/a"} {
 		if ValidateTopic(bad) == nil {
 			t.Errorf("ValidateTopic(%q) accepted", bad)
-		}
-	}
-	s, d, k, err := ParseDeviceTopic("scopewatch/v1/lab/dev/label")
-	if err != nil || s != "lab" || d != "dev" || k != KindLabel {
-		t.Fatalf("ParseDeviceTopic = %q %q %q %v", s, d, k, err)
-	}
-	for _, bad := range []string{"scopewatch/v1/lab/dev", "other/v1/lab/dev/label", "scopewatch/v1/Lab/dev/label"} {
-		if _, _, _, err := ParseDeviceTopic(bad); err == nil {
-			t.Errorf("ParseDeviceTopic(%q) accepted", bad)
 		}
 	}
 }

@@ -68,8 +68,38 @@ func ValidateTopic(topic string) error {
 	return nil
 }
 
-// DeviceTopic is scopewatch/v1/{site}/{device}/{kind}.
-func DeviceTopic(site, device string, kind Kind) (string, error) {
+// Topics builds and parses the topics under one root: "scopewatch/v1" by
+// default, or the configured mqtt.topic_root (some managed brokers want a
+// tenant prefix). Every producer and consumer of one fleet must use the same
+// root, so the root is a value passed around rather than a constant. The zero
+// value uses Root.
+type Topics struct {
+	root string
+}
+
+// NewTopics validates root: one to three levels of lowercase letters,
+// digits, '-', '_' and '.', so that a device topic stays within MaxLevels.
+func NewTopics(root string) (Topics, error) {
+	root = strings.Trim(root, "/")
+	if err := ValidateTopic(root); err != nil {
+		return Topics{}, fmt.Errorf("topic root: %w", err)
+	}
+	if n := strings.Count(root, "/") + 1; n > MaxLevels-4 {
+		return Topics{}, fmt.Errorf("%w: topic root %q has %d levels, at most %d allowed", ErrTopic, root, n, MaxLevels-4)
+	}
+	return Topics{root: root}, nil
+}
+
+// Root returns the root the topics are built under.
+func (t Topics) Root() string {
+	if t.root == "" {
+		return Root
+	}
+	return t.root
+}
+
+// Device is {root}/{site}/{device}/{kind}.
+func (t Topics) Device(site, device string, kind Kind) (string, error) {
 	switch kind {
 	case KindStatus, KindAlert, KindResult, KindFeedback, KindLabel:
 	default:
@@ -81,42 +111,42 @@ func DeviceTopic(site, device string, kind Kind) (string, error) {
 	if err := ValidateLevel(device); err != nil {
 		return "", fmt.Errorf("device: %w", err)
 	}
-	return Root + "/" + site + "/" + device + "/" + string(kind), nil
+	return t.Root() + "/" + site + "/" + device + "/" + string(kind), nil
 }
 
-// RetuneRequestTopic is scopewatch/v1/{site}/retune/request.
-func RetuneRequestTopic(site string) (string, error) {
+// RetuneRequest is {root}/{site}/retune/request.
+func (t Topics) RetuneRequest(site string) (string, error) {
 	if err := ValidateLevel(site); err != nil {
 		return "", fmt.Errorf("site: %w", err)
 	}
-	return Root + "/" + site + "/retune/request", nil
+	return t.Root() + "/" + site + "/retune/request", nil
 }
 
-// ModelOfferTopic is scopewatch/v1/{site}/model/offer.
-func ModelOfferTopic(site string) (string, error) {
+// ModelOffer is {root}/{site}/model/offer.
+func (t Topics) ModelOffer(site string) (string, error) {
 	if err := ValidateLevel(site); err != nil {
 		return "", fmt.Errorf("site: %w", err)
 	}
-	return Root + "/" + site + "/model/offer", nil
+	return t.Root() + "/" + site + "/model/offer", nil
 }
 
-// ModelChunkTopic is scopewatch/v1/{site}/model/chunk/{version}/{i}.
-func ModelChunkTopic(site, version string, i int) (string, error) {
+// ModelChunk is {root}/{site}/model/chunk/{version}/{i}.
+func (t Topics) ModelChunk(site, version string, i int) (string, error) {
 	if err := ValidateLevel(site); err != nil {
 		return "", fmt.Errorf("site: %w", err)
 	}
-	t := fmt.Sprintf("%s/%s/model/chunk/%s/%d", Root, site, version, i)
-	if err := ValidateTopic(t); err != nil {
+	topic := fmt.Sprintf("%s/%s/model/chunk/%s/%d", t.Root(), site, version, i)
+	if err := ValidateTopic(topic); err != nil {
 		return "", err
 	}
-	return t, nil
+	return topic, nil
 }
 
 // SharedFilter is the subscription filter through which a group of workers
-// shares messages: $share/{group}/scopewatch/v1/+/+/{kind} for a device kind
+// shares messages: $share/{group}/{root}/+/+/{kind} for a device kind
 // across every site and device. An empty group gives the plain filter.
-func SharedFilter(group string, kind Kind) (string, error) {
-	f := Root + "/+/+/" + string(kind)
+func (t Topics) SharedFilter(group string, kind Kind) (string, error) {
+	f := t.Root() + "/+/+/" + string(kind)
 	if group == "" {
 		return f, nil
 	}
@@ -126,14 +156,16 @@ func SharedFilter(group string, kind Kind) (string, error) {
 	return "$share/" + group + "/" + f, nil
 }
 
-// ParseDeviceTopic splits scopewatch/v1/{site}/{device}/{kind}.
-func ParseDeviceTopic(topic string) (site, device string, kind Kind, err error) {
-	p := strings.Split(topic, "/")
-	if len(p) != 5 || p[0]+"/"+p[1] != Root {
-		return "", "", "", fmt.Errorf("%w: %q is not %s/{site}/{device}/{kind}", ErrTopic, topic, Root)
+// ParseDevice splits {root}/{site}/{device}/{kind}.
+func (t Topics) ParseDevice(topic string) (site, device string, kind Kind, err error) {
+	root := t.Root()
+	rest, ok := strings.CutPrefix(topic, root+"/")
+	p := strings.Split(rest, "/")
+	if !ok || len(p) != 3 {
+		return "", "", "", fmt.Errorf("%w: %q is not %s/{site}/{device}/{kind}", ErrTopic, topic, root)
 	}
-	if ValidateLevel(p[2]) != nil || ValidateLevel(p[3]) != nil {
+	if ValidateLevel(p[0]) != nil || ValidateLevel(p[1]) != nil {
 		return "", "", "", fmt.Errorf("%w: %q: bad site or device", ErrTopic, topic)
 	}
-	return p[2], p[3], Kind(p[4]), nil
+	return p[0], p[1], Kind(p[2]), nil
 }
