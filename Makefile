@@ -27,12 +27,17 @@ test-short:
 	$(GO) test -count=1 ./drift/... ./tuning/... ./internal/synth/...
 
 # Generate a synthetic slide set from slides never used in training,
-# classify it with the shipped default model and print the summary.
+# classify it with the shipped default model and print the summary; then
+# count whole fields of four slides and compare their parasitemia with the
+# truth.
 demo: build
 	rm -rf $(DEMO_DIR)
 	$(BIN) synth cells --out $(DEMO_DIR)/cells --n 400 --seed $(DEMO_SEED)
 	$(BIN) classify --model $(MODEL) --format csv $(DEMO_DIR)/cells > $(DEMO_DIR)/results.csv
 	@echo "per-image results: $(DEMO_DIR)/results.csv"
+	$(BIN) synth fields --out $(DEMO_DIR)/fields --n 8 --fields-per-slide 2 --seed $(DEMO_SEED)
+	$(BIN) fields --model $(MODEL) $(DEMO_DIR)/fields > $(DEMO_DIR)/field-cells.csv
+	@echo "per-cell results of the fields: $(DEMO_DIR)/field-cells.csv"
 
 bench: build
 	$(BIN) synth cells --out out/bench --n 512 --seed 9001
