@@ -32,6 +32,9 @@ type cellResult struct {
 	// Features are the backbone's features when the embedding drift
 	// detector needs them (crops only), else nil.
 	Features []float32
+	// Focus is the crop's sharpness (inference.Result.Focus) for the focus
+	// drift detector.
+	Focus float64
 }
 
 // analysis is what the model made of one image.

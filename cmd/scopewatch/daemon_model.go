@@ -30,8 +30,9 @@ type fieldAnalyzer interface {
 }
 
 type fieldCell struct {
-	Box image.Rectangle
-	P   float64
+	Box   image.Rectangle
+	P     float64
+	Focus float64
 }
 
 var (
@@ -154,7 +155,9 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 		}
 		an.Width, an.Height = fw, fh
 		for _, c := range cells {
-			an.Cells = append(an.Cells, cell(c.Box, c.P, thr))
+			fc := cell(c.Box, c.P, thr)
+			fc.Focus = c.Focus
+			an.Cells = append(an.Cells, fc)
 		}
 		return an, nil
 	}
@@ -166,7 +169,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 		return analysis{}, asBadImage(res[0].Err)
 	}
 	c := cell(image.Rect(0, 0, w, h), res[0].PParasitized, thr)
-	c.Features = res[0].Features
+	c.Features, c.Focus = res[0].Features, res[0].Focus
 	an.Cells = []cellResult{c}
 	return an, nil
 }
