@@ -19,13 +19,21 @@ func init() {
 	register("baseline", "run the model on its held-out test set and write baseline.json into the bundle", runBaseline)
 }
 
-// cellScorer is what the baseline needs from a classifier: p(parasitized)
-// and the backbone features of each image, the model's decision threshold
-// and version.
+// cellScorer is what the baseline needs from a classifier: p(parasitized),
+// the backbone features and the focus of each image, the model's decision
+// threshold and version.
 type cellScorer interface {
-	Score(ctx context.Context, paths []string) (scores []float64, features [][]float32, errs []error, err error)
+	Score(ctx context.Context, paths []string) ([]scoredCell, error)
 	Threshold() float64
 	Version() string
+}
+
+// scoredCell is one test image's outcome (Err set when it failed).
+type scoredCell struct {
+	P        float64
+	Features []float32
+	Focus    float64
+	Err      error
 }
 
 // classifierScorer adapts the inference classifier to cellScorer.
@@ -36,14 +44,12 @@ var _ cellScorer = classifierScorer{}
 func (s classifierScorer) Threshold() float64 { return s.c.Threshold() }
 func (s classifierScorer) Version() string    { return s.c.Version() }
 
-func (s classifierScorer) Score(ctx context.Context, paths []string) ([]float64, [][]float32, []error, error) {
-	scores := make([]float64, len(paths))
-	feats := make([][]float32, len(paths))
-	errs := make([]error, len(paths))
+func (s classifierScorer) Score(ctx context.Context, paths []string) ([]scoredCell, error) {
+	out := make([]scoredCell, len(paths))
 	err := s.c.Stream(ctx, len(paths), func(i int) inference.Input { return inference.Input{Path: paths[i]} }, func(r inference.Result) {
-		scores[r.Index], feats[r.Index], errs[r.Index] = r.PParasitized, r.Features, r.Err
+		out[r.Index] = scoredCell{P: r.PParasitized, Features: r.Features, Focus: r.Focus, Err: r.Err}
 	})
-	return scores, feats, errs, err
+	return out, err
 }
 
 func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -52,14 +58,15 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	data := fs.String("data", "", "held-out test set: a folder with labels.csv (path,label,slide) and the images (required)")
 	keyPath := fs.String("key", "", "private key to re-seal the bundle after adding baseline.json (from bundle keygen)")
 	out := fs.String("out", "", "write the baseline here instead of into the bundle (the bundle is left untouched)")
-	csvOut := fs.String("csv", "", "also write the test set's scores, labels and features as CSV (input for drift replay/eval)")
+	csvOut := fs.String("csv", "", "also write the test set's scores, labels, slides, focus and features as CSV (input for drift replay/eval)")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: found as for classify)")
 	ert := fs.Int("ert", 5000, "expected run time without drift of the alarm tier, in scores")
 	warnERT := fs.Int("warn-ert", 0, "expected run time of the warn tier (0: ert/10)")
 	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
 	sims := fs.Int("sims", 2000, "simulated drift-free streams for the threshold calibration")
 	noEmbed := fs.Bool("no-embedding", false, "do not use the embedding signal")
-	scoreOnly := fs.Bool("score-only", false, "only classify the folder and write -csv (full-precision scores, truth, slide, features): drift-free or shifted pools for drift eval")
+	noFocus := fs.Bool("no-focus", false, "do not record the focus reference (no focus signal)")
+	scoreOnly := fs.Bool("score-only", false, "only classify the folder and write -csv (full-precision scores, truth, slide, focus, features): drift-free or shifted pools for drift eval")
 	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
 	cf := addBundleCheckFlags(fs)
@@ -100,22 +107,25 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer clf.Close()
 	fmt.Fprintf(stderr, "scopewatch baseline: classifying %d test images...\n", len(paths))
 	var sc cellScorer = classifierScorer{clf}
-	scores, feats, errs, err := sc.Score(ctx, paths)
+	cells, err := sc.Score(ctx, paths)
 	if err != nil {
 		return err
 	}
-	var keepS []float64
+	var keepS, keepFoc []float64
 	var keepF [][]float32
 	var keepL []int
 	var keepSl []string
 	var failed int
-	for i := range paths {
-		if errs[i] != nil {
+	for i, c := range cells {
+		if c.Err != nil {
 			failed++
-			fmt.Fprintf(stderr, "scopewatch baseline: %s: %v\n", paths[i], errs[i])
+			fmt.Fprintf(stderr, "scopewatch baseline: %s: %v\n", paths[i], c.Err)
 			continue
 		}
-		keepS, keepF, keepL, keepSl = append(keepS, scores[i]), append(keepF, feats[i]), append(keepL, labels[i]), append(keepSl, slides[i])
+		keepS, keepF, keepFoc, keepL = append(keepS, c.P), append(keepF, c.Features), append(keepFoc, c.Focus), append(keepL, labels[i])
+		if slides != nil {
+			keepSl = append(keepSl, slides[i])
+		}
 	}
 	if failed*100 > len(paths) {
 		return fmt.Errorf("%d of %d test images failed to classify; a baseline from the rest would not describe the test set", failed, len(paths))
@@ -126,8 +136,11 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *noEmbed || keepF[0] == nil {
 		keepF = nil
 	}
+	if *noFocus {
+		keepFoc = nil
+	}
 	if *scoreOnly {
-		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepF); err != nil {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s: %d cells (%d failed)\n", *csvOut, len(keepS), failed)
@@ -135,14 +148,14 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
 	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), drift.BaselineConfig{
-		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl,
+		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl, Focus: keepFoc,
 		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
 	})
 	if err != nil {
 		return err
 	}
 	if *csvOut != "" {
-		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepF); err != nil {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF); err != nil {
 			return err
 		}
 	}
@@ -265,16 +278,19 @@ func readTestLabels(dir string) ([]string, []int, []string, error) {
 	return paths, labels, slides, nil
 }
 
-// writeScoresCSV writes p_parasitized, truth, slide and f0..fN for drift
-// replay/eval, scores at full precision (rounding would tie scores near 1
-// that the baseline keeps apart).
-func writeScoresCSV(path string, scores []float64, labels []int, slides []string, feats [][]float32) error {
+// writeScoresCSV writes p_parasitized, truth, slide, focus (when given) and
+// f0..fN for drift replay/eval, scores at full precision (rounding would tie
+// scores near 1 that the baseline keeps apart).
+func writeScoresCSV(path string, scores []float64, labels []int, slides []string, focus []float64, feats [][]float32) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := csv.NewWriter(f)
 	head := []string{"p_parasitized", "truth", "slide"}
+	if focus != nil {
+		head = append(head, "focus")
+	}
 	if feats != nil {
 		for j := range feats[0] {
 			head = append(head, "f"+strconv.Itoa(j))
@@ -288,6 +304,9 @@ func writeScoresCSV(path string, scores []float64, labels []int, slides []string
 			sl = slides[i]
 		}
 		rec = append(rec[:0], strconv.FormatFloat(s, 'g', -1, 64), strconv.Itoa(labels[i]), sl)
+		if focus != nil {
+			rec = append(rec, strconv.FormatFloat(focus[i], 'g', -1, 64))
+		}
 		if feats != nil {
 			for _, v := range feats[i] {
 				rec = append(rec, strconv.FormatFloat(float64(v), 'g', -1, 32))

@@ -33,7 +33,9 @@ Classifies every image given, and every file under the folders given
 (recursively; *.csv such as labels.csv, *.json and *.reason files are skipped, anything else
 is tried as an image whatever its extension). One record per image on stdout;
 a summary on stderr, with accuracy, sensitivity, specificity and AUC when a
-folder holds a labels.csv (path,label,slide). Exit status 1 when any image
+folder holds a labels.csv (path,label,slide). Each record carries the crop's
+focus (variance of the Laplacian inside the cell at the model's input size;
+lower is blurrier), which drift replay/eval read from the CSV. Exit status 1 when any image
 failed, after all the others were classified.
 
 `
@@ -286,6 +288,7 @@ type jsonRecord struct {
 	Path         string   `json:"path"`
 	Label        string   `json:"label,omitempty"`
 	PParasitized *float64 `json:"p_parasitized,omitempty"`
+	Focus        *float64 `json:"focus,omitempty"`
 	Model        string   `json:"model,omitempty"`
 	Error        string   `json:"error,omitempty"`
 }
@@ -294,7 +297,7 @@ func newRecordWriter(w io.Writer, format, version string) *recordWriter {
 	rw := &recordWriter{w: bufio.NewWriter(w), version: version}
 	if format == "csv" {
 		rw.csv = csv.NewWriter(rw.w)
-		rw.err = rw.csv.Write([]string{"path", "label", "p_parasitized", "model", "error"})
+		rw.err = rw.csv.Write([]string{"path", "label", "p_parasitized", "model", "error", "focus"})
 	} else {
 		rw.json = json.NewEncoder(rw.w)
 	}
@@ -306,7 +309,7 @@ func (rw *recordWriter) write(r inference.Result) {
 		return
 	}
 	if rw.csv != nil {
-		rec := []string{r.Path, "", "", "", ""}
+		rec := []string{r.Path, "", "", "", "", ""}
 		if r.Err != nil {
 			rec[4] = r.Err.Error()
 		} else {
@@ -314,6 +317,7 @@ func (rw *recordWriter) write(r inference.Result) {
 			// rounding collapses scores saturated near 0 and 1 into ties
 			// the baseline does not have.
 			rec[1], rec[2], rec[3] = r.Label, strconv.FormatFloat(r.PParasitized, 'g', -1, 64), rw.version
+			rec[5] = strconv.FormatFloat(r.Focus, 'g', -1, 64)
 		}
 		rw.err = rw.csv.Write(rec)
 		return
@@ -322,8 +326,8 @@ func (rw *recordWriter) write(r inference.Result) {
 	if r.Err != nil {
 		rec.Error = r.Err.Error()
 	} else {
-		p := r.PParasitized
-		rec.Label, rec.PParasitized, rec.Model = r.Label, &p, rw.version
+		p, f := r.PParasitized, r.Focus
+		rec.Label, rec.PParasitized, rec.Focus, rec.Model = r.Label, &p, &f, rw.version
 	}
 	rw.err = rw.json.Encode(rec)
 }

@@ -174,6 +174,11 @@ func TestClassifyBadFiles(t *testing.T) {
 				if r.Error != "" || (r.Label != "parasitized" && r.Label != "uninfected") || r.P == nil || *r.P < 0 || *r.P > 1 || r.Model == "" {
 					t.Errorf("%s: good image got %+v", rel, r)
 				}
+				// Synthetic crops are textured cells on black: a sharp
+				// enough interior for a positive focus.
+				if r.Focus == nil || !(*r.Focus > 0) {
+					t.Errorf("%s: focus %v, want > 0", rel, r.Focus)
+				}
 			}
 			summary := stderr.String()
 			for _, want := range []string{fmt.Sprintf("classified %d of %d images", good+1, good+len(bad)), "5 failed", "against labels.csv (12 images", "AUC"} {
@@ -189,6 +194,7 @@ type classifyRecord struct {
 	Path  string   `json:"path"`
 	Label string   `json:"label"`
 	P     *float64 `json:"p_parasitized"`
+	Focus *float64 `json:"focus"`
 	Model string   `json:"model"`
 	Error string   `json:"error"`
 }
@@ -212,7 +218,7 @@ func parseRecords(t *testing.T, format string, out []byte) map[string]classifyRe
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(rows[0], ",") != "path,label,p_parasitized,model,error" {
+	if strings.Join(rows[0], ",") != "path,label,p_parasitized,model,error,focus" {
 		t.Fatalf("csv header %q", rows[0])
 	}
 	for _, row := range rows[1:] {
@@ -221,6 +227,11 @@ func parseRecords(t *testing.T, format string, out []byte) map[string]classifyRe
 			var p float64
 			fmt.Sscan(row[2], &p)
 			r.P = &p
+		}
+		if row[5] != "" {
+			var f float64
+			fmt.Sscan(row[5], &f)
+			r.Focus = &f
 		}
 		recs[r.Path] = r
 	}

@@ -33,10 +33,16 @@ const calibrationBudget = 16 << 20
 // they are fed to the monitor once it exists.
 const pendingCap = 2000
 
-type pendingCell struct {
-	p float64
-	f []float32
+// focusSource is an analyzer that measures each crop's focus
+// (cellResult.Focus); the focus detector runs only with one.
+type focusSource interface {
+	MeasuresFocus() bool
 }
+
+var _ focusSource = (*modelAnalyzer)(nil)
+
+// MeasuresFocus: the inference classifier computes every crop's focus.
+func (a *modelAnalyzer) MeasuresFocus() bool { return true }
 
 // baselineSource is implemented by analyzers whose bundle ships a
 // baseline.json.
@@ -59,7 +65,7 @@ type driftWatch struct {
 	alarmOn  bool           // an alarm event since the last reset
 	skipped  int64          // cells without features while the embedding detector runs
 	loading  bool           // a baseline is being loaded: cells wait in pending
-	pending  []pendingCell
+	pending  []drift.Observation
 	reloadCh chan struct{}
 }
 
@@ -95,7 +101,7 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 		if w.loading {
 			for _, c := range cells {
 				if len(w.pending) < pendingCap {
-					w.pending = append(w.pending, pendingCell{p: c.P, f: c.Features})
+					w.pending = append(w.pending, observation(c))
 				} else {
 					w.skipped++
 				}
@@ -106,7 +112,7 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 	}
 	n := 0
 	for _, c := range cells {
-		if evs, ok := w.feedLocked(mon, c.P, c.Features); ok {
+		if evs, ok := w.feedLocked(mon, observation(c)); ok {
 			n++
 			events = append(events, evs...)
 		}
@@ -127,17 +133,22 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 	}
 }
 
+// observation is what the monitor takes of a classified cell.
+func observation(c cellResult) drift.Observation {
+	return drift.Observation{Score: c.P, Features: c.Features, Focus: c.Focus}
+}
+
 // feedLocked adds one cell to mon and flags the events it triggered; ok is
 // false (and the cell counted as skipped) when mon could not take it.
 // Called with mu held.
-func (w *driftWatch) feedLocked(mon *drift.Monitor, p float64, f []float32) (events []drift.Event, ok bool) {
+func (w *driftWatch) feedLocked(mon *drift.Monitor, o drift.Observation) (events []drift.Event, ok bool) {
 	if !mon.UsesFeatures() {
-		f = nil
-	} else if f == nil {
+		o.Features = nil
+	} else if o.Features == nil {
 		w.skipped++
 		return nil, false
 	}
-	events, err := mon.Observe(p, f)
+	events, err := mon.Observe(o)
 	if err != nil {
 		w.skipped++
 		return nil, false
@@ -284,8 +295,8 @@ func (w *driftWatch) load(ctx context.Context) {
 	w.loading, w.pending, done = false, nil, true
 	var events []drift.Event
 	fed := 0
-	for _, c := range pending {
-		if evs, ok := w.feedLocked(mon, c.p, c.f); ok {
+	for _, o := range pending {
+		if evs, ok := w.feedLocked(mon, o); ok {
 			fed++
 			events = append(events, evs...)
 		}
@@ -315,8 +326,10 @@ func (w *driftWatch) load(ctx context.Context) {
 }
 
 // calibration returns the detector settings the configuration asks for and
-// whether they differ from the baseline's.
-func driftCalibration(b *drift.Baseline, c config.Drift) (drift.CalibrationConfig, bool) {
+// whether they differ from the baseline's. focus says whether the focus
+// signal can run (see focusUsable); it runs when the baseline has a focus
+// reference.
+func driftCalibration(b *drift.Baseline, c config.Drift, focus bool) (drift.CalibrationConfig, bool) {
 	d := b.Detector
 	cc := drift.CalibrationConfig{ERT: d.ERT, WarnERT: d.WarnERT, Sims: d.Sims, Null: d.Null, Seed: d.Seed, Signals: map[string]float64{}}
 	for _, t := range d.Tests {
@@ -345,6 +358,15 @@ func driftCalibration(b *drift.Baseline, c config.Drift) (drift.CalibrationConfi
 		cc.Signals[drift.SignalEmbedding] = 1
 		change = true
 	}
+	_, hasFoc := cc.Signals[drift.SignalFocus]
+	switch {
+	case hasFoc && !focus:
+		delete(cc.Signals, drift.SignalFocus)
+		change = true
+	case !hasFoc && focus && len(b.Focus) > 0:
+		cc.Signals[drift.SignalFocus] = 1
+		change = true
+	}
 	if change && c.Sims != 0 {
 		cc.Sims = c.Sims
 	}
@@ -359,11 +381,35 @@ func driftCalibration(b *drift.Baseline, c config.Drift) (drift.CalibrationConfi
 	return cc, change
 }
 
+// focusUsable reports whether the focus detector can run, and why not: the
+// serving analyzer must measure focus, and images must be crops. The
+// baseline's focus reference describes crops on black at the model's input
+// size; cells segmented from whole fields are smaller (upsampled to the
+// input size) and keep a rim of background, so their focus is on another
+// scale (measured on synth: field cells' focus exceeds crops' in about 70%
+// of pairs), and every field stream would look like drift.
+func (w *driftWatch) focusUsable() (bool, string) {
+	w.d.model.mu.RLock()
+	fs, ok := w.d.model.cur.(focusSource)
+	w.d.model.mu.RUnlock()
+	if !ok || !fs.MeasuresFocus() {
+		return false, "the model does not measure focus"
+	}
+	if kind := w.d.config().Images.Kind; kind != "crop" {
+		return false, fmt.Sprintf("images.kind is %s: the focus reference describes crops, and field cells' focus is on another scale", kind)
+	}
+	return true, ""
+}
+
 // calibrated returns b recalibrated as configured: from the database's
 // cache when the same baseline was calibrated the same way before, else by
 // simulation (seconds to a minute), then cached.
 func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.Baseline, error) {
-	cc, change := driftCalibration(b, w.cfg)
+	focus, why := w.focusUsable()
+	if len(b.Focus) > 0 && !focus {
+		w.d.log.Warn("running drift detection without the focus signal", "reason", why)
+	}
+	cc, change := driftCalibration(b, w.cfg, focus)
 	if !change {
 		return b, nil
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -200,7 +202,7 @@ func TestDriftCalibrationSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !usesEmbedding(b) {
+	if !usesSignal(b, drift.SignalEmbedding) {
 		t.Skip("the shipped baseline has no embedding detector")
 	}
 	cases := []struct {
@@ -217,7 +219,7 @@ func TestDriftCalibrationSettings(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cc, change := driftCalibration(b, tc.cfg)
+			cc, change := driftCalibration(b, tc.cfg, false)
 			_, emb := cc.Signals[drift.SignalEmbedding]
 			if change != tc.change || cc.ERT != tc.ert || emb != tc.emb {
 				t.Fatalf("change %v, ERT %d, embedding %v", change, cc.ERT, emb)
@@ -248,5 +250,34 @@ func TestDriftDisabled(t *testing.T) {
 		if resp.StatusCode != http.StatusNotFound {
 			t.Errorf("%s %s: %d", req.method, req.path, resp.StatusCode)
 		}
+	}
+}
+
+// TestDriftCalibrationFocus: the focus signal of a baseline that has one
+// runs only when the daemon can feed it (crops from an analyzer that
+// measures focus); otherwise the thresholds are recalibrated without it.
+func TestDriftCalibrationFocus(t *testing.T) {
+	dir := t.TempDir()
+	focusCells(t, filepath.Join(dir, "test.csv"), 600, 1, 1)
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"drift", "build", "--input", filepath.Join(dir, "test.csv"), "--threshold", "0.5",
+		"--out", filepath.Join(dir, "b.json"), "--ert", "300", "--windows", "20,50", "--sims", "200"}, &out, &errOut); code != 0 {
+		t.Fatalf("build exit %d: %s", code, errOut.String())
+	}
+	b, err := drift.LoadBaseline(filepath.Join(dir, "b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, focus := range []bool{true, false} {
+		cc, change := driftCalibration(b, config.Drift{}, focus)
+		_, has := cc.Signals[drift.SignalFocus]
+		if has != focus || change == focus {
+			t.Errorf("focus usable %v: signal kept %v, recalibrated %v", focus, has, change)
+		}
+	}
+	// The serving analyzer of the tests measures no focus.
+	td := startTestDaemon(t, func(c *config.Config) { c.Images.Kind = "crop"; smallDrift(c) })
+	if ok, why := td.d.drift.focusUsable(); ok || !strings.Contains(why, "does not measure focus") {
+		t.Errorf("pixel analyzer: focus usable %v (%s)", ok, why)
 	}
 }

@@ -52,7 +52,7 @@ func (c *calibrationFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.warnERT, "warn-ert", 0, "expected run time for the warn tier (0: ert/10)")
 	fs.IntVar(&c.sims, "sims", 0, "simulated streams for recalibration (0: the baseline's)")
 	fs.StringVar(&c.windows, "windows", "", "comma-separated window sizes (empty: the baseline's)")
-	fs.StringVar(&c.signals, "signals", "", "comma-separated signals to run: scores_cvm, positive_rate, embedding_mmd (empty: the baseline's)")
+	fs.StringVar(&c.signals, "signals", "", "comma-separated signals to run: scores_cvm, positive_rate, embedding_mmd, focus_cvm (empty: the baseline's)")
 	fs.StringVar(&c.null, "null-model", "", "null model for recalibration: exchangeable or bootstrap (empty: the baseline's)")
 }
 
@@ -103,14 +103,9 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	return cfg, nil
 }
 
-// usesEmbedding reports whether the baseline's detector runs the embedding signal.
-func usesEmbedding(b *drift.Baseline) bool {
-	for _, t := range b.Detector.Tests {
-		if t.Signal == drift.SignalEmbedding {
-			return true
-		}
-	}
-	return false
+// usesSignal reports whether the baseline's detector runs the signal.
+func usesSignal(b *drift.Baseline, signal string) bool {
+	return slices.ContainsFunc(b.Detector.Tests, func(t drift.TestSpec) bool { return t.Signal == signal })
 }
 
 func readRows(path string) (*drift.EvalRows, error) {
@@ -127,8 +122,9 @@ func readRows(path string) (*drift.EvalRows, error) {
 }
 
 // prepareBaseline loads the baseline and recalibrates it when flags ask for
-// it or when the input has no features but the detector wants them.
-func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, haveFeatures bool, stderr io.Writer) (*drift.Baseline, error) {
+// it or when the input has no features or no focus but the detector wants
+// them.
+func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, haveFeatures, haveFocus bool, stderr io.Writer) (*drift.Baseline, error) {
 	b, err := drift.LoadBaseline(path)
 	if err != nil {
 		return nil, err
@@ -138,9 +134,14 @@ func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, hav
 		return nil, err
 	}
 	recal := cf.changed()
-	if !haveFeatures && usesEmbedding(b) {
+	if !haveFeatures && usesSignal(b, drift.SignalEmbedding) {
 		delete(cfg.Signals, drift.SignalEmbedding)
 		fmt.Fprintln(stderr, "scopewatch drift: the input has no f0..fN feature columns; running without the embedding signal (recalibrating)")
+		recal = true
+	}
+	if !haveFocus && usesSignal(b, drift.SignalFocus) {
+		delete(cfg.Signals, drift.SignalFocus)
+		fmt.Fprintln(stderr, "scopewatch drift: the input has no focus column; running without the focus signal (recalibrating)")
 		recal = true
 	}
 	if !recal {
@@ -153,7 +154,7 @@ func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, hav
 func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("drift replay", stderr)
 	basePath := fs.String("baseline", "", "baseline.json (required)")
-	input := fs.String("input", "", "CSV with a p_parasitized column and optional f0..fN feature columns (required)")
+	input := fs.String("input", "", "CSV with a p_parasitized column and optional focus and f0..fN feature columns (required)")
 	plot := fs.String("plot", "", "write the last window's score histogram over the baseline's to this .png or .svg")
 	summary := fs.Bool("summary", false, "at the end, print per window the descriptive statistics (with thresholds simulated at the window's size), the label-free performance estimate and the test statistics to stderr as JSON")
 	var cf calibrationFlags
@@ -171,7 +172,7 @@ func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	b, err := prepareBaseline(ctx, *basePath, &cf, rows.Features != nil, stderr)
+	b, err := prepareBaseline(ctx, *basePath, &cf, rows.Features != nil, rows.Focus != nil, stderr)
 	if err != nil {
 		return err
 	}
@@ -184,11 +185,14 @@ func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer
 		if i%4096 == 0 && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var f []float32
+		o := drift.Observation{Score: s}
 		if m.UsesFeatures() {
-			f = rows.Features[i]
+			o.Features = rows.Features[i]
 		}
-		evs, err := m.Observe(s, f)
+		if m.UsesFocus() {
+			o.Focus = rows.Focus[i]
+		}
+		evs, err := m.Observe(o)
 		if err != nil {
 			return fmt.Errorf("%s: row %d: %w", *input, i+1, err)
 		}
@@ -291,6 +295,7 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	shiftRows := map[string]*drift.EvalRows{}
 	var names []string
 	haveFeatures := nullRows.HasFeatures()
+	haveFocus := nullRows.Focus != nil
 	for _, s := range shifts {
 		name, path, ok := strings.Cut(s, "=")
 		if !ok || name == "" || path == "" {
@@ -301,10 +306,11 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 		haveFeatures = haveFeatures && r.Features != nil
+		haveFocus = haveFocus && r.Focus != nil
 		shiftRows[name] = r
 		names = append(names, name)
 	}
-	b, err := prepareBaseline(ctx, *basePath, &cf, haveFeatures, stderr)
+	b, err := prepareBaseline(ctx, *basePath, &cf, haveFeatures, haveFocus, stderr)
 	if err != nil {
 		return err
 	}
@@ -354,8 +360,8 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if err != nil {
 			return err
 		}
-		for _, s := range []string{drift.SignalScores, drift.SignalRate, drift.SignalEmbedding} {
-			if _, ok := cfg.Signals[s]; !ok || (s == drift.SignalEmbedding && !haveFeatures) {
+		for _, s := range driftSignals {
+			if _, ok := cfg.Signals[s]; !ok || (s == drift.SignalEmbedding && !haveFeatures) || (s == drift.SignalFocus && !haveFocus) {
 				continue
 			}
 			c := cfg
@@ -458,9 +464,12 @@ func warnTarget(b *drift.Baseline, _ string, alarmERT int) int {
 	return max(1, alarmERT/10)
 }
 
+// driftSignals are the calibrated signals in table order.
+var driftSignals = []string{drift.SignalScores, drift.SignalRate, drift.SignalEmbedding, drift.SignalFocus}
+
 func formatCounts(m map[string]int) string {
 	var parts []string
-	for _, s := range []string{drift.SignalScores, drift.SignalRate, drift.SignalEmbedding} {
+	for _, s := range driftSignals {
 		if m[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%s:%d", s, m[s]))
 		}
@@ -510,7 +519,7 @@ func runDriftBuild(ctx context.Context, args []string, stdout, stderr io.Writer)
 		cfg.Signals = c.Signals
 	}
 	fmt.Fprintf(stderr, "scopewatch drift build: %d cells; calibrating (ERT %d, windows %v, %d simulated streams)...\n", len(rows.Scores), cfg.ERT, cfg.Windows, cfg.Sims)
-	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, ReferencePrevalence: *refPrev, Slides: rows.Slides, Detector: cfg})
+	b, err := drift.BuildBaseline(ctx, rows.Scores, rows.Labels, rows.Features, *threshold, drift.BaselineConfig{ModelVersion: *version, Seed: *seed, ReferencePrevalence: *refPrev, Slides: rows.Slides, Focus: rows.Focus, Detector: cfg})
 	if err != nil {
 		return err
 	}

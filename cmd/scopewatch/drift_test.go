@@ -122,3 +122,88 @@ func TestDriftReplayAndEval(t *testing.T) {
 		t.Fatalf("bad CSV: exit %d, %s", code, errOut.String())
 	}
 }
+
+// focusCells writes n cells with scores, truth and a focus column; blur
+// scales the focus down (scores unchanged, as when the classifier copes
+// with defocus).
+func focusCells(t *testing.T, path string, n int, blur float64, seed uint64) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 2))
+	var buf bytes.Buffer
+	buf.WriteString("p_parasitized,truth,focus\n")
+	for range n {
+		l := 0
+		if r.Float64() < 0.2 {
+			l = 1
+		}
+		s := float32(1 / (1 + math.Exp(-(-5 + 10*float64(l) + 2*r.NormFloat64()))))
+		fmt.Fprintf(&buf, "%v,%d,%v\n", s, l, math.Exp(4+0.5*r.NormFloat64())*blur)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDriftFocusColumn builds a baseline from a CSV with a focus column,
+// replays a stream whose focus alone drops, and checks that focus_cvm
+// alarms; a CSV without the column runs without the signal; eval --each
+// reports the focus detector alone.
+func TestDriftFocusColumn(t *testing.T) {
+	dir := t.TempDir()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	focusCells(t, p("test.csv"), 1500, 1, 1)
+	focusCells(t, p("null.csv"), 3000, 1, 2)
+	focusCells(t, p("blur.csv"), 600, 0.6, 3)
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"drift", "build", "--input", p("test.csv"), "--threshold", "0.5", "--out", p("baseline.json"),
+		"--ert", "300", "--windows", "20,50", "--sims", "300"}, &out, &errOut); code != 0 {
+		t.Fatalf("build exit %d: %s", code, errOut.String())
+	}
+	b, err := drift.LoadBaseline(p("baseline.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Focus) != len(b.Scores) || !usesSignal(b, drift.SignalFocus) {
+		t.Fatalf("baseline: %d focus values for %d rows; focus signal %v", len(b.Focus), len(b.Scores), usesSignal(b, drift.SignalFocus))
+	}
+	null, _ := os.ReadFile(p("null.csv"))
+	blur, _ := os.ReadFile(p("blur.csv"))
+	stream := strings.Join(strings.SplitAfter(string(null), "\n")[:201], "") + strings.Join(strings.SplitAfter(string(blur), "\n")[1:], "")
+	os.WriteFile(p("stream.csv"), []byte(stream), 0o644)
+	out.Reset()
+	if code := run(context.Background(), []string{"drift", "replay", "--baseline", p("baseline.json"), "--input", p("stream.csv")}, &out, &errOut); code != 0 {
+		t.Fatalf("replay exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), `"signal":"focus_cvm","level":"alarm"`) {
+		t.Fatalf("no focus alarm on a focus drop:\n%s", out.String())
+	}
+
+	// Without a focus column the replay recalibrates without the signal.
+	var noFocus strings.Builder
+	for i, line := range strings.Split(strings.TrimSpace(stream), "\n") {
+		f := strings.Split(line, ",")
+		if i > 220 {
+			break
+		}
+		noFocus.WriteString(f[0] + "," + f[1] + "\n")
+	}
+	os.WriteFile(p("nofocus.csv"), []byte(noFocus.String()), 0o644)
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), []string{"drift", "replay", "--baseline", p("baseline.json"), "--input", p("nofocus.csv")}, &out, &errOut); code != 0 ||
+		!strings.Contains(errOut.String(), "no focus column") || strings.Contains(out.String(), "focus_cvm") {
+		t.Fatalf("replay without focus: exit %d, stderr %s, out %s", code, errOut.String(), out.String())
+	}
+
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), []string{"drift", "eval", "--baseline", p("baseline.json"), "--null", p("null.csv"), "--runs", "20", "--each",
+		"--shift", "blur=" + p("blur.csv"), "--onset", "100", "--after", "500"}, &out, &errOut); code != 0 {
+		t.Fatalf("eval exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"focus_cvm  ", "blur", "focus_cvm:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("eval output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
