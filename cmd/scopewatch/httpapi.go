@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,17 +29,37 @@ import (
 //	GET  /v1/drift                  the drift tests' statistics and thresholds
 //	POST /v1/drift/ack[?by=NAME]    acknowledge drift events: detection restarts
 //	GET  /healthz /readyz /metrics
+//
+// With http.token set, every /v1/ route needs "Authorization: Bearer
+// TOKEN"; health and metrics stay open for systemd and Prometheus.
 func (d *Daemon) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/images", d.handleUpload)
-	mux.HandleFunc("GET /v1/slides/{id}", d.handleSlide)
-	mux.HandleFunc("POST /v1/slides/{id}/complete", d.handleComplete)
-	mux.HandleFunc("GET /v1/drift", d.handleDriftStatus)
-	mux.HandleFunc("POST /v1/drift/ack", d.handleDriftAck)
+	mux.HandleFunc("POST /v1/images", d.authorized(d.handleUpload))
+	mux.HandleFunc("GET /v1/slides/{id}", d.authorized(d.handleSlide))
+	mux.HandleFunc("POST /v1/slides/{id}/complete", d.authorized(d.handleComplete))
+	mux.HandleFunc("GET /v1/drift", d.authorized(d.handleDriftStatus))
+	mux.HandleFunc("POST /v1/drift/ack", d.authorized(d.handleDriftAck))
 	mux.HandleFunc("GET /healthz", d.handleHealth)
 	mux.HandleFunc("GET /readyz", d.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// authorized checks the bearer token of the configuration in force (it is
+// reloaded on SIGHUP, so a token can be rotated without a restart).
+func (d *Daemon) authorized(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		want := d.config().HTTP.Token
+		if want != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="scopewatch"`)
+				d.fail(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (Authorization: Bearer TOKEN, as set in http.token)")
+				return
+			}
+		}
+		h(w, r)
+	}
 }
 
 type apiError struct {

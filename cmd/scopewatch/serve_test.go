@@ -711,3 +711,62 @@ func TestReloadSwapsOrRejectsModel(t *testing.T) {
 		t.Fatalf("upload answered by model %s", ur.ModelVersion)
 	}
 }
+
+// TestHTTPToken: with http.token set, /v1/ answers 401 without the bearer
+// token or with a wrong one and works with it; health and metrics stay
+// open; a token rotated by SIGHUP replaces the old one.
+func TestHTTPToken(t *testing.T) {
+	const token = "0123456789abcdef0123"
+	td := startTestDaemon(t, func(c *config.Config) { c.HTTP.Token = token })
+	do := func(method, path, auth string, body []byte) int {
+		t.Helper()
+		req, err := http.NewRequest(method, td.url+path, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("%s %s: 401 without WWW-Authenticate", method, path)
+		}
+		return resp.StatusCode
+	}
+	img := pngBytes(t, 40, 40, 250)
+	cases := []struct {
+		method, path, auth string
+		body               []byte
+		want               int
+	}{
+		{"POST", "/v1/images?slide=t1", "", img, http.StatusUnauthorized},
+		{"POST", "/v1/images?slide=t1", "Bearer wrong-token-wrong-token", img, http.StatusUnauthorized},
+		{"POST", "/v1/images?slide=t1", token, img, http.StatusUnauthorized}, // no "Bearer "
+		{"GET", "/v1/drift", "", nil, http.StatusUnauthorized},
+		{"POST", "/v1/drift/ack", "", nil, http.StatusUnauthorized},
+		{"GET", "/v1/slides/t1", "", nil, http.StatusUnauthorized},
+		{"POST", "/v1/images?slide=t1", "Bearer " + token, img, http.StatusOK},
+		{"GET", "/v1/slides/t1", "Bearer " + token, nil, http.StatusOK},
+		{"GET", "/healthz", "", nil, http.StatusOK},
+		{"GET", "/metrics", "", nil, http.StatusOK},
+	}
+	for _, c := range cases {
+		if got := do(c.method, c.path, c.auth, c.body); got != c.want {
+			t.Errorf("%s %s (auth %q): %d, want %d", c.method, c.path, c.auth, got, c.want)
+		}
+	}
+	next := td.cfg
+	next.HTTP.Token = "fedcba9876543210fedc"
+	td.d.reload(next)
+	if got := do("GET", "/v1/slides/t1", "Bearer "+token, nil); got != http.StatusUnauthorized {
+		t.Errorf("old token after rotation: %d, want 401", got)
+	}
+	if got := do("GET", "/v1/slides/t1", "Bearer "+next.HTTP.Token, nil); got != http.StatusOK {
+		t.Errorf("new token after rotation: %d, want 200", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -102,6 +103,9 @@ type HTTP struct {
 	Listen       string        `yaml:"listen"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// Token, when set, is required as "Authorization: Bearer TOKEN" on
+	// /v1/...; health and metrics stay open. Required off loopback.
+	Token string `yaml:"token"`
 }
 
 // MQTT is the broker connection used for status and results.
@@ -304,6 +308,7 @@ var envOverrides = []struct {
 	{"SCOPEWATCH_MQTT_USERNAME", func(c *Config, v string) { c.MQTT.Username = v }},
 	{"SCOPEWATCH_MQTT_PASSWORD", func(c *Config, v string) { c.MQTT.Password = v }},
 	{"SCOPEWATCH_MQTT_BROKER", func(c *Config, v string) { c.MQTT.Broker = v }},
+	{"SCOPEWATCH_HTTP_TOKEN", func(c *Config, v string) { c.HTTP.Token = v }},
 }
 
 // EnvNames lists the environment variables that override fields.
@@ -675,6 +680,12 @@ func (c *Config) Validate() Errors {
 		}
 		positiveDur("http.read_timeout", c.HTTP.ReadTimeout)
 		positiveDur("http.write_timeout", c.HTTP.WriteTimeout)
+		switch {
+		case c.HTTP.Token != "" && len(c.HTTP.Token) < MinTokenLen:
+			add("http.token", fmt.Sprintf("%d characters is too short to guess-proof", len(c.HTTP.Token)), fmt.Sprintf("at least %d characters, e.g. from `openssl rand -hex 24` (or SCOPEWATCH_HTTP_TOKEN)", MinTokenLen))
+		case c.HTTP.Token == "" && !loopbackListen(c.HTTP.Listen):
+			add("http.token", fmt.Sprintf("empty while http.listen %q accepts connections from other hosts", c.HTTP.Listen), "a token of at least 16 characters (or SCOPEWATCH_HTTP_TOKEN), or a loopback http.listen such as 127.0.0.1:8470")
+		}
 	}
 	if c.MQTT.Enabled {
 		scheme, _, ok := strings.Cut(c.MQTT.Broker, "://")
@@ -821,6 +832,7 @@ var Reloadable = []string{
 	"model.threads",
 	"model.batch",
 	"model.threshold",
+	"http.token",
 	"slides.idle_timeout",
 	"slides.target_cells",
 	"slides.ci",
@@ -876,4 +888,21 @@ func (c Config) Redacted() Config {
 		c.MQTT.Password = "REDACTED"
 	}
 	return c
+}
+
+// MinTokenLen is the shortest http.token accepted.
+const MinTokenLen = 16
+
+// loopbackListen reports whether a host:port listen address only accepts
+// connections from this machine. An empty host listens on every interface.
+func loopbackListen(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -114,6 +114,9 @@ func TestBadConfigNamesField(t *testing.T) {
 		{"feedback retune k above m", "feedback:\n  enabled: true\n  retune:\n    k: 6\n    m: 5\n", "feedback.retune.k", "k <= m"},
 		{"feedback window", "feedback:\n  enabled: true\n  window_cells: 5\n", "feedback.window_cells", "10..1000000"},
 		{"drift persist too often", "drift:\n  persist_interval: 10ms\n", "drift.persist_interval", "at least 1s"},
+		{"http open to the network without token", "http:\n  listen: 0.0.0.0:8470\n", "http.token", "loopback"},
+		{"http any interface without token", "http:\n  listen: :8470\n", "http.token", "SCOPEWATCH_HTTP_TOKEN"},
+		{"http short token", "http:\n  token: abc\n", "http.token", "at least 16"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -281,5 +284,26 @@ func TestWithReloadedTakesOnlyReloadableFields(t *testing.T) {
 		if !slices.Contains(Reloadable, p) {
 			t.Errorf("WithReloaded changed %s, which is not reloadable", p)
 		}
+	}
+}
+
+func TestHTTPToken(t *testing.T) {
+	for _, listen := range []string{"127.0.0.1:8470", "[::1]:8470", "localhost:0"} {
+		if _, err := Decode(strings.NewReader("http:\n  listen: \""+listen+"\"\n"), noEnv); err != nil {
+			t.Errorf("loopback %s without token refused: %v", listen, err)
+		}
+	}
+	env := map[string]string{"SCOPEWATCH_HTTP_TOKEN": "0123456789abcdef0123"}
+	c, err := Decode(strings.NewReader("http:\n  listen: 0.0.0.0:8470\n"), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("token from the environment not applied: %v", err)
+	}
+	if c.HTTP.Token != env["SCOPEWATCH_HTTP_TOKEN"] {
+		t.Fatalf("token %q", c.HTTP.Token)
+	}
+	next := c
+	next.HTTP.Token = "fedcba9876543210fedc"
+	if got := c.WithReloaded(next); got.HTTP.Token != next.HTTP.Token {
+		t.Error("http.token is not reloaded on SIGHUP")
 	}
 }
