@@ -102,8 +102,28 @@ type Segmentation struct {
 	Dropped int
 
 	w, h int
-	seg  []int32 // segment id per pixel, 0 = background
-	opts SegmentOptions
+	// Segment id per pixel, 0 = background: 16 bits when the ids fit
+	// (always in practice: a field has hundreds of cells), else 32. It
+	// is the one full-frame buffer kept after SegmentField returns.
+	seg16 []uint16
+	seg32 []int32
+	opts  SegmentOptions
+}
+
+// segAt is the segment id of pixel i.
+func (s *Segmentation) segAt(i int) int32 {
+	if s.seg16 != nil {
+		return int32(s.seg16[i])
+	}
+	return s.seg32[i]
+}
+
+func (s *Segmentation) setSeg(i int, id int32) {
+	if s.seg16 != nil {
+		s.seg16[i] = uint16(id)
+	} else {
+		s.seg32[i] = id
+	}
 }
 
 // SegmentField finds the red cells of a thin-smear field. img must be 8-bit
@@ -122,6 +142,9 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 	}
 	n := w * h
 
+	// Full-frame buffers are closed as soon as they are no longer needed
+	// (a 1920x1080 plane is 2 MB at 8 bits, 8 MB at 32): the daemon's
+	// peak resident set is set by this function's peak.
 	green := gocv.NewMat()
 	defer green.Close()
 	gocv.ExtractChannel(img, &green, 1)
@@ -140,18 +163,29 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 		return nil, fmt.Errorf("segment: %w", err)
 	}
 
-	// 1. Foreground mask, holes filled.
+	// 1. Foreground mask, holes filled. The green channel is then only
+	// needed for the nucleus test: it is overwritten with that test's
+	// outcome (1 = nucleus-dark) so that the background can go.
 	mask := gocv.NewMatWithSize(h, w, gocv.MatTypeCV8UC1)
 	defer mask.Close()
 	ms, _ := mask.DataPtrUint8()
 	fg := float32(opts.Foreground)
+	nuc := float32(opts.Nucleus)
 	for i := range n {
-		if float32(gs[i]) < fg*float32(bgs[i]) {
+		g, b := float32(gs[i]), float32(bgs[i])
+		if g < fg*b {
 			ms[i] = 255
 		} else {
 			ms[i] = 0
 		}
+		if g < nuc*b {
+			gs[i] = 1
+		} else {
+			gs[i] = 0
+		}
 	}
+	bg.Close()
+	dark := gs
 	k3 := gocv.GetStructuringElement(gocv.MorphEllipse, image.Pt(3, 3))
 	defer k3.Close()
 	gocv.MorphologyEx(mask, &mask, gocv.MorphOpen, k3)
@@ -170,6 +204,7 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 	cents := gocv.NewMat()
 	defer cents.Close()
 	ncomp := gocv.ConnectedComponentsWithStats(mask, &labels, &stats, &cents)
+	cents.Close()
 	lb, err := int32s(&labels)
 	if err != nil {
 		return nil, err
@@ -184,8 +219,9 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 			areas = append(areas, comp[c].area)
 		}
 	}
-	s := &Segmentation{w: w, h: h, opts: opts, seg: make([]int32, n)}
+	s := &Segmentation{w: w, h: h, opts: opts}
 	if len(areas) == 0 {
+		s.seg16 = make([]uint16, n)
 		return s, nil
 	}
 	sort.Ints(areas)
@@ -201,6 +237,7 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 		dmask = gocv.NewMat()
 		defer dmask.Close()
 		gocv.Resize(mask, &dmask, image.Pt(w/ds, h/ds), 0, 0, gocv.InterpolationNearestNeighbor)
+		mask.Close()
 	}
 	dw, dh := dmask.Cols(), dmask.Rows()
 	dt := gocv.NewMat()
@@ -208,6 +245,12 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 	dtl := gocv.NewMat()
 	defer dtl.Close()
 	gocv.DistanceTransform(dmask, &dt, &dtl, gocv.DistL2, gocv.DistanceTransformMasks(5), gocv.DistanceLabelCComp)
+	dtl.Close()
+	if ds > 1 {
+		dmask.Close()
+	} else {
+		mask.Close() // dmask is mask: close it once, through its own variable
+	}
 	dts, err := dt.DataPtrFloat32()
 	if err != nil {
 		return nil, fmt.Errorf("segment: %w", err)
@@ -250,6 +293,8 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 			cands = append(cands, marker{x: i % dw, y: i / dw, r: v, comp: dlb[i]})
 		}
 	}
+	dtMax.Close()
+	dlb = nil
 	sort.Slice(cands, func(a, b int) bool {
 		if cands[a].r != cands[b].r {
 			return cands[a].r > cands[b].r
@@ -263,6 +308,7 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 		}
 		c.markers = append(c.markers, m)
 	}
+	dt.Close()
 	// Back to full-resolution pixels.
 	for c := range comp {
 		for k, m := range comp[c].markers {
@@ -281,6 +327,15 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 		discard bool
 	}
 	segs := []segInfo{{}} // id 0 = background
+	nsegs := 1
+	for c := 1; c < ncomp; c++ {
+		nsegs += len(comp[c].markers)
+	}
+	if nsegs <= math.MaxUint16+1 {
+		s.seg16 = make([]uint16, n)
+	} else {
+		s.seg32 = make([]int32, n)
+	}
 	for c := 1; c < ncomp; c++ {
 		cp := &comp[c]
 		if len(cp.markers) == 0 {
@@ -309,19 +364,20 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 					}
 				}
 				id := base + int32(best)
-				s.seg[i] = id
+				s.setSeg(i, id)
 				si := &segs[id]
 				si.area++
 				si.box.Min.X = min(si.box.Min.X, x)
 				si.box.Min.Y = min(si.box.Min.Y, y)
 				si.box.Max.X = max(si.box.Max.X, x+1)
 				si.box.Max.Y = max(si.box.Max.Y, y+1)
-				if float32(gs[i]) < float32(opts.Nucleus)*float32(bgs[i]) {
-					si.dark++
-				}
+				si.dark += int(dark[i])
 			}
 		}
 	}
+
+	labels.Close()
+	green.Close()
 
 	// 4. Filters and output.
 	areas = areas[:0]
@@ -367,9 +423,17 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 			segs[i].area = -1
 		}
 	}
-	for i, id := range s.seg {
-		if id > 0 && segs[id].area < 0 {
-			s.seg[i] = 0
+	if s.seg16 != nil {
+		for i, id := range s.seg16 {
+			if id > 0 && segs[id].area < 0 {
+				s.seg16[i] = 0
+			}
+		}
+	} else {
+		for i, id := range s.seg32 {
+			if id > 0 && segs[id].area < 0 {
+				s.seg32[i] = 0
+			}
 		}
 	}
 	sort.Slice(s.Cells, func(a, b int) bool {
@@ -504,7 +568,7 @@ func (s *Segmentation) Crop(img gocv.Mat, i int) (gocv.Mat, error) {
 // one-pixel background rim around it: the foreground threshold cuts the
 // soft edge of a cell, which the training crops keep.
 func (s *Segmentation) owns(id int32, x, y int) bool {
-	v := s.seg[y*s.w+x]
+	v := s.segAt(y*s.w + x)
 	if v == id {
 		return true
 	}
@@ -514,7 +578,7 @@ func (s *Segmentation) owns(id int32, x, y int) bool {
 	for dy := -1; dy <= 1; dy++ {
 		for dx := -1; dx <= 1; dx++ {
 			xx, yy := x+dx, y+dy
-			if xx >= 0 && yy >= 0 && xx < s.w && yy < s.h && s.seg[yy*s.w+xx] == id {
+			if xx >= 0 && yy >= 0 && xx < s.w && yy < s.h && s.segAt(yy*s.w+xx) == id {
 				return true
 			}
 		}

@@ -456,3 +456,69 @@ func BenchmarkFieldParasitemia(b *testing.B) {
 	b.ReportMetric(float64(tp)/float64(max(tp+fn, 1)), "sens")
 	b.ReportMetric(float64(tn)/float64(max(tn+fp, 1)), "spec")
 }
+
+// Small cells (low magnification) take the full-resolution distance
+// transform, whose mask is the foreground mask itself.
+func TestSegmentFieldSmallCells(t *testing.T) {
+	var total segScore
+	for i := range 2 {
+		m, tr := segField(t, 9150, synth.Knobs{Magnification: 0.45}, i)
+		seg, err := SegmentField(m, SegmentOptions{})
+		if err != nil {
+			m.Close()
+			t.Fatal(err)
+		}
+		if seg.CellRadius >= 16 {
+			t.Fatalf("cell radius %.1f: not the full-resolution path this test is for", seg.CellRadius)
+		}
+		for i := range min(len(seg.Cells), 10) {
+			c, err := seg.Crop(m, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		m.Close()
+		total.add(scoreSegmentation(tr, seg.Cells))
+	}
+	recall := float64(total.matched) / float64(total.truth)
+	precision := float64(total.matched) / float64(total.found)
+	t.Logf("recall %.4f precision %.4f over %d red cells", recall, precision, total.truth)
+	if recall < 0.9 || precision < 0.9 {
+		t.Errorf("recall %.4f precision %.4f, want >= 0.9", recall, precision)
+	}
+}
+
+// Segment ids stored in 32 bits (more segments than 16 bits hold) give
+// the same crops as the usual 16-bit ids.
+func TestSegmentationWideIDs(t *testing.T) {
+	m, _ := segField(t, 9200, synth.Knobs{}, 1)
+	defer m.Close()
+	seg, err := SegmentField(m, SegmentOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seg.seg16 == nil || seg.seg32 != nil {
+		t.Fatal("a field of a few hundred cells should use 16-bit segment ids")
+	}
+	wide := *seg
+	wide.seg16, wide.seg32 = nil, make([]int32, len(seg.seg16))
+	for i, v := range seg.seg16 {
+		wide.seg32[i] = int32(v)
+	}
+	for i := range min(len(seg.Cells), 30) {
+		a, err := seg.Crop(m, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := wide.Crop(m, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Rows() != b.Rows() || string(a.ToBytes()) != string(b.ToBytes()) {
+			t.Errorf("cell %d: crops differ between 16- and 32-bit ids", i)
+		}
+		a.Close()
+		b.Close()
+	}
+}
