@@ -39,6 +39,11 @@ type Cell struct {
 	SlideID string // never leaves the device; only its keyed hash does
 	Crop    []byte // PNG or JPEG bytes of the cell
 	P       float64
+	// Clean, when set, turns Crop into the bytes that are sent (for example
+	// a re-encoding that drops file metadata). It runs only for selected
+	// cells, since most cells are not sent; the day's byte budget is
+	// charged with the cleaned size.
+	Clean func(crop []byte) ([]byte, error)
 }
 
 // NewProducer wires a selector, an outbox and the labels store.
@@ -77,6 +82,15 @@ func (p *Producer) Offer(ctx context.Context, window int64, c Cell) (string, boo
 	reason, ok := p.sel.Consider(c.P, len(c.Crop))
 	if !ok {
 		return "", false, nil
+	}
+	if c.Clean != nil {
+		cleaned, err := c.Clean(c.Crop)
+		if err != nil {
+			p.sel.Charge(-len(c.Crop))
+			return "", false, fmt.Errorf("feedback crop: %w", err)
+		}
+		p.sel.Charge(len(cleaned) - len(c.Crop))
+		c.Crop = cleaned
 	}
 	label := LabelUninfected
 	if c.P >= p.cfg.Threshold {

@@ -2,6 +2,7 @@ package feedback
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -73,4 +74,65 @@ func containsFold(b []byte, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestProducerCleansOnlySelectedCells: Clean runs for selected cells only,
+// what it returns is what is sent, the day's budget is charged with the
+// cleaned size, and a Clean failure is reported without a sample.
+func TestProducerCleansOnlySelectedCells(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, "")
+	ob, err := NewOutbox(ctx, db.DB, OutboxConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Clean turns a one-byte stand-in into a distinct real PNG.
+	cleanedPNG := map[byte][]byte{}
+	for i := range byte(3) {
+		cleanedPNG[i] = testPNG(t, 20, 20, uint64(i)+50)
+	}
+	var cleaned int
+	clean := func(b []byte) ([]byte, error) {
+		cleaned++
+		return cleanedPNG[b[0]], nil
+	}
+	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	// The first two cleaned crops fill the day: the third is refused.
+	budget := len(cleanedPNG[0]) + len(cleanedPNG[1])
+	sel := NewSelector(SelectorConfig{Threshold: 0.5, RandomRate: 1e-9, DailyBytes: int64(budget), Now: clk.Now})
+	p, err := NewProducer(ProducerConfig{Site: "lab", Device: "dev-1", DeviceSecret: []byte("0123456789abcdef"), ModelVersion: "2026.11.0", Now: clk.Now}, sel, ob, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.StartWindow(false)
+	for range 50 {
+		p.Offer(ctx, 1, Cell{SlideID: "S", Crop: []byte{0}, P: 0.01, Clean: clean})
+	}
+	if cleaned != 0 {
+		t.Fatalf("Clean ran %d times for confident cells that were not selected", cleaned)
+	}
+	for i := range byte(3) {
+		_, ok, err := p.Offer(ctx, 1, Cell{SlideID: "S", Crop: []byte{i}, P: 0.5, Clean: clean})
+		if err != nil || ok != (i < 2) {
+			t.Errorf("uncertain cell %d: sent %v, err %v; want the third refused by the day's budget", i, ok, err)
+		}
+	}
+	pend, _ := ob.Pending(ctx, 10)
+	if len(pend) != 2 {
+		t.Fatalf("%d pending, want 2", len(pend))
+	}
+	for i, r := range pend {
+		s, err := DecodeSample(r.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := SHA256Hex(cleanedPNG[byte(i)]); s.Crop.SHA256 != want || s.Crop.Bytes != len(cleanedPNG[byte(i)]) {
+			t.Errorf("sample %d carries %s (%d bytes), want the cleaned crop %s", i, s.Crop.SHA256, s.Crop.Bytes, want)
+		}
+	}
+	clk.t = clk.t.Add(24 * time.Hour)
+	boom := errors.New("not an image")
+	if _, ok, err := p.Offer(ctx, 1, Cell{SlideID: "S", Crop: []byte{0}, P: 0.5, Clean: func([]byte) ([]byte, error) { return nil, boom }}); ok || !errors.Is(err, boom) {
+		t.Fatalf("failed Clean: sent %v, err %v", ok, err)
+	}
 }

@@ -155,6 +155,15 @@ func (s *Selector) Consider(p float64, cropBytes int) (string, bool) {
 	return reason, true
 }
 
+// Charge corrects the bytes counted against today's budget by delta, once
+// the size of what is sent is known (Consider charged an estimate). A day
+// can therefore overshoot its budget by the growth of one crop.
+func (s *Selector) Charge(delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dayBytes = max(s.dayBytes+int64(delta), 0)
+}
+
 // Counts returns how many cells were selected by reason and skipped by
 // limit (window_cap, stratum_cap, daily_bytes), for metrics.
 func (s *Selector) Counts() (selected, skipped map[string]int) {

@@ -124,17 +124,13 @@ func deviceSecret(path string) ([]byte, error) {
 	return b, nil
 }
 
-// offer feeds one stored image's cells: a crop is offered with its bytes;
-// the cells of a field only advance the window (cropping fields for
-// feedback is not done here).
+// offer feeds one stored image's cells: a crop is offered with its bytes
+// (cleaned only if selected); the cells of a field only advance the window
+// (cropping fields for feedback is not done here).
 func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an analysis) {
 	var crop []byte
 	if an.Kind == "crop" {
-		var err error
-		if crop, err = cleanCrop(data); err != nil {
-			f.d.log.Debug("crop not offered as feedback", "slide", slide, "err", err)
-			f.d.metrics.errors.WithLabelValues("feedback_crop").Inc()
-		}
+		crop = data
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -146,8 +142,11 @@ func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an 
 		if crop == nil {
 			continue
 		}
-		_, sent, err := f.prod.Offer(ctx, f.window, feedback.Cell{SlideID: slide, Crop: crop, P: c.P})
+		_, sent, err := f.prod.Offer(ctx, f.window, feedback.Cell{SlideID: slide, Crop: crop, P: c.P, Clean: cleanCrop})
 		switch {
+		case errors.Is(err, errNotCellCrop):
+			f.d.log.Debug("crop not offered as feedback", "slide", slide, "err", err)
+			f.d.metrics.errors.WithLabelValues("feedback_crop").Inc()
 		case err != nil:
 			f.d.log.Warn("offering feedback failed", "slide", slide, "err", err)
 			f.d.metrics.errors.WithLabelValues("feedback").Inc()
@@ -193,24 +192,27 @@ func (f *feedbackLink) endWindow(ctx context.Context) {
 // one red cell is about 150x150).
 const maxCropPixels = 512 * 512
 
+// errNotCellCrop marks a selected crop that cannot be sent as feedback.
+var errNotCellCrop = errors.New("not a cell crop")
+
 // cleanCrop re-encodes a crop as PNG: only pixels leave the device, never
 // the file's metadata (PNG text chunks, EXIF, comments), which microscope
 // software may fill with patient or operator details.
 func cleanCrop(data []byte) ([]byte, error) {
 	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("crop: %w", err)
+		return nil, fmt.Errorf("%w: %w", errNotCellCrop, err)
 	}
 	if cfg.Width*cfg.Height > maxCropPixels {
-		return nil, fmt.Errorf("crop: %dx%d is larger than a cell crop", cfg.Width, cfg.Height)
+		return nil, fmt.Errorf("%w: %dx%d is larger than a cell crop", errNotCellCrop, cfg.Width, cfg.Height)
 	}
 	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("crop: %w", err)
+		return nil, fmt.Errorf("%w: %w", errNotCellCrop, err)
 	}
 	var buf bytes.Buffer
 	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&buf, img); err != nil {
-		return nil, fmt.Errorf("crop: %w", err)
+		return nil, fmt.Errorf("%w: %w", errNotCellCrop, err)
 	}
 	return buf.Bytes(), nil
 }
