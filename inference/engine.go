@@ -72,6 +72,13 @@ type EngineOptions struct {
 	NoArena bool
 	// ORTLib is an explicit path to libonnxruntime (see FindORTLib).
 	ORTLib string
+	// Model, when set, returns the ONNX model's bytes and the sessions are
+	// built from them rather than by ONNX Runtime opening the path (which
+	// then only names the model in messages). With a bundle's ReadFile,
+	// which hashes the bytes it returns, the bytes verified are the bytes
+	// loaded: a file replaced after OpenBundle cannot slip in. The bytes
+	// are dropped once the sessions exist.
+	Model func() ([]byte, error)
 }
 
 // Engine runs a backbone ONNX model on batches of preprocessed images. It is
@@ -108,7 +115,25 @@ func NewEngine(path string, in InputSpec, out OutputSpec, nClasses int, opts Eng
 	if in.Layout != "NCHW" && in.Layout != "NHWC" {
 		return nil, fmt.Errorf("%w: manifest input.layout must be NCHW or NHWC, got %q", ErrModelMismatch, in.Layout)
 	}
-	inputs, outputs, err := ort.GetInputOutputInfo(path)
+	var data []byte
+	if opts.Model != nil {
+		var err error
+		if data, err = opts.Model(); err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		if len(data) == 0 {
+			return nil, fmt.Errorf("read %s: %w: no model bytes", path, ErrModelMismatch)
+		}
+	}
+	var (
+		inputs, outputs []ort.InputOutputInfo
+		err             error
+	)
+	if data != nil {
+		inputs, outputs, err = ort.GetInputOutputInfoWithONNXData(data)
+	} else {
+		inputs, outputs, err = ort.GetInputOutputInfo(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -179,7 +204,12 @@ func NewEngine(path string, in InputSpec, out OutputSpec, nClasses int, opts Eng
 	e.intraOp = intra
 	e.sessions = make(chan *ort.DynamicAdvancedSession, n)
 	for range n {
-		s, err := ort.NewDynamicAdvancedSession(path, []string{in.Name}, names, so)
+		var s *ort.DynamicAdvancedSession
+		if data != nil {
+			s, err = ort.NewDynamicAdvancedSessionWithONNXData(data, []string{in.Name}, names, so)
+		} else {
+			s, err = ort.NewDynamicAdvancedSession(path, []string{in.Name}, names, so)
+		}
 		if err != nil {
 			e.Close()
 			return nil, fmt.Errorf("load %s: %w", path, err)

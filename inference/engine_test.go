@@ -227,3 +227,39 @@ func itoa(n int) string {
 	}
 	return itoa(n/10) + string(rune('0'+n%10))
 }
+
+// A model given as bytes loads like one opened by path; the path then only
+// names it, and a failing read refuses the engine.
+func TestEngineFromBytes(t *testing.T) {
+	data, err := os.ReadFile(tinyModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine("does-not-exist/backbone.onnx", tinyInput, tinyOutputs, 2, EngineOptions{Model: func() ([]byte, error) { return data, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	b, err := e.NewBatch(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	fillLinspace(b.Input(0))
+	if err := e.Run(b, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range tinyReference {
+		if got := b.Features(0)[i]; math.Abs(float64(got-want)) > 1e-5 {
+			t.Fatalf("feature %d = %v, torch gives %v", i, got, want)
+		}
+	}
+
+	errSwapped := errors.New("backbone.onnx changed since verification")
+	if _, err := NewEngine(tinyModel, tinyInput, tinyOutputs, 2, EngineOptions{Model: func() ([]byte, error) { return nil, errSwapped }}); !errors.Is(err, errSwapped) {
+		t.Errorf("failing Model: got %v, want %v", err, errSwapped)
+	}
+	if _, err := NewEngine(tinyModel, tinyInput, tinyOutputs, 2, EngineOptions{Model: func() ([]byte, error) { return data[:len(data)/2], nil }}); err == nil {
+		t.Error("truncated model bytes: no error")
+	}
+}

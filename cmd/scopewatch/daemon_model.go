@@ -71,7 +71,10 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 		// No ORT arena: it would pin the peak of a field's batches for the
 		// daemon's lifetime (measured: peak RSS 214 -> 205 MB, steady 178 ->
 		// 169 MB on 20 fields, with the unit's malloc settings).
-		Engine: inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary, NoArena: true},
+		// The session is built from the bytes ReadFile hashed, not from
+		// the path: the file cannot change between check and load.
+		Engine: inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary, NoArena: true,
+			Model: func() ([]byte, error) { return b.ReadFile(inference.BackboneFile) }},
 		Decode: inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
 	})
 	if err != nil {
