@@ -308,3 +308,20 @@ func focusOfInput(t testing.TB, c *Classifier, in Input) float64 {
 	}
 	return c.Preprocessor().Focus(dst)
 }
+
+// TestClassifierNoFocus: with NoFocus the focus is not computed (0), the
+// rest of the result unchanged.
+func TestClassifierNoFocus(t *testing.T) {
+	in := []Input{{Path: "cell", Data: encodePNG(t, cellLike(131, 140))}}
+	with, err := openTinyClassifier(t, ClassifierOptions{}).Classify(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := openTinyClassifier(t, ClassifierOptions{NoFocus: true}).Classify(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(with[0].Focus > 0) || without[0].Focus != 0 || with[0].PParasitized != without[0].PParasitized {
+		t.Fatalf("focus %v / %v (NoFocus), p %v / %v", with[0].Focus, without[0].Focus, with[0].PParasitized, without[0].PParasitized)
+	}
+}
