@@ -53,6 +53,25 @@ func BenchmarkMonitorObserve(b *testing.B) {
 	}
 }
 
+// BenchmarkMonitorObserveFocus adds the focus signal to the scores and
+// rate tests: one more CvM per window.
+func BenchmarkMonitorObserveFocus(b *testing.B) {
+	base := focusBaseline(b, 300, 60, []int{20, 60}, 100)
+	m, err := NewMonitor(base)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, l, f := synthCells(4096, 0.2, 0, 2)
+	foc := synthFocus(l, 0.9, 3)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := m.Observe(Observation{Score: s[i&4095], Features: f[i&4095], Focus: foc[i&4095]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkCvMUpdate isolates one add+remove of the Fenwick-tree CvM.
 func BenchmarkCvMUpdate(b *testing.B) {
 	for _, nref := range []int{1000, 16000, 256000} {
