@@ -532,6 +532,7 @@ type driftStatus struct {
 	SinceReset   int64           `json:"since_reset"`
 	Skipped      int64           `json:"skipped"`
 	Features     bool            `json:"features"`
+	Focus        bool            `json:"focus"` // the focus detector runs
 	Tests        []driftTest     `json:"tests,omitempty"`
 	Performance  []driftEstimate `json:"performance,omitempty"`
 }
@@ -551,7 +552,7 @@ func (w *driftWatch) status() driftStatus {
 		return st
 	}
 	st.Active, st.ModelVersion = true, w.model
-	st.Observed, st.SinceReset, st.Features = w.mon.Index(), w.mon.SinceReset(), w.mon.UsesFeatures()
+	st.Observed, st.SinceReset, st.Features, st.Focus = w.mon.Index(), w.mon.SinceReset(), w.mon.UsesFeatures(), w.mon.UsesFocus()
 	for _, t := range w.mon.Status() {
 		st.Tests = append(st.Tests, driftTest{Signal: t.Signal, Window: t.Window, N: t.N, Active: t.Active,
 			Statistic: finiteOrNil(t.Statistic), Warn: finiteOrNil(t.Warn), Alarm: finiteOrNil(t.Alarm)})

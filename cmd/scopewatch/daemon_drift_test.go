@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,7 +72,7 @@ func TestDriftInServe(t *testing.T) {
 	model := &baselineModel{version: "pix-1", baseline: base}
 	td := startTestDaemonWith(t, dir, model, smallDrift)
 	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running")
-	if st := getDrift(t, td.url); st.ModelVersion != "pix-1" || st.SinceReset != 0 || st.Features || len(st.Tests) != 4 {
+	if st := getDrift(t, td.url); st.ModelVersion != "pix-1" || st.SinceReset != 0 || st.Features || st.Focus || len(st.Tests) != 4 {
 		t.Fatalf("fresh status %+v", st)
 	}
 
@@ -280,4 +284,101 @@ func TestDriftCalibrationFocus(t *testing.T) {
 	if ok, why := td.d.drift.focusUsable(); ok || !strings.Contains(why, "does not measure focus") {
 		t.Errorf("pixel analyzer: focus usable %v (%s)", ok, why)
 	}
+}
+
+// focusModel is the pixel model with a focus per cell: log-normal like the
+// real measure, scaled by blur (1 nominal), and a baseline with a focus
+// reference drawn the same way.
+type focusModel struct {
+	baselineModel
+	fmu  sync.Mutex
+	rng  *rand.Rand
+	blur float64
+}
+
+func (m *focusModel) MeasuresFocus() bool { return true }
+
+func (m *focusModel) Analyze(ctx context.Context, data []byte, kind string) (analysis, error) {
+	an, err := m.baselineModel.Analyze(ctx, data, kind)
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	for i := range an.Cells {
+		an.Cells[i].Focus = math.Exp(4+0.5*m.rng.NormFloat64()) * m.blur
+	}
+	return an, err
+}
+
+var _ focusSource = (*focusModel)(nil)
+
+// TestDriftFocusInServe runs the daemon on crops from an analyzer that
+// measures focus, against a baseline with a focus reference: the focus
+// detector runs, and a drop of every cell's focus (the scores unchanged)
+// raises its alarm.
+func TestDriftFocusInServe(t *testing.T) {
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(5, 6))
+	reds := func() uint8 { return uint8(r.IntN(256)) }
+	var s, foc []float64
+	var l []int
+	for range 2000 {
+		p := float64(reds()) / 255
+		s, foc = append(s, p), append(foc, math.Exp(4+0.5*r.NormFloat64()))
+		l = append(l, map[bool]int{true: 1}[p >= 0.5])
+	}
+	b, err := drift.BuildBaseline(context.Background(), s, l, nil, 0.5, drift.BaselineConfig{Seed: 2, BootstrapReps: 50, DescriptiveSims: 20, Focus: foc,
+		Detector: drift.CalibrationConfig{ERT: 300, WarnERT: 30, Windows: []int{20, 50}, Sims: 200}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bpath := filepath.Join(dir, "baseline.json")
+	if err := b.Save(bpath); err != nil {
+		t.Fatal(err)
+	}
+	model := &focusModel{baselineModel: baselineModel{version: "focus-1", baseline: bpath}, rng: rand.New(rand.NewPCG(7, 8)), blur: 1}
+	td := startTestDaemonWith(t, dir, model, func(c *config.Config) { smallDrift(c); c.Images.Kind = "crop" })
+	testutil.Eventually(t, 30*time.Second, func() bool { return getDrift(t, td.url).Active }, "drift detection running")
+	if st := getDrift(t, td.url); !st.Focus {
+		t.Fatalf("focus detector not running: %+v", st)
+	}
+	sent := 0
+	send := func(n int) {
+		for range n {
+			sent++
+			resp := upload(t, fmt.Sprintf("%s/v1/images?slide=f&name=c%d.png", td.url, sent), "image/png", pngBytes(t, 8, 8, reds()))
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("upload: %d", resp.StatusCode)
+			}
+		}
+	}
+	send(60)
+	model.fmu.Lock()
+	model.blur = 0.5
+	model.fmu.Unlock()
+	send(60)
+	var focusTests int
+	for _, ts := range getDrift(t, td.url).Tests {
+		if ts.Signal != drift.SignalFocus {
+			continue
+		}
+		focusTests++
+		if ts.Statistic == nil || ts.Alarm == nil || *ts.Statistic <= *ts.Alarm {
+			t.Errorf("focus window %d after the drop: statistic %v, alarm threshold %v: want above", ts.Window, deref(ts.Statistic), deref(ts.Alarm))
+		}
+	}
+	if focusTests != 2 {
+		t.Fatalf("%d focus tests, want 2", focusTests)
+	}
+	db := openDB(t, td.cfg.Database)
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM events WHERE kind = 'drift_alarm' AND detail LIKE '%focus_cvm%'`).Scan(&n); err != nil || n == 0 {
+		t.Fatalf("focus alarm events: %d (%v)", n, err)
+	}
+}
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
