@@ -106,6 +106,9 @@ type Daemon struct {
 	degraded sync.Map // reason -> detail
 	lastBeat atomic.Int64
 	httpAddr chan string
+	// firstImage releases the library pages that only the first image's
+	// lazy initialisation (codecs, OpenCV's dispatch) used.
+	firstImage sync.Once
 }
 
 // daemonDeps are the parts created outside (tests inject a clock).
@@ -422,6 +425,7 @@ func (d *Daemon) process(j job) (r jobResult) {
 		return jobResult{err: err}
 	}
 	analysed := d.now()
+	d.firstImage.Do(func() { releaseStartPages(cfg, d.log, "first image") })
 	d.metrics.analyzeSeconds.WithLabelValues(an.Kind).Observe(analysed.Sub(start).Seconds())
 	stored, err := d.db.recordImage(ctx, imageRecord{
 		Slide: j.slide, Name: j.name, Source: j.source, Kind: an.Kind,

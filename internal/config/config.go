@@ -41,6 +41,7 @@ type Config struct {
 	Storage  Storage  `yaml:"storage"`
 	Drift    Drift    `yaml:"drift"`
 	Feedback Feedback `yaml:"feedback"`
+	Memory   Memory   `yaml:"memory"`
 	Shutdown Shutdown `yaml:"shutdown"`
 }
 
@@ -204,6 +205,20 @@ type Retune struct {
 	Cooldown    time.Duration `yaml:"cooldown"`
 }
 
+// Memory keeps the daemon's resident set within the device budget
+// (DESIGN.md §5: 200 MB).
+type Memory struct {
+	// GoLimit is the Go runtime's soft memory limit in bytes
+	// (runtime/debug.SetMemoryLimit). ONNX Runtime, OpenCV and SQLite
+	// allocate outside it. GOMEMLIMIT in the environment wins.
+	GoLimit int64 `yaml:"go_limit"`
+	// ReleaseFilePages hands the pages of shared libraries and the
+	// executable that only the start used back to the kernel
+	// (MADV_DONTNEED on clean read-only mappings): before and after the
+	// model loads, and after the first image.
+	ReleaseFilePages bool `yaml:"release_file_pages"`
+}
+
 // Shutdown bounds how long SIGTERM may take.
 type Shutdown struct {
 	Timeout time.Duration `yaml:"timeout"`
@@ -295,6 +310,7 @@ func Default() Config {
 				Cooldown:    24 * time.Hour,
 			},
 		},
+		Memory:   Memory{GoLimit: 24 << 20, ReleaseFilePages: true},
 		Shutdown: Shutdown{Timeout: 20 * time.Second},
 	}
 }
@@ -732,6 +748,9 @@ func (c *Config) Validate() Errors {
 	}
 	if c.Feedback.Enabled {
 		c.validateFeedback(add)
+	}
+	if c.Memory.GoLimit < 8<<20 || c.Memory.GoLimit > 64<<30 {
+		add("memory.go_limit", fmt.Sprintf("%d bytes out of range", c.Memory.GoLimit), "bytes in [8388608, 68719476736] (8 MiB..64 GiB)")
 	}
 	if c.Shutdown.Timeout <= 0 || c.Shutdown.Timeout > 10*time.Minute {
 		add("shutdown.timeout", fmt.Sprintf("%s out of range", c.Shutdown.Timeout), "a Go duration in (0, 10m]")

@@ -114,6 +114,7 @@ func TestBadConfigNamesField(t *testing.T) {
 		{"feedback retune k above m", "feedback:\n  enabled: true\n  retune:\n    k: 6\n    m: 5\n", "feedback.retune.k", "k <= m"},
 		{"feedback window", "feedback:\n  enabled: true\n  window_cells: 5\n", "feedback.window_cells", "10..1000000"},
 		{"drift persist too often", "drift:\n  persist_interval: 10ms\n", "drift.persist_interval", "at least 1s"},
+		{"go memory limit too small", "memory:\n  go_limit: 1048576\n", "memory.go_limit", "8 MiB"},
 		{"http open to the network without token", "http:\n  listen: 0.0.0.0:8470\n", "http.token", "loopback"},
 		{"http any interface without token", "http:\n  listen: :8470\n", "http.token", "SCOPEWATCH_HTTP_TOKEN"},
 		{"http short token", "http:\n  token: abc\n", "http.token", "at least 16"},

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package main
+
+import "errors"
+
+// releaseFilePages is Linux-only (MADV_PAGEOUT).
+func releaseFilePages() (before, after int64, err error) {
+	return 0, 0, errors.ErrUnsupported
+}
