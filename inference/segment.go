@@ -203,17 +203,9 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 	defer stats.Close()
 	cents := gocv.NewMat()
 	defer cents.Close()
-	// 16-bit labels halve the largest buffer of the function when the
-	// labels are sure to fit: OpenCV does not check, and overflows.
-	ltype, algo := gocv.MatTypeCV32S, gocv.CCL_DEFAULT
-	if ms, _ = mask.DataPtrUint8(); !forceWideLabels && labelStarts(ms, w, h) < math.MaxUint16 {
-		// Wu's one-pass labelling makes exactly labelStarts provisional
-		// labels (the block-based default makes up to one per 2x2 block).
-		ltype, algo = gocv.MatTypeCV16U, gocv.CCL_WU
-	}
-	ncomp := gocv.ConnectedComponentsWithStatsWithParams(mask, &labels, &stats, &cents, 8, ltype, algo)
+	ncomp := gocv.ConnectedComponentsWithStats(mask, &labels, &stats, &cents)
 	cents.Close()
-	lb, err := labelView(&labels)
+	lb, err := int32s(&labels)
 	if err != nil {
 		return nil, err
 	}
@@ -266,9 +258,9 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 	// dlb is the component label under each reduced pixel.
 	dlb := make([]int32, dw*dh)
 	for y := range dh {
-		row := y * ds * w
+		row := lb[y*ds*w:]
 		for x := range dw {
-			l := lb.at(row + x*ds)
+			l := row[x*ds]
 			dlb[y*dw+x] = l
 			if l > 0 && dts[y*dw+x] > comp[l].peak {
 				comp[l].peak = dts[y*dw+x]
@@ -357,7 +349,7 @@ func SegmentField(img gocv.Mat, opts SegmentOptions) (*Segmentation, error) {
 		for y := cp.box.Min.Y; y < cp.box.Max.Y; y++ {
 			for x := cp.box.Min.X; x < cp.box.Max.X; x++ {
 				i := y*w + x
-				if lb.at(i) != int32(c) {
+				if lb[i] != int32(c) {
 					continue
 				}
 				best := 0
@@ -516,62 +508,20 @@ func background(green gocv.Mat) (gocv.Mat, error) {
 	return out, nil
 }
 
-// forceWideLabels makes SegmentField use 32-bit component labels (tests).
-var forceWideLabels bool
-
-// labelStarts counts the foreground pixels none of whose neighbours
-// already visited in raster order (left, and the three above) is
-// foreground: an upper bound on the number of 8-connected components.
-func labelStarts(ms []uint8, w, h int) int {
-	n := 0
-	for y := range h {
-		row := ms[y*w : (y+1)*w]
-		var up []uint8
-		if y > 0 {
-			up = ms[(y-1)*w : y*w]
-		}
-		for x, v := range row {
-			if v == 0 || (x > 0 && row[x-1] != 0) {
-				continue
-			}
-			if up != nil && (up[x] != 0 || (x > 0 && up[x-1] != 0) || (x+1 < w && up[x+1] != 0)) {
-				continue
-			}
-			n++
-		}
+// int32s views a CV_32S Mat's data as Go int32s (no copy; valid until
+// the Mat is closed).
+func int32s(m *gocv.Mat) ([]int32, error) {
+	if m.Type() != gocv.MatTypeCV32S {
+		return nil, fmt.Errorf("segment: labels have type %d, want CV_32S", m.Type())
 	}
-	return n
-}
-
-// labelPlane views a CV_16U or CV_32S label Mat's data (no copy; valid
-// until the Mat is closed).
-type labelPlane struct {
-	l16 []uint16
-	l32 []int32
-}
-
-func (p labelPlane) at(i int) int32 {
-	if p.l16 != nil {
-		return int32(p.l16[i])
-	}
-	return p.l32[i]
-}
-
-func labelView(m *gocv.Mat) (labelPlane, error) {
 	b, err := m.DataPtrUint8()
 	if err != nil {
-		return labelPlane{}, fmt.Errorf("segment: %w", err)
+		return nil, fmt.Errorf("segment: %w", err)
 	}
 	if len(b) == 0 {
-		return labelPlane{l32: []int32{}}, nil
+		return nil, nil
 	}
-	switch m.Type() {
-	case gocv.MatTypeCV16U:
-		return labelPlane{l16: unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), len(b)/2)}, nil
-	case gocv.MatTypeCV32S:
-		return labelPlane{l32: unsafe.Slice((*int32)(unsafe.Pointer(&b[0])), len(b)/4)}, nil
-	}
-	return labelPlane{}, fmt.Errorf("segment: labels have type %d, want CV_16U or CV_32S", m.Type())
+	return unsafe.Slice((*int32)(unsafe.Pointer(&b[0])), len(b)/4), nil
 }
 
 // Crop cuts cell i out of the field img (the image that was segmented) as

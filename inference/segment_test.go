@@ -6,7 +6,6 @@ import (
 	"image"
 	"math"
 	"math/rand"
-	"slices"
 	"sort"
 	"testing"
 
@@ -521,84 +520,5 @@ func TestSegmentationWideIDs(t *testing.T) {
 		}
 		a.Close()
 		b.Close()
-	}
-}
-
-// 16-bit component labels (the usual case) and 32-bit ones give the same
-// segmentation.
-func TestSegmentFieldLabelWidths(t *testing.T) {
-	m, _ := segField(t, 9200, synth.Knobs{}, 2)
-	defer m.Close()
-	narrow, err := SegmentField(m, SegmentOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	forceWideLabels = true
-	defer func() { forceWideLabels = false }()
-	wide, err := SegmentField(m, SegmentOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(narrow.Cells) < 100 || len(narrow.Cells) != len(wide.Cells) || narrow.Dropped != wide.Dropped {
-		t.Fatalf("16-bit labels: %d cells (%d dropped), 32-bit: %d (%d dropped)", len(narrow.Cells), narrow.Dropped, len(wide.Cells), wide.Dropped)
-	}
-	for i := range narrow.Cells {
-		// Segment ids follow the labelling algorithm's numbering.
-		a, b := narrow.Cells[i], wide.Cells[i]
-		a.id, b.id = 0, 0
-		if a != b {
-			t.Fatalf("cell %d: %+v with 16-bit labels, %+v with 32-bit", i, a, b)
-		}
-		ca, err := narrow.Crop(m, i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cb, err := wide.Crop(m, i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !slices.Equal(ca.ToBytes(), cb.ToBytes()) {
-			t.Errorf("cell %d: crops differ", i)
-		}
-		ca.Close()
-		cb.Close()
-	}
-}
-
-// labelStarts bounds the components: equal for separate blobs, more for a
-// shape whose arms join below their tops.
-func TestLabelStarts(t *testing.T) {
-	for _, c := range []struct {
-		name  string
-		rows  []string
-		comps int
-		want  int
-	}{
-		{"empty", []string{"....", "...."}, 0, 0},
-		{"dots", []string{"#.#.#", ".....", "#.#.#"}, 6, 6},
-		{"diagonal touch", []string{"#...", ".#..", "..#."}, 1, 1},
-		{"U", []string{"#..#", "#..#", "####"}, 1, 2},
-		{"anti-diagonal", []string{"..#", ".#.", "#.."}, 1, 1},
-	} {
-		h, w := len(c.rows), len(c.rows[0])
-		ms := make([]uint8, w*h)
-		for y, r := range c.rows {
-			for x := range r {
-				if r[x] == '#' {
-					ms[y*w+x] = 255
-				}
-			}
-		}
-		m, err := gocv.NewMatFromBytes(h, w, gocv.MatTypeCV8UC1, ms)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := gocv.NewMat()
-		comps := gocv.ConnectedComponents(m, &l) - 1
-		m.Close()
-		l.Close()
-		if got := labelStarts(ms, w, h); got != c.want || comps != c.comps || got < comps {
-			t.Errorf("%s: labelStarts %d (want %d), OpenCV finds %d components (want %d)", c.name, got, c.want, comps, c.comps)
-		}
 	}
 }
