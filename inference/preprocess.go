@@ -368,90 +368,90 @@ func (p *Preprocessor) Focus(in []float32) float64 {
 	}
 	sc, _ := p.focusPool.Get().(*focusScratch)
 	if sc == nil || len(sc.grey) < n {
-		sc = &focusScratch{grey: make([]float32, n), mask: make([]uint8, n)}
+		sc = &focusScratch{grey: make([]float32, n), mask: make([]uint8, n+w)}
 	}
 	defer p.focusPool.Put(sc)
-	grey, mask := sc.grey[:n], sc.mask[:n]
+	grey, mask, zero := sc.grey[:n], sc.mask[:n], sc.mask[n:n+w]
 	g0, g1, g2, off := p.grey[0], p.grey[1], p.grey[2], p.greyOff
-	if p.spec.Layout == "NCHW" {
-		c0, c1, c2 := in[:n], in[n:2*n], in[2*n:3*n]
-		for i := range grey {
-			grey[i] = g0*c0[i] + g1*c1[i] + g2*c2[i] + off
-		}
-	} else {
-		for i := range grey {
-			grey[i] = g0*in[3*i] + g1*in[3*i+1] + g2*in[3*i+2] + off
-		}
-	}
+	nchw := p.spec.Layout == "NCHW"
 	// mask[i] is pixel i's city-block distance to the background or the
 	// image border, capped at focusErode+1: a pixel survives k erosions by
-	// the 4-neighbour cross exactly when its distance exceeds k. Two
-	// raster passes compute it.
+	// the 4-neighbour cross exactly when its distance exceeds k. A forward
+	// raster pass (fused with the grey conversion) and a backward one
+	// (fused with the Laplacian, which needs a row's final distances only)
+	// compute it. zero stands for the rows beyond the border.
 	const cap8 = focusErode + 1
+	up := zero
 	for y := range h {
-		row := mask[y*w : (y+1)*w]
 		g := grey[y*w : (y+1)*w]
-		var up []uint8
-		if y > 0 {
-			up = mask[(y-1)*w : y*w]
+		if nchw {
+			c0, c1, c2 := in[y*w:(y+1)*w], in[n+y*w:n+(y+1)*w], in[2*n+y*w:2*n+(y+1)*w]
+			c1, c2 = c1[:len(c0)], c2[:len(c0)]
+			g = g[:len(c0)]
+			for x := range c0 {
+				g[x] = g0*c0[x] + g1*c1[x] + g2*c2[x] + off
+			}
+		} else {
+			px := in[3*y*w : 3*(y+1)*w]
+			for x := range g {
+				g[x] = g0*px[3*x] + g1*px[3*x+1] + g2*px[3*x+2] + off
+			}
 		}
+		row := mask[y*w : (y+1)*w]
+		up = up[:len(row)]
+		g = g[:len(row)]
 		var left uint8
-		for x, v := range g {
-			var d uint8
-			if v > focusBlack {
-				var u uint8
-				if up != nil {
-					u = up[x]
-				}
-				d = min(u, left) + 1
-				if d > cap8 {
-					d = cap8
-				}
+		for x := range row {
+			d := min(up[x], left) + 1
+			if d > cap8 {
+				d = cap8
+			}
+			if !(g[x] > focusBlack) {
+				d = 0
 			}
 			row[x] = d
 			left = d
 		}
+		up = row
 	}
+	// The Laplacian's mean over a cell is near 0 and its square large, so
+	// E[l^2] - E[l]^2 loses nothing to cancellation; float32 sums per row
+	// (at most w terms) are exact enough and spare conversions.
+	var cnt int
+	var s, s2 float64
+	down := zero
 	for y := h - 1; y >= 0; y-- {
 		row := mask[y*w : (y+1)*w]
-		var down []uint8
-		if y < h-1 {
-			down = mask[(y+1)*w : (y+2)*w]
-		}
+		down = down[:len(row)]
 		var right uint8
-		for x := w - 1; x >= 0; x-- {
+		for x := len(row) - 1; x >= 0; x-- {
 			d := row[x]
-			if d != 0 {
-				var u uint8
-				if down != nil {
-					u = down[x]
-				}
-				d = min(d, min(u, right)+1)
-				row[x] = d
+			if e := min(down[x], right) + 1; e < d {
+				d = e
 			}
+			row[x] = d
 			right = d
 		}
-	}
-	// Single pass with a shift by the first value keeps the variance
-	// accurate in float64 without a second pass.
-	var cnt int
-	var shift, s, s2 float64
-	for y := 1; y < h-1; y++ {
-		row := y * w
-		for x := 1; x < w-1; x++ {
-			i := row + x
-			if mask[i] < cap8 {
+		down = row
+		if y == 0 || y == h-1 {
+			continue
+		}
+		gu, g, gd := grey[(y-1)*w:y*w], grey[y*w:(y+1)*w], grey[(y+1)*w:(y+2)*w]
+		gu, gd, row = gu[:len(g)], gd[:len(g)], row[:len(g)]
+		var rs, rs2 float32
+		var rc int
+		for x := 1; x < len(g)-1; x++ {
+			if row[x] < cap8 {
 				continue
 			}
-			l := float64(grey[i-1] + grey[i+1] + grey[i-w] + grey[i+w] - 4*grey[i])
-			if cnt == 0 {
-				shift = l
-			}
-			d := l - shift
-			s += d
-			s2 += d * d
-			cnt++
+			l := g[x-1] + g[x+1] + gu[x] + gd[x] - 4*g[x]
+			rs += l
+			rs2 += l * l
+			rc++
 		}
+		s += float64(rs)
+		s2 += float64(rs2)
+		cnt += rc
 	}
 	if cnt < focusMinCount {
 		return 0
