@@ -35,9 +35,9 @@
 // # Focus
 //
 // A microscope drifting out of focus is something operators must hear about
-// even while the classifier copes with it, and a classifier trained with
-// blur augmentation barely moves its scores or its (projected) embedding
-// under moderate defocus. The focus signal (focus_cvm) therefore tests the
+// even while the classifier copes with it, and a classifier that copes
+// barely moves its scores or its (projected) embedding under moderate
+// defocus. The focus signal (focus_cvm) therefore tests the
 // distribution of an image-quality value, the crop's focus, against the
 // test set's, with the same rank-based Cramér-von Mises machinery as the
 // scores. It is on when the baseline was built with focus values
@@ -46,15 +46,18 @@
 // dependence between them (blurred slides are also scored a little
 // differently) is kept in the simulated drift-free streams.
 //
-// Its limits: the focus value follows contrast, stain intensity and sensor
-// noise as well as defocus, so a strong stain or contrast change can raise
-// it too (it is a drift alarm, not a diagnosis); it is comparable only
-// between crops of the same kind and scale as the baseline's (crops on
-// black at the model's input size), so a baseline built from NIH-style
-// crops does not describe the focus of cells segmented from whole fields,
-// which are smaller, upsampled and keep a rim of background; and defocus
-// within the test set's own slide-to-slide range of focus is, correctly,
-// not drift.
+// Its limits: the focus value follows contrast, stain intensity,
+// brightness and sensor noise as well as defocus, so a stain or lamp change
+// can raise it too (it is an image-quality alarm, not a diagnosis of
+// blur); sensor noise sets a floor under it, so it tells a stream that
+// went soft from a sharp one but cannot grade defocus beyond about a
+// pixel; it is comparable only between crops of the same kind and scale as
+// the baseline's (crops on black at the model's input size), so a baseline
+// built from NIH-style crops does not describe the focus of cells
+// segmented from whole fields, which are smaller (upsampled to the input
+// size) and measure sharper; and it tests the stream's distribution: one
+// slide whose defocus lies within the test set's slide-to-slide range is
+// not drift, a whole stream moved that way is.
 package drift
 
 // # Other outputs

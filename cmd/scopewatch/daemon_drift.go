@@ -385,9 +385,9 @@ func driftCalibration(b *drift.Baseline, c config.Drift, focus bool) (drift.Cali
 // serving analyzer must measure focus, and images must be crops. The
 // baseline's focus reference describes crops on black at the model's input
 // size; cells segmented from whole fields are smaller (upsampled to the
-// input size) and keep a rim of background, so their focus is on another
-// scale (measured on synth: field cells' focus exceeds crops' in about 70%
-// of pairs), and every field stream would look like drift.
+// input size) and cut out differently, so their focus is on another scale
+// (measured on synth: field cells' focus exceeds crops' in about 70% of
+// pairs), and every field stream would look like drift.
 func (w *driftWatch) focusUsable() (bool, string) {
 	w.d.model.mu.RLock()
 	fs, ok := w.d.model.cur.(focusSource)
