@@ -85,8 +85,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // releaseStartPages releases the file-backed pages of the process when
 // memory.release_file_pages is on (see releaseFilePages): at start, after
 // a model load and after the first image. Measured on 20 fields
-// (TestAcceptanceMemory): VmHWM 188 -> 122 MB, resident set after the run
-// 170 -> 89 MB, same time per field.
+// (TestAcceptanceMemory): VmHWM 193 -> 123 MB, resident set after the run
+// 171 -> 89 MB, same time per field.
 func releaseStartPages(cfg config.Config, log *slog.Logger, after string) {
 	if !cfg.Memory.ReleaseFilePages {
 		return
