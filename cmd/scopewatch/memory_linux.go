@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -24,9 +25,13 @@ import (
 // MADV_DONTNEED on a private file mapping discards private copies of
 // pages, so it is only applied to mappings that cannot be written and
 // hold no private (anonymous) page: every page is then the file's own
-// page-cache page. Only shared libraries and the executable are touched:
-// they stay mapped for the life of the process, so no range read from
-// smaps can have been unmapped and reused before the advice lands. Pages still in use come back on their next access, a
+// page-cache page. Only mappings that stay for the life of the process
+// are touched, so that no range read from smaps can have been unmapped
+// and reused for other memory before the advice lands: the executable,
+// the libraries mapped at the first call (linked at exec; ld.so never
+// unloads those) and ONNX Runtime (opened once, never closed). A library
+// opened later by someone else (an OpenCL or codec plugin) is left alone,
+// as it might be closed. Pages still in use come back on their next access, a
 // minor fault served from the page cache; the others stay in the page
 // cache, free for the kernel to drop. It returns the file-backed resident
 // set before and after, in kB.
@@ -37,7 +42,10 @@ func releaseFilePages() (before, after int64, err error) {
 		return before, before, fmt.Errorf("release file pages: %w", err)
 	}
 	exe, _ := os.Readlink("/proc/self/exe")
-	for _, m := range cleanFileMappings(smaps, func(path string) bool { return path == exe || isSharedObject(path) }) {
+	lasting := lastingLibraries(smaps)
+	for _, m := range cleanFileMappings(smaps, func(path string) bool {
+		return path == exe || lasting[path] || strings.HasPrefix(path[strings.LastIndexByte(path, '/')+1:], "libonnxruntime.so")
+	}) {
 		// A mapping the kernel refuses (locked, a device) stays as it is.
 		syscall.Syscall(syscall.SYS_MADVISE, m.start, m.end-m.start, syscall.MADV_DONTNEED)
 	}
@@ -45,6 +53,27 @@ func releaseFilePages() (before, after int64, err error) {
 }
 
 type mapping struct{ start, end uintptr }
+
+var (
+	lastingOnce sync.Once
+	lasting     map[string]bool
+)
+
+// lastingLibraries returns the shared objects mapped at its first call.
+func lastingLibraries(smaps []byte) map[string]bool {
+	lastingOnce.Do(func() {
+		lasting = map[string]bool{}
+		sc := bufio.NewScanner(bytes.NewReader(smaps))
+		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) == 6 && strings.Contains(f[0], "-") && strings.HasPrefix(f[5], "/") && isSharedObject(f[5]) {
+				lasting[f[5]] = true
+			}
+		}
+	})
+	return lasting
+}
 
 // isSharedObject reports whether path names a shared library (lib.so,
 // lib.so.1.2).
