@@ -90,6 +90,11 @@ type Classifier struct {
 // inference). The bundle must stay open while the classifier is used.
 func NewClassifier(b *Bundle, opts ClassifierOptions) (*Classifier, error) {
 	m := b.Manifest
+	if opts.Engine.Model == nil {
+		// The session is built from the bytes ReadFile hashed, not from
+		// the path: the file cannot change between verification and load.
+		opts.Engine.Model = func() ([]byte, error) { return b.ReadFile(BackboneFile) }
+	}
 	eng, err := NewEngine(b.BackbonePath, m.Input, m.Outputs, len(m.Classes), opts.Engine)
 	if err != nil {
 		return nil, err

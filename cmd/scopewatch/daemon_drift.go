@@ -41,8 +41,9 @@ type focusSource interface {
 
 var _ focusSource = (*modelAnalyzer)(nil)
 
-// MeasuresFocus: the inference classifier computes every crop's focus.
-func (a *modelAnalyzer) MeasuresFocus() bool { return true }
+// MeasuresFocus: the classifier computes every crop's focus when drift
+// runs on crops (images.kind crop).
+func (a *modelAnalyzer) MeasuresFocus() bool { return a.focus }
 
 // baselineSource is implemented by analyzers whose bundle ships a
 // baseline.json.

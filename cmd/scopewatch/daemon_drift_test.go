@@ -209,21 +209,25 @@ func TestDriftCalibrationSettings(t *testing.T) {
 	if !usesSignal(b, drift.SignalEmbedding) {
 		t.Skip("the shipped baseline has no embedding detector")
 	}
+	// Crops with focus measured run the baseline as shipped.
+	focus := usesSignal(b, drift.SignalFocus)
 	cases := []struct {
 		name   string
 		cfg    config.Drift
+		focus  bool
 		change bool
 		ert    int
 		emb    bool
 	}{
-		{"as shipped", config.Drift{Embedding: true}, false, b.Detector.ERT, true},
-		{"without features", config.Drift{}, true, b.Detector.ERT, false},
-		{"other ERT", config.Drift{Embedding: true, ERT: 2000}, true, 2000, true},
-		{"small windows", config.Drift{Embedding: true, Windows: []int{20, 50}, Sims: 300}, true, b.Detector.ERT, true},
+		{"as shipped", config.Drift{Embedding: true}, focus, false, b.Detector.ERT, true},
+		{"without features", config.Drift{}, focus, true, b.Detector.ERT, false},
+		{"other ERT", config.Drift{Embedding: true, ERT: 2000}, focus, true, 2000, true},
+		{"small windows", config.Drift{Embedding: true, Windows: []int{20, 50}, Sims: 300}, focus, true, b.Detector.ERT, true},
+		{"fields (no focus)", config.Drift{Embedding: true}, false, focus, b.Detector.ERT, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cc, change := driftCalibration(b, tc.cfg, false)
+			cc, change := driftCalibration(b, tc.cfg, tc.focus)
 			_, emb := cc.Signals[drift.SignalEmbedding]
 			if change != tc.change || cc.ERT != tc.ert || emb != tc.emb {
 				t.Fatalf("change %v, ERT %d, embedding %v", change, cc.ERT, emb)

@@ -22,6 +22,7 @@ type modelAnalyzer struct {
 	manifestThr  float64
 	threshold    atomic.Uint64 // float64 bits; 0 means the manifest's
 	fields       fieldAnalyzer
+	focus        bool // the classifier measures each crop's focus
 }
 
 // fieldAnalyzer segments a whole field into cells and classifies each.
@@ -63,25 +64,25 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	// was ~10% faster per field here but cost ~20 MB of resident memory,
 	// and the device budget is 200 MB. Crops are prepared on as many
 	// workers as threads.
+	focus := cfg.Drift.Enabled && cfg.Images.Kind == "crop"
 	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{
 		Batch:   cfg.Model.Batch,
 		Workers: cfg.Model.Threads,
 		// Features only for the embedding drift detector: a copy per cell.
 		NoFeatures: !cfg.Drift.Enabled || !cfg.Drift.Embedding,
+		// Focus only for the focus drift detector, which runs on crops.
+		NoFocus: !focus,
 		// No ORT arena: it would pin the peak of a field's batches for the
 		// daemon's lifetime (measured: peak RSS 214 -> 205 MB, steady 178 ->
 		// 169 MB on 20 fields, with the unit's malloc settings).
-		// The session is built from the bytes ReadFile hashed, not from
-		// the path: the file cannot change between check and load.
-		Engine: inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary, NoArena: true,
-			Model: func() ([]byte, error) { return b.ReadFile(inference.BackboneFile) }},
+		Engine: inference.EngineOptions{IntraOpThreads: cfg.Model.Threads, Sessions: 1, ORTLib: cfg.Model.ORTLibrary, NoArena: true},
 		Decode: inference.DecodeOptions{MaxPixels: cfg.Images.MaxPixels, MaxBytes: cfg.Images.MaxBytes},
 	})
 	if err != nil {
 		b.Close()
 		return nil, err
 	}
-	a := &modelAnalyzer{bundle: b, clf: clf, fieldMinSide: cfg.Images.FieldMinSide, manifestThr: clf.Threshold()}
+	a := &modelAnalyzer{bundle: b, clf: clf, fieldMinSide: cfg.Images.FieldMinSide, manifestThr: clf.Threshold(), focus: focus}
 	a.SetThreshold(cfg.Model.Threshold)
 	a.fields = newFieldAnalyzer(clf, cfg)
 	releaseStartPages(cfg, log, "model load")

@@ -79,6 +79,7 @@ func runFields(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{
 		Batch:      *batch,
 		NoFeatures: true,
+		NoFocus:    true,
 		Engine:     inference.EngineOptions{ORTLib: *ortLib},
 	})
 	if err != nil {

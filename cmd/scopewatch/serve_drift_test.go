@@ -35,9 +35,9 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 		c.Site, c.Device = "lab", "scope1"
 		c.MQTT.Broker = b.URL()
 		c.Images.Kind = "crop"
-		// ERT 2000 cells: about 3% of 60-cell drift-free streams alarm,
+		// ERT 10000 cells: under 1% of 60-cell drift-free streams alarm,
 		// and the seeds below are fixed.
-		c.Drift = config.Drift{Enabled: true, ERT: 2000, WarnERT: 200, Windows: []int{20, 50}, Embedding: true, Sims: 300, PersistInterval: time.Second}
+		c.Drift = config.Drift{Enabled: true, ERT: 10000, WarnERT: 200, Windows: []int{20, 50}, Embedding: true, Sims: 1000, PersistInterval: time.Second}
 	}
 	cfg := config.Default()
 	mutate(&cfg)
@@ -77,10 +77,16 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 		return out
 	}
 
-	// Nominal: 60 crops from 12 new slides of the baseline's generator.
+	// Nominal: 60 crops from 60 new slides of the baseline's generator,
+	// at the shipped reference's 10% parasitized. The detectors are
+	// calibrated for cells of many slides mixed, as in the reference (3
+	// cells per slide); a few slides' worth of cells in a window differ by
+	// their slides' own focus and stain, which the calibration does not
+	// cover (a known limit, see README.md).
 	const nominal = 60
+	nk := synth.Knobs{Prevalence: 0.1}
 	for i := 0; i < nominal; i++ {
-		send("nominal", synth.CellAt(7001, synth.Knobs{}, 5, i), synth.Knobs{})
+		send("nominal", synth.CellAt(7001, nk, 1, i), nk)
 	}
 	resp, err := http.Post(td.url+"/v1/slides/nominal/complete", "", nil)
 	if err != nil {
@@ -133,5 +139,5 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 		t.Fatalf("alarm %+v", alarm)
 	}
 	t.Logf("alarm after %d shifted cells (ERT %d): %s window %d, statistic %.3g > %.3g; %d alerts in all",
-		alarm.Index-nominal+1, 2000, alarm.Signal, alarm.Window, alarm.Statistic, alarm.Threshold, len(alerts()))
+		alarm.Index-nominal+1, td.cfg.Drift.ERT, alarm.Signal, alarm.Window, alarm.Statistic, alarm.Threshold, len(alerts()))
 }
