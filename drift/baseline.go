@@ -80,7 +80,7 @@ type ECE struct {
 // BaselineConfig controls BuildBaseline. Zero values take the defaults.
 type BaselineConfig struct {
 	ModelVersion    string
-	MaxReference    int // reference rows kept (default 3000)
+	MaxReference    int // reference rows kept (default 5000)
 	BootstrapReps   int // default 1000
 	Folds           int // cross-validation folds for the ECE decision (default 5)
 	ProjectionDim   int // default 16

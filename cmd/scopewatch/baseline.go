@@ -69,6 +69,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	scoreOnly := fs.Bool("score-only", false, "only classify the folder and write -csv (full-precision scores, truth, slide, focus, features): drift-free or shifted pools for drift eval")
 	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
+	maxRef := fs.Int("max-reference", 5000, "test-set rows kept as the drift reference (a larger reference keeps a baseline's drift-free run length closer to the ERT; memory and baseline.json grow with it)")
 	cf := addBundleCheckFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -148,7 +149,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
 	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), drift.BaselineConfig{
-		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl, Focus: keepFoc,
+		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl, Focus: keepFoc, MaxReference: *maxRef,
 		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
 	})
 	if err != nil {
