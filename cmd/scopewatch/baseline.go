@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/csv"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -220,61 +219,26 @@ func writeBaselineIntoBundle(dir string, b *drift.Baseline, keyPath string, stdo
 // parasitized or uninfected, or 1/0; slide optional).
 func readTestLabels(dir string) ([]string, []int, []string, error) {
 	p := filepath.Join(dir, "labels.csv")
-	f, err := os.Open(p)
+	rows, hasSlide, err := readLabelsCSV(p)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("test set labels: %w", err)
 	}
-	defer f.Close()
-	r := csv.NewReader(f)
-	head, err := r.Read()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: header: %w", p, err)
-	}
-	pc, lc, sc := -1, -1, -1
-	for i, h := range head {
-		switch strings.TrimSpace(h) {
-		case "path":
-			pc = i
-		case "label":
-			lc = i
-		case "slide":
-			sc = i
-		}
-	}
-	if pc < 0 || lc < 0 {
-		return nil, nil, nil, fmt.Errorf("%s: header %q: want path and label columns", p, head)
-	}
-	var paths, slides []string
-	var labels []int
-	for line := 2; ; line++ {
-		rec, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", p, err)
-		}
-		var l int
-		switch strings.TrimSpace(rec[lc]) {
-		case "parasitized", "1":
-			l = 1
-		case "uninfected", "0":
-		default:
-			return nil, nil, nil, fmt.Errorf("%s line %d: label %q: want parasitized or uninfected", p, line, rec[lc])
-		}
-		paths = append(paths, filepath.Join(dir, rec[pc]))
-		labels = append(labels, l)
-		if sc >= 0 {
-			slides = append(slides, rec[sc])
-		} else {
-			slides = append(slides, "")
-		}
-	}
-	if len(paths) == 0 {
+	if len(rows) == 0 {
 		return nil, nil, nil, fmt.Errorf("%s: no images listed", p)
 	}
-	if sc < 0 {
-		slides = nil
+	paths, labels := make([]string, len(rows)), make([]int, len(rows))
+	var slides []string
+	if hasSlide {
+		slides = make([]string, len(rows))
+	}
+	for i, r := range rows {
+		paths[i] = r.Path
+		if r.Positive {
+			labels[i] = 1
+		}
+		if hasSlide {
+			slides[i] = r.Slide
+		}
 	}
 	return paths, labels, slides, nil
 }

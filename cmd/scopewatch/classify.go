@@ -236,43 +236,14 @@ func collectInputs(paths []string) (inputs []string, truth map[string]bool, errs
 // readLabels reads a labels.csv (header path,label,slide; paths relative to
 // the file's folder) into truth: true for parasitized.
 func readLabels(path string, truth map[string]bool) error {
-	f, err := os.Open(path)
+	rows, _, err := readLabelsCSV(path)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	r := csv.NewReader(bufio.NewReader(f))
-	header, err := r.Read()
-	if err != nil {
-		return fmt.Errorf("read header: %w", err)
+	for _, r := range rows {
+		truth[r.Path] = r.Positive
 	}
-	col := map[string]int{}
-	for i, h := range header {
-		col[strings.TrimSpace(h)] = i
-	}
-	pi, okp := col["path"]
-	li, okl := col["label"]
-	if !okp || !okl {
-		return fmt.Errorf("header %q lacks path or label", header)
-	}
-	dir := filepath.Dir(path)
-	for line := 2; ; line++ {
-		rec, err := r.Read()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		switch rec[li] {
-		case inference.PositiveClass:
-			truth[filepath.Clean(filepath.Join(dir, rec[pi]))] = true
-		case "uninfected":
-			truth[filepath.Clean(filepath.Join(dir, rec[pi]))] = false
-		default:
-			return fmt.Errorf("line %d: label %q, want parasitized or uninfected", line, rec[li])
-		}
-	}
+	return nil
 }
 
 // recordWriter prints one record per image.
