@@ -155,6 +155,23 @@ func (s *Selector) Consider(p float64, cropBytes int) (string, bool) {
 	return reason, true
 }
 
+// DayUsage returns the UTC day (YYYY-MM-DD) and the bytes selected on it,
+// for saving across restarts.
+func (s *Selector) DayUsage() (day string, bytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.day, s.dayBytes
+}
+
+// RestoreDayUsage sets the bytes already selected on day (from DayUsage
+// before a restart); a day other than today's is ignored when the next
+// cell comes.
+func (s *Selector) RestoreDayUsage(day string, bytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.day, s.dayBytes = day, max(bytes, 0)
+}
+
 // Charge corrects the bytes counted against today's budget by delta, once
 // the size of what is sent is known (Consider charged an estimate). A day
 // can therefore overshoot its budget by the growth of one crop.

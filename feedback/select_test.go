@@ -118,3 +118,29 @@ func TestSelectorStratifiedAndReproducible(t *testing.T) {
 		t.Fatalf("strata not all represented: %v", a)
 	}
 }
+
+// TestSelectorRestoresDayUsage: bytes selected before a restart still
+// count against the same day's budget, and not against the next day's.
+func TestSelectorRestoresDayUsage(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	cfg := SelectorConfig{Threshold: 0.5, DailyBytes: 1000, Now: clk.Now}
+	before := NewSelector(cfg)
+	before.StartWindow(false)
+	if _, ok := before.Consider(0.5, 900); !ok {
+		t.Fatal("first uncertain cell not selected")
+	}
+	day, n := before.DayUsage()
+	if day != "2026-11-28" || n != 900 {
+		t.Fatalf("DayUsage = %q %d", day, n)
+	}
+	after := NewSelector(cfg)
+	after.RestoreDayUsage(day, n)
+	after.StartWindow(false)
+	if _, ok := after.Consider(0.5, 200); ok {
+		t.Fatal("restored budget ignored: 900 + 200 bytes selected on a 1000-byte day")
+	}
+	clk.t = clk.t.Add(24 * time.Hour)
+	if _, ok := after.Consider(0.5, 200); !ok {
+		t.Fatal("the next day started with the previous day's bytes")
+	}
+}

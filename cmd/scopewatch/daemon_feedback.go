@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -37,6 +38,7 @@ type feedbackLink struct {
 	labels  *feedback.Labels
 	retuner *feedback.Retuner // nil when retune.enabled is false
 	topics  mqttconn.Topics
+	sel     *feedback.Selector
 
 	mu       sync.Mutex
 	prod     *feedback.Producer
@@ -86,6 +88,17 @@ func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *
 	}
 	sel := feedback.NewSelector(feedback.SelectorConfig{Threshold: thr, Band: fc.Band, DriftRate: fc.DriftRate, RandomRate: fc.RandomRate,
 		MaxPerWindow: fc.MaxPerWindow, DailyBytes: fc.DailyBytes, Seed: uint64(d.boot), Now: d.now})
+	// The day's byte budget survives restarts.
+	if v, ok, err := d.db.meta(ctx, "feedback_day_bytes"); err != nil {
+		return nil, err
+	} else if ok {
+		if day, n, found := strings.Cut(v, " "); found {
+			if b, err := strconv.ParseInt(n, 10, 64); err == nil {
+				sel.RestoreDayUsage(day, b)
+			}
+		}
+	}
+	f.sel = sel
 	f.prod, err = feedback.NewProducer(feedback.ProducerConfig{Site: cfg.Site, Device: cfg.Device, Topics: topics, DeviceSecret: secret,
 		ModelVersion: f.model, Threshold: thr, Now: d.now}, sel, outbox, labels)
 	if err != nil {
@@ -152,6 +165,10 @@ func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an 
 			f.d.metrics.errors.WithLabelValues("feedback").Inc()
 		case sent:
 			f.d.metrics.feedbackSamples.Inc()
+			day, n := f.sel.DayUsage()
+			if err := f.d.db.setMeta(ctx, "feedback_day_bytes", day+" "+strconv.FormatInt(n, 10)); err != nil {
+				f.d.log.Warn("saving the feedback byte budget failed", "err", err)
+			}
 		}
 	}
 }
