@@ -75,9 +75,12 @@ measured by that run.
   antialiasing, rounded to 8 bits: OpenCV `INTER_LINEAR`'s filter), scaled
   by 1/255, normalised with ImageNet mean {man['input']['mean']} and std
   {man['input']['std']}, NCHW.
-- `baseline.json`: this bundle's own scores, metrics and drift-detector
-  calibration on the same test split, computed through ONNX Runtime by
-  `scopewatch baseline` (the drift reference on devices).
+- `baseline.json`: this bundle's own scores, metrics, focus and embedding
+  references and drift-detector calibration on held-out cells from fresh
+  slides, never trained on (the recipe's baseline set, `BASELINE_*` in
+  `models/recipe/Makefile`: many slides with few cells each, at 10 %
+  parasitized), computed through ONNX Runtime by `scopewatch baseline`:
+  the drift reference on devices.
 - Decision: parasitized when p(parasitized) >= **{man['threshold']:.6g}**. The
   threshold minimises misclassified cells (FP + FN) on **{op['cells']} red cells
   segmented by the daemon's own pipeline** from validation fields (generator
