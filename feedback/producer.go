@@ -13,12 +13,11 @@ import (
 // every classified cell, and the producer selects, encodes (chunking large
 // crops), enqueues durably and remembers what it sent for labelling.
 type Producer struct {
-	cfg     ProducerConfig
-	topic   string
-	sel     *Selector
-	outbox  *Outbox
-	labels  *Labels
-	enqueue int
+	cfg    ProducerConfig
+	topic  string
+	sel    *Selector
+	outbox *Outbox
+	labels *Labels
 }
 
 // ProducerConfig identifies the device. DeviceSecret keys the slide hash

@@ -295,7 +295,6 @@ type grid struct {
 	cell       float64
 	cols, rows int
 	b          [][]int
-	pts        [][2]float64
 }
 
 func newGrid(w, h int, cell float64) *grid {
