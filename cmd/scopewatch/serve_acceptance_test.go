@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,56 +27,6 @@ func requireAcceptance(t *testing.T) {
 	requireDefaultModel(t)
 }
 
-// rssSampler records the peak resident set of a process from /proc.
-type rssSampler struct {
-	peakKB int64
-	stop   chan struct{}
-	done   chan struct{}
-}
-
-func sampleRSS(pid int) *rssSampler {
-	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if kb := procStatusKB(pid, "VmRSS:"); kb > s.peakKB {
-				s.peakKB = kb
-			}
-			select {
-			case <-s.stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return s
-}
-
-func (s *rssSampler) Stop() float64 {
-	close(s.stop)
-	<-s.done
-	return float64(s.peakKB) / 1024
-}
-
-func procStatusKB(pid int, key string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, key) {
-			f := strings.Fields(line)
-			if len(f) >= 2 {
-				v, _ := strconv.ParseInt(f[1], 10, 64)
-				return v
-			}
-		}
-	}
-	return 0
-}
-
 // dropCropSlide writes n crops of slide i and its marker.
 func dropCropSlide(t *testing.T, inbox string, seed int64, i, n int) string {
 	slide := fmt.Sprintf("run-%03d", i)
@@ -95,7 +44,7 @@ func TestAcceptanceBrokerOutage(t *testing.T) {
 	port, _ := testutil.FreePort()
 	state := t.TempDir()
 	p := startServe(t, state, e2eConfig(t, state, b.URL(), port, ""), port)
-	rss := sampleRSS(p.cmd.Process.Pid)
+	rss := monitorMemory(p.cmd.Process.Pid, 100*time.Millisecond)
 	inbox := filepath.Join(state, "inbox")
 	const slides, crops = 50, 20
 	topic := "scopewatch/v1/lab/e2e/result"
@@ -115,7 +64,7 @@ func TestAcceptanceBrokerOutage(t *testing.T) {
 	testutil.Eventually(t, 5*time.Minute, func() bool { _, ids := sub.resultIDs(t, topic); return len(ids) == slides }, "all 50 results after the outage")
 	time.Sleep(3 * time.Second) // late duplicates would show up here
 	total, ids := sub.resultIDs(t, topic)
-	t.Logf("results: %d distinct ids, %d messages (duplicates %d); peak RSS %.1f MB", len(ids), total, total-len(ids), rss.Stop())
+	t.Logf("results: %d distinct ids, %d messages (duplicates %d); peak RSS %.1f MB", len(ids), total, total-len(ids), float64(rss.Stop().RSS)/1024)
 	for _, r := range ids {
 		if r.Cells != crops {
 			t.Errorf("slide %s counted %d cells, want %d", r.Slide, r.Cells, crops)
@@ -208,7 +157,7 @@ func TestAcceptanceParasitemia(t *testing.T) {
 	state := t.TempDir()
 	p := startServe(t, state, strings.Replace(e2eConfig(t, state, "tcp://127.0.0.1:1", port, "slides:\n  idle_timeout: 0s\n"),
 		"  threads: 2\n", "  threads: 2\n  threshold: "+threshold+"\n", 1), port)
-	rss := sampleRSS(p.cmd.Process.Pid)
+	rss := monitorMemory(p.cmd.Process.Pid, 100*time.Millisecond)
 	inbox := filepath.Join(state, "inbox")
 	const slides, fieldsPerSlide = 20, 3
 	const seed = 9300
@@ -248,7 +197,7 @@ func TestAcceptanceParasitemia(t *testing.T) {
 		mae += e
 	}
 	mae /= float64(len(absErr))
-	out, _ := json.Marshal(map[string]any{"slides": slides, "threshold": threshold, "mae_pp": mae, "max_abs_err_pp": absErr[len(absErr)-1], "peak_rss_mb": rss.Stop()})
+	out, _ := json.Marshal(map[string]any{"slides": slides, "threshold": threshold, "mae_pp": mae, "max_abs_err_pp": absErr[len(absErr)-1], "peak_rss_mb": float64(rss.Stop().RSS) / 1024})
 	t.Logf("parasitemia: %s", out)
 	if mae > 0.5 {
 		t.Errorf("parasitemia MAE %.3f pp > 0.5 pp", mae)
