@@ -37,6 +37,15 @@ const (
 // ChunkMaxAge is how long Run keeps chunks of an incomplete sample.
 const ChunkMaxAge = 7 * 24 * time.Hour
 
+// PendingLabelMaxAge is how long Run keeps a label whose sample this
+// collector has not received (it may come later, or it went to another
+// worker of the shared group, which gets the label too), and
+// MaxPendingLabels bounds how many are kept.
+const (
+	PendingLabelMaxAge = 30 * 24 * time.Hour
+	MaxPendingLabels   = 100000
+)
+
 // ErrConflict marks a message that contradicts what was already stored
 // under the same id (a chunk for a different crop, a sample re-sent with a
 // different crop): the first version is kept.
@@ -100,6 +109,17 @@ CREATE TABLE collect_chunks (
 );
 CREATE TABLE collect_labels (
 	feedback_id TEXT NOT NULL REFERENCES collect_samples(id),
+	who         TEXT NOT NULL,
+	label       TEXT NOT NULL,
+	time        TEXT NOT NULL,
+	received_ns INTEGER NOT NULL,
+	PRIMARY KEY (feedback_id, who)
+);`},
+		// Labels of samples not (yet) received: applied when the sample
+		// arrives, pruned after PendingLabelMaxAge.
+		{SQL: `
+CREATE TABLE collect_pending_labels (
+	feedback_id TEXT NOT NULL,
 	who         TEXT NOT NULL,
 	label       TEXT NOT NULL,
 	time        TEXT NOT NULL,
@@ -241,11 +261,27 @@ func (c *Collector) storeSample(ctx context.Context, s Sample) error {
 		}
 		complete = 1
 	}
-	if _, err := c.db.ExecContext(ctx, `INSERT INTO collect_samples(id, device, site, slide_hash, crop_sha256, crop_format, crop_bytes, chunks,
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store sample %s: %w", s.ID, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO collect_samples(id, device, site, slide_hash, crop_sha256, crop_format, crop_bytes, chunks,
 		p_parasitized, label_predicted, model_version, time, reason, received_ns, complete) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		s.ID, s.Device, s.Site, s.SlideHash, s.Crop.SHA256, s.Crop.Format, s.Crop.Bytes, s.Crop.Chunks,
 		s.PParasitized, s.LabelPredicted, s.ModelVersion, s.Time.UTC().Format(time.RFC3339Nano), s.Reason,
 		c.cfg.Now().UnixNano(), complete); err != nil {
+		return fmt.Errorf("store sample %s: %w", s.ID, err)
+	}
+	// Labels that came before their sample.
+	if _, err := tx.ExecContext(ctx, `INSERT INTO collect_labels(feedback_id, who, label, time, received_ns)
+		SELECT feedback_id, who, label, time, received_ns FROM collect_pending_labels WHERE feedback_id=?`, s.ID); err != nil {
+		return fmt.Errorf("store sample %s: pending labels: %w", s.ID, err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM collect_pending_labels WHERE feedback_id=?`, s.ID); err != nil {
+		return fmt.Errorf("store sample %s: pending labels: %w", s.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store sample %s: %w", s.ID, err)
 	}
 	c.cfg.Metrics.Accepted("sample")
@@ -359,19 +395,42 @@ func (c *Collector) storeLabel(ctx context.Context, l Label) error {
 	if err := c.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM collect_samples WHERE id=?`, l.FeedbackID).Scan(&n); err != nil {
 		return fmt.Errorf("store label: %w", err)
 	}
+	table, accepted := "collect_labels", "label"
 	if n == 0 {
-		return fmt.Errorf("%w: label for %s", ErrUnknownID, l.FeedbackID)
+		// Kept until its sample comes (a label can overtake it, or the
+		// sample went to another worker), within a bound.
+		var pending int
+		if err := c.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM collect_pending_labels`).Scan(&pending); err != nil {
+			return fmt.Errorf("store label: %w", err)
+		}
+		if pending >= MaxPendingLabels {
+			return fmt.Errorf("%w: label for %s (and %d pending labels already)", ErrUnknownID, l.FeedbackID, pending)
+		}
+		table, accepted = "collect_pending_labels", "label_pending"
 	}
 	// A newer label from the same person replaces the older one; a
 	// redelivered label changes nothing.
-	if _, err := c.db.ExecContext(ctx, `INSERT INTO collect_labels(feedback_id, who, label, time, received_ns) VALUES (?,?,?,?,?)
+	if _, err := c.db.ExecContext(ctx, `INSERT INTO `+table+`(feedback_id, who, label, time, received_ns) VALUES (?,?,?,?,?)
 		ON CONFLICT(feedback_id, who) DO UPDATE SET label=excluded.label, time=excluded.time, received_ns=excluded.received_ns
-		WHERE excluded.time > collect_labels.time`,
+		WHERE excluded.time > `+table+`.time`,
 		l.FeedbackID, l.Who, l.Label, l.Time.UTC().Format(time.RFC3339Nano), c.cfg.Now().UnixNano()); err != nil {
 		return fmt.Errorf("store label: %w", err)
 	}
-	c.cfg.Metrics.Accepted("label")
+	c.cfg.Metrics.Accepted(accepted)
 	return nil
+}
+
+// PrunePendingLabels deletes labels that waited longer than maxAge for
+// their sample. It returns how many were deleted.
+func (c *Collector) PrunePendingLabels(ctx context.Context, maxAge time.Duration) (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	res, err := c.db.ExecContext(ctx, `DELETE FROM collect_pending_labels WHERE received_ns < ?`, c.cfg.Now().Add(-maxAge).UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("prune pending labels: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
 }
 
 // PruneChunks deletes chunks that waited longer than maxAge for the rest of
@@ -437,6 +496,8 @@ func (c *Collector) writeImage(sha, format string, data []byte) error {
 // CollectorStats summarises the dataset.
 type CollectorStats struct {
 	Samples, Complete, Labelled, PendingChunks int
+	// PendingLabels wait for a sample this collector has not received.
+	PendingLabels int
 }
 
 // Stats counts what the dataset holds.
@@ -446,7 +507,8 @@ func (c *Collector) Stats(ctx context.Context) (CollectorStats, error) {
 		(SELECT COUNT(*) FROM collect_samples),
 		(SELECT COUNT(*) FROM collect_samples WHERE complete=1),
 		(SELECT COUNT(DISTINCT feedback_id) FROM collect_labels),
-		(SELECT COUNT(*) FROM collect_chunks)`).Scan(&s.Samples, &s.Complete, &s.Labelled, &s.PendingChunks)
+		(SELECT COUNT(*) FROM collect_chunks),
+		(SELECT COUNT(*) FROM collect_pending_labels)`).Scan(&s.Samples, &s.Complete, &s.Labelled, &s.PendingChunks, &s.PendingLabels)
 	if err != nil {
 		return s, fmt.Errorf("collector stats: %w", err)
 	}
@@ -548,15 +610,17 @@ func (c *Collector) Export(ctx context.Context, outDir string) (int, error) {
 }
 
 // Subscribe registers the collector's subscriptions on a connected client:
-// feedback and labels of every site and device, through the shared group
-// (empty group: a plain subscription). Call it from the OnConnect hook so
+// feedback of every site and device through the shared group (empty
+// group: a plain subscription), and labels always plainly: a label must
+// reach whichever worker got its sample, so every worker takes every
+// label (those of samples it lacks wait as pending labels). Call it from the OnConnect hook so
 // that subscriptions survive a broker that lost its state. Messages are
 // acknowledged only after they are stored, or when they are malformed; the
 // client must be built with AutoAckDisabled.
 func (c *Collector) Subscribe(ctx context.Context, client mqtt.Client, group string) error {
 	filters := map[string]byte{}
-	for _, k := range []mqttconn.Kind{mqttconn.KindFeedback, mqttconn.KindLabel} {
-		f, err := c.cfg.Topics.SharedFilter(group, k)
+	for k, g := range map[mqttconn.Kind]string{mqttconn.KindFeedback: group, mqttconn.KindLabel: ""} {
+		f, err := c.cfg.Topics.SharedFilter(g, k)
 		if err != nil {
 			return err
 		}
@@ -611,6 +675,11 @@ func (c *Collector) Run(ctx context.Context, cfg mqttconn.Config, group string) 
 				c.cfg.Log.Error("prune chunks", "err", err)
 			} else if n > 0 {
 				c.cfg.Log.Warn("dropped chunks of samples that never completed", "chunks", n, "max_age", ChunkMaxAge)
+			}
+			if n, err := c.PrunePendingLabels(ctx, PendingLabelMaxAge); err != nil {
+				c.cfg.Log.Error("prune pending labels", "err", err)
+			} else if n > 0 {
+				c.cfg.Log.Info("dropped labels whose sample never reached this collector", "labels", n, "max_age", PendingLabelMaxAge)
 			}
 		}
 	}

@@ -131,7 +131,6 @@ func TestCollectorRejectsMalformed(t *testing.T) {
 		{topic, "{", RejectBadJSON},
 		{topic, `{"schema":"other/v1"}`, RejectSchema},
 		{topic, string(make([]byte, MaxPayload+1)), RejectOversize},
-		{"scopewatch/v1/lab/dev-1/label", string(label("fb-unknown")), RejectUnknownID},
 		{"scopewatch/v1/lab/dev-1", string(recs[0].Payload), RejectTopic},
 		{"scopewatch/v1/lab/other-dev/feedback", string(recs[0].Payload), RejectInvalid},
 		{topic, string(label(s.ID)), RejectSchema}, // a label on the feedback topic
@@ -293,5 +292,62 @@ func TestCollectorTopicRoot(t *testing.T) {
 	}
 	if st.Samples != 1 {
 		t.Fatalf("stats %+v, want 1 sample", st)
+	}
+}
+
+// TestCollectorPendingLabels: a label that overtakes its sample (or whose
+// sample went to another worker) waits, is applied when the sample comes,
+// and is pruned after its maximum age; the pending set is bounded.
+func TestCollectorPendingLabels(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	m := newCountMetrics()
+	c, err := OpenCollector(ctx, CollectorConfig{Dir: t.TempDir(), Now: clk.Now, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const labelTopic = "scopewatch/v1/lab/dev-1/label"
+	label := func(id, who, l string) []byte {
+		b, err := Label{FeedbackID: id, Label: l, Who: who, Time: clk.Now()}.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	s, _, recs := sampleRecords(t, 31, 20, 20)
+	if err := c.Handle(ctx, labelTopic, label(s.ID, "a", LabelParasitized)); err != nil {
+		t.Fatalf("label before its sample: %v", err)
+	}
+	if err := c.Handle(ctx, labelTopic, label("fb-elsewhere", "a", LabelUninfected)); err != nil {
+		t.Fatalf("label of a sample another worker has: %v", err)
+	}
+	if st, _ := c.Stats(ctx); st.PendingLabels != 2 || st.Labelled != 0 || m.accepted["label_pending"] != 2 {
+		t.Fatalf("before the sample: %+v, accepted %v", st, m.accepted)
+	}
+	for _, r := range recs {
+		if err := c.Handle(ctx, r.Topic, r.Payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, _ := c.Stats(ctx)
+	if st.Labelled != 1 || st.PendingLabels != 1 {
+		t.Fatalf("after the sample: %+v", st)
+	}
+	var got string
+	if err := c.DB().QueryRow(`SELECT label FROM collect_labels WHERE feedback_id=?`, s.ID).Scan(&got); err != nil || got != LabelParasitized {
+		t.Fatalf("applied label %q, %v", got, err)
+	}
+	clk.t = clk.t.Add(PendingLabelMaxAge + time.Hour)
+	if n, err := c.PrunePendingLabels(ctx, PendingLabelMaxAge); err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want the one whose sample never came", n, err)
+	}
+	// The bound: past MaxPendingLabels, unknown ids are rejected.
+	if _, err := c.DB().Exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?)
+		INSERT INTO collect_pending_labels SELECT 'fb-' || i, 'a', 'parasitized', '2026-11-28T00:00:00Z', 0 FROM n`, MaxPendingLabels); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Handle(ctx, labelTopic, label("fb-one-more", "a", LabelUninfected)); RejectReason(err) != RejectUnknownID {
+		t.Fatalf("label past the bound: %v, want %s", err, RejectUnknownID)
 	}
 }

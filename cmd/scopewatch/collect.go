@@ -43,8 +43,10 @@ idempotently by id; images are kept next to the database under images/,
 named by their sha256. Malformed messages are logged, counted and dropped.
 
 By default the subscription is plain, which loses nothing across broker
-restarts. --share GROUP subscribes through $share/GROUP/... so that several
-workers split the stream; use it only on a broker that keeps shared
+restarts. --share GROUP subscribes to feedback through $share/GROUP/... so
+that several workers split the stream (labels still reach every worker: the
+one holding the sample applies it, a label that arrives before its sample
+waits for it, up to 30 days); use it only on a broker that keeps shared
 subscriptions of persistent sessions across restarts (mosquitto 2.0.x does
 not: what devices publish before the worker resubscribes is acknowledged to
 them and then dropped).
@@ -115,7 +117,7 @@ flags:`)
 	err = c.Run(ctx, cfg, *share)
 	st, serr := c.Stats(context.Background())
 	if serr == nil {
-		log.Info("collector stopped", "samples", st.Samples, "complete", st.Complete, "labelled", st.Labelled, "pending_chunks", st.PendingChunks)
+		log.Info("collector stopped", "samples", st.Samples, "complete", st.Complete, "labelled", st.Labelled, "pending_chunks", st.PendingChunks, "pending_labels", st.PendingLabels)
 	}
 	return err
 }
@@ -184,7 +186,7 @@ func runCollectStats(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "samples %d, complete %d, labelled %d, pending chunks %d\n", st.Samples, st.Complete, st.Labelled, st.PendingChunks)
+	fmt.Fprintf(stdout, "samples %d, complete %d, labelled %d, pending chunks %d, pending labels %d\n", st.Samples, st.Complete, st.Labelled, st.PendingChunks, st.PendingLabels)
 	if *verify {
 		n, bad, err := c.Verify(ctx)
 		if err != nil {
