@@ -390,14 +390,14 @@ func driftCalibration(b *drift.Baseline, c config.Drift, focus bool) (drift.Cali
 // (measured on synth: field cells' focus exceeds crops' in about 70% of
 // pairs), and every field stream would look like drift.
 func (w *driftWatch) focusUsable() (bool, string) {
+	if kind := w.d.config().Images.Kind; kind != "crop" {
+		return false, fmt.Sprintf("images.kind is %s: the focus reference describes crops, and field cells' focus is on another scale", kind)
+	}
 	w.d.model.mu.RLock()
 	fs, ok := w.d.model.cur.(focusSource)
 	w.d.model.mu.RUnlock()
 	if !ok || !fs.MeasuresFocus() {
 		return false, "the model does not measure focus"
-	}
-	if kind := w.d.config().Images.Kind; kind != "crop" {
-		return false, fmt.Sprintf("images.kind is %s: the focus reference describes crops, and field cells' focus is on another scale", kind)
 	}
 	return true, ""
 }
