@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -31,7 +32,11 @@ import (
 // the libraries mapped at the first call (linked at exec; ld.so never
 // unloads those) and ONNX Runtime (opened once, never closed). A library
 // opened later by someone else (an OpenCL or codec plugin) is left alone,
-// as it might be closed. Pages still in use come back on their next access, a
+// as it might be closed. Libraries are recognised by their exact mapping
+// (address range and inode) at the first call, not by path: a file
+// replaced on disk and opened again under the same path is a new mapping.
+// Nothing is released while a debugger or tracer is attached: breakpoints
+// write private copies of code pages after smaps was read. Pages still in use come back on their next access, a
 // minor fault served from the page cache; the others stay in the page
 // cache, free for the kernel to drop. It returns the file-backed resident
 // set before and after, in kB.
@@ -41,38 +46,51 @@ func releaseFilePages() (before, after int64, err error) {
 	if err != nil {
 		return before, before, fmt.Errorf("release file pages: %w", err)
 	}
+	if procStatusValue("TracerPid") != 0 {
+		return before, before, errors.New("release file pages: the process is traced")
+	}
 	exe, _ := os.Readlink("/proc/self/exe")
 	lasting := lastingLibraries(smaps)
-	for _, m := range cleanFileMappings(smaps, func(path string) bool {
-		return path == exe || lasting[path] || strings.HasPrefix(path[strings.LastIndexByte(path, '/')+1:], "libonnxruntime.so")
-	}) {
+	for _, m := range cleanFileMappings(smaps, func(path string) bool { return path == exe || isSharedObject(path) }) {
+		if m.path != exe && !isONNXRuntime(m.path) && lasting[mapping{start: m.start, end: m.end}] != m.inode+1 {
+			continue
+		}
 		// A mapping the kernel refuses (locked, a device) stays as it is.
 		syscall.Syscall(syscall.SYS_MADVISE, m.start, m.end-m.start, syscall.MADV_DONTNEED)
 	}
 	return before, rssFileKB(), nil
 }
 
-type mapping struct{ start, end uintptr }
+// mapping is one file mapping of /proc/self/smaps (inode and path are
+// left zero in the keys of lastingLibraries).
+type mapping struct {
+	start, end uintptr
+	inode      uint64
+	path       string
+}
 
 var (
 	lastingOnce sync.Once
-	lasting     map[string]bool
+	lasting     map[mapping]uint64
 )
 
-// lastingLibraries returns the shared objects mapped at its first call.
-func lastingLibraries(smaps []byte) map[string]bool {
+// lastingLibraries returns the read-only shared-object mappings present at
+// its first call, by address range, each with its inode plus one (so that
+// a missing range reads as 0).
+func lastingLibraries(smaps []byte) map[mapping]uint64 {
 	lastingOnce.Do(func() {
-		lasting = map[string]bool{}
-		sc := bufio.NewScanner(bytes.NewReader(smaps))
-		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) == 6 && strings.Contains(f[0], "-") && strings.HasPrefix(f[5], "/") && isSharedObject(f[5]) {
-				lasting[f[5]] = true
-			}
+		lasting = map[mapping]uint64{}
+		for _, m := range cleanFileMappings(smaps, isSharedObject) {
+			lasting[mapping{start: m.start, end: m.end}] = m.inode + 1
 		}
 	})
 	return lasting
+}
+
+// isONNXRuntime reports whether path is ONNX Runtime's library, which is
+// opened once and never closed.
+func isONNXRuntime(path string) bool {
+	return strings.HasPrefix(path[strings.LastIndexByte(path, '/')+1:], "libonnxruntime.so")
 }
 
 // isSharedObject reports whether path names a shared library (lib.so,
@@ -115,7 +133,11 @@ func cleanFileMappings(smaps []byte, want func(path string) bool) []mapping {
 			// left alone as well).
 			keep = err1 == nil && err2 == nil && b > a && len(f) == 6 &&
 				strings.HasPrefix(f[5], "/") && len(f[1]) == 4 && f[1][1] == '-' && want(f[5])
-			cur = mapping{uintptr(a), uintptr(b)}
+			ino, _ := strconv.ParseUint(f[4], 10, 64)
+			cur = mapping{start: uintptr(a), end: uintptr(b), inode: ino}
+			if keep {
+				cur.path = f[5]
+			}
 			continue
 		}
 		if f[0] == "Anonymous:" && len(f) >= 2 {
@@ -127,13 +149,17 @@ func cleanFileMappings(smaps []byte, want func(path string) bool) []mapping {
 }
 
 // rssFileKB is RssFile from /proc/self/status (0 when unreadable).
-func rssFileKB() int64 {
+func rssFileKB() int64 { return procStatusValue("RssFile") }
+
+// procStatusValue is the number after key: in /proc/self/status (0 when
+// unreadable).
+func procStatusValue(key string) int64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
 			fs := strings.Fields(v)
 			if len(fs) > 0 {
 				n, _ := strconv.ParseInt(fs[0], 10, 64)

@@ -42,10 +42,10 @@ Anonymous:             0 kB
 	want := func(p string) bool { return p == "/usr/bin/scopewatch" || isSharedObject(p) }
 	got := cleanFileMappings([]byte(smaps), want)
 	exp := []mapping{
-		{0x00400000, 0x00410000},         // executable header
-		{0x00410000, 0x00b7d000},         // executable code
-		{0x7fe51153c000, 0x7fe5137c9000}, // library code
-		{0x7fe57c200000, 0x7fe57c4f2000}, // library, name ending in .so
+		{0x00400000, 0x00410000, 10346752, "/usr/bin/scopewatch"},              // executable header
+		{0x00410000, 0x00b7d000, 10346752, "/usr/bin/scopewatch"},              // executable code
+		{0x7fe51153c000, 0x7fe5137c9000, 1234, "/opt/ort/libonnxruntime.so.1"}, // library code
+		{0x7fe57c200000, 0x7fe57c4f2000, 99, "/usr/lib/libgdal.so"},            // library, name ending in .so
 	}
 	if len(got) != len(exp) {
 		t.Fatalf("got %d mappings %x, want %x", len(got), got, exp)

@@ -4,7 +4,7 @@ package main
 
 import "errors"
 
-// releaseFilePages is Linux-only (MADV_PAGEOUT).
+// releaseFilePages is Linux-only (madvise on /proc/self/smaps mappings).
 func releaseFilePages() (before, after int64, err error) {
 	return 0, 0, errors.ErrUnsupported
 }
