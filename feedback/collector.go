@@ -40,7 +40,7 @@ const ChunkMaxAge = 7 * 24 * time.Hour
 // PendingLabelMaxAge is how long Run keeps a label whose sample this
 // collector has not received (it may come later, or it went to another
 // worker of the shared group, which gets the label too), and
-// MaxPendingLabels bounds how many are kept.
+// MaxPendingLabels bounds how many are kept: past it the oldest give way.
 const (
 	PendingLabelMaxAge = 30 * 24 * time.Hour
 	MaxPendingLabels   = 100000
@@ -398,13 +398,13 @@ func (c *Collector) storeLabel(ctx context.Context, l Label) error {
 	table, accepted := "collect_labels", "label"
 	if n == 0 {
 		// Kept until its sample comes (a label can overtake it, or the
-		// sample went to another worker), within a bound.
-		var pending int
-		if err := c.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM collect_pending_labels`).Scan(&pending); err != nil {
+		// sample went to another worker), within a bound: with shared
+		// workers most pending labels belong to others' samples, so the
+		// oldest give way rather than the newest being refused.
+		if _, err := c.db.ExecContext(ctx, `DELETE FROM collect_pending_labels WHERE rowid IN (
+			SELECT rowid FROM collect_pending_labels ORDER BY received_ns
+			LIMIT max(0, (SELECT COUNT(*) FROM collect_pending_labels) - ?))`, MaxPendingLabels-1); err != nil {
 			return fmt.Errorf("store label: %w", err)
-		}
-		if pending >= MaxPendingLabels {
-			return fmt.Errorf("%w: label for %s (and %d pending labels already)", ErrUnknownID, l.FeedbackID, pending)
 		}
 		table, accepted = "collect_pending_labels", "label_pending"
 	}

@@ -342,12 +342,17 @@ func TestCollectorPendingLabels(t *testing.T) {
 	if n, err := c.PrunePendingLabels(ctx, PendingLabelMaxAge); err != nil || n != 1 {
 		t.Fatalf("pruned %d, %v; want the one whose sample never came", n, err)
 	}
-	// The bound: past MaxPendingLabels, unknown ids are rejected.
+	// The bound: past MaxPendingLabels the oldest pending label gives way.
 	if _, err := c.DB().Exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?)
-		INSERT INTO collect_pending_labels SELECT 'fb-' || i, 'a', 'parasitized', '2026-11-28T00:00:00Z', 0 FROM n`, MaxPendingLabels); err != nil {
+		INSERT INTO collect_pending_labels SELECT 'fb-' || i, 'a', 'parasitized', '2026-11-28T00:00:00Z', i FROM n`, MaxPendingLabels); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Handle(ctx, labelTopic, label("fb-one-more", "a", LabelUninfected)); RejectReason(err) != RejectUnknownID {
-		t.Fatalf("label past the bound: %v, want %s", err, RejectUnknownID)
+	if err := c.Handle(ctx, labelTopic, label("fb-one-more", "a", LabelUninfected)); err != nil {
+		t.Fatalf("label past the bound: %v", err)
+	}
+	var n, oldest, newest int
+	c.DB().QueryRow(`SELECT COUNT(*), SUM(feedback_id = 'fb-1'), SUM(feedback_id = 'fb-one-more') FROM collect_pending_labels`).Scan(&n, &oldest, &newest)
+	if n != MaxPendingLabels || oldest != 0 || newest != 1 {
+		t.Fatalf("pending %d (want %d), oldest kept %d, newest kept %d", n, MaxPendingLabels, oldest, newest)
 	}
 }
