@@ -220,7 +220,7 @@ func analyzeFieldFile(ctx context.Context, clf *inference.Classifier, path, slid
 func matchTruth(cells []synth.FieldCell, box image.Rectangle) string {
 	best, label := 0.0, ""
 	for _, c := range cells {
-		if v := boxIoU(image.Rect(c.X, c.Y, c.X+c.W, c.Y+c.H), box); v > best {
+		if v := boxIoU(c.Box(), box); v > best {
 			best, label = v, c.Label
 		}
 	}

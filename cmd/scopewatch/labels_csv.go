@@ -61,7 +61,7 @@ func parseLabelsCSV(in io.Reader, path string) (rows []labelRow, hasSlide bool, 
 			return nil, false, fmt.Errorf("%s: %w", path, err)
 		}
 		rel := filepath.Clean(strings.TrimSpace(rec[pc]))
-		if rel == "." || filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		if rel == "." || !filepath.IsLocal(rel) {
 			return nil, false, fmt.Errorf("%s line %d: path %q: want a file inside the folder", path, line, rec[pc])
 		}
 		row := labelRow{Path: filepath.Join(dir, rel)}

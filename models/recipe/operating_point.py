@@ -15,7 +15,8 @@ overestimate of several percentage points. So the threshold minimises the
 number of misclassified cells (FP + FN) on field cells at the fields' own
 prevalence; among equally good thresholds the one nearest 0.5 is kept.
 
-Rewrites manifest.json's threshold (the bundle must be sealed afterwards) and
+Compares with the crop-validation threshold of training
+(WORK/train_summary.json). Rewrites manifest.json's threshold (the bundle must be sealed afterwards) and
 records the choice in WORK/operating_point.json for the model card.
 """
 
@@ -103,7 +104,10 @@ def main():
     man_path = os.path.join(args.bundle, "manifest.json")
     with open(man_path) as f:
         man = json.load(f)
-    before = float(man["threshold"])
+    # The crop-validation threshold from training, not the manifest's: on a
+    # rerun the manifest already holds the previous field-chosen value.
+    with open(os.path.join(args.work, "train_summary.json")) as f:
+        before = float(json.load(f)["threshold"])
     t = choose(p, y)
     man["threshold"] = t
     # The hashes and signature no longer match; `scopewatch bundle seal` redoes them.
