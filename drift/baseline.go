@@ -143,7 +143,7 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 			return nil, fmt.Errorf("%w: %d focus values for %d scores", ErrInvalidBaseline, len(cfg.Focus), len(scores))
 		}
 		for i, f := range cfg.Focus {
-			if !(f >= 0) || math.IsInf(f, 0) {
+			if !validFocus(f) {
 				return nil, fmt.Errorf("%w: focus %d = %v: want a finite value >= 0", ErrInvalidBaseline, i, f)
 			}
 		}
@@ -418,7 +418,7 @@ func (b *Baseline) validate() error {
 		return bad("focus: %d values for %d scores", len(b.Focus), len(b.Scores))
 	}
 	for i, f := range b.Focus {
-		if !(f >= 0) || math.IsInf(f, 0) {
+		if !validFocus(f) {
 			return bad("focus[%d] = %v: want a finite value >= 0", i, f)
 		}
 	}

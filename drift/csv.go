@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
 )
@@ -88,7 +87,7 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 		if fCol >= 0 {
 			fs := strings.TrimSpace(rec[fCol])
 			f, err := strconv.ParseFloat(fs, 64)
-			if err != nil || !(f >= 0) || math.IsInf(f, 0) {
+			if err != nil || !validFocus(f) {
 				return nil, fmt.Errorf("%w: line %d: focus %q: want a finite number >= 0", ErrBadCSV, line, fs)
 			}
 			rows.Focus = append(rows.Focus, f)

@@ -327,3 +327,7 @@ func (e *engine) resum() {
 		}
 	}
 }
+
+// validFocus reports whether f can be a focus value: finite and >= 0 (NaN
+// fails the comparison).
+func validFocus(f float64) bool { return f >= 0 && !math.IsInf(f, 1) }

@@ -40,7 +40,7 @@ func (r *EvalRows) prepare(b *Baseline, needFeatures, needFocus bool) error {
 			return fmt.Errorf("the detector uses focus: %d focus values for %d scores (a focus column is needed)", len(r.Focus), len(r.Scores))
 		}
 		for i, f := range r.Focus {
-			if !(f >= 0) || math.IsInf(f, 0) {
+			if !validFocus(f) {
 				return fmt.Errorf("row %d: focus %v: want a finite value >= 0", i, f)
 			}
 		}

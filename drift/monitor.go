@@ -164,7 +164,7 @@ func (m *Monitor) Observe(o Observation) ([]Event, error) {
 	if !(score >= 0 && score <= 1) {
 		return nil, fmt.Errorf("%w: score %v: want a probability in [0, 1]", ErrBadInput, score)
 	}
-	if m.e.useFoc && (!(o.Focus >= 0) || math.IsInf(o.Focus, 0)) {
+	if m.e.useFoc && !validFocus(o.Focus) {
 		return nil, fmt.Errorf("%w: focus %v: want a finite value >= 0", ErrBadInput, o.Focus)
 	}
 	var z []float32
@@ -417,7 +417,7 @@ func (m *Monitor) UnmarshalBinary(p []byte) error {
 		return fmt.Errorf("decode drift state: %d focus values for %d scores", len(st.Focus), len(st.Scores))
 	}
 	for i, f := range st.Focus {
-		if !(f >= 0) || math.IsInf(f, 0) {
+		if !validFocus(f) {
 			return fmt.Errorf("decode drift state: focus %d = %v", i, f)
 		}
 	}
