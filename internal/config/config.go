@@ -710,9 +710,9 @@ func (c *Config) Validate() Errors {
 		} else {
 			oneOf("mqtt.broker", scheme, BrokerSchemes)
 		}
-		root := c.MQTT.TopicRoot
-		if mqttconn.ValidateTopic(root) != nil || strings.Count(root, "/") > 2 {
-			add("mqtt.topic_root", fmt.Sprintf("%q is not usable", c.MQTT.TopicRoot), "one to three topic levels without wildcards, such as scopewatch/v1")
+		// The same rule every producer and consumer of topics applies.
+		if _, err := mqttconn.NewTopics(c.MQTT.TopicRoot); err != nil {
+			add("mqtt.topic_root", fmt.Sprintf("%q is not usable (%v)", c.MQTT.TopicRoot, err), "one to three topic levels of a-z 0-9 - _ . without wildcards, such as scopewatch/v1")
 		}
 		positiveDur("mqtt.keep_alive", c.MQTT.KeepAlive)
 		positiveDur("mqtt.connect_timeout", c.MQTT.ConnectTimeout)

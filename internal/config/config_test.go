@@ -118,6 +118,8 @@ func TestBadConfigNamesField(t *testing.T) {
 		{"http open to the network without token", "http:\n  listen: 0.0.0.0:8470\n", "http.token", "loopback"},
 		{"http any interface without token", "http:\n  listen: :8470\n", "http.token", "SCOPEWATCH_HTTP_TOKEN"},
 		{"http short token", "http:\n  token: abc\n", "http.token", "at least 16"},
+		{"topic root too deep", "mqtt:\n  topic_root: a/b/c/d\n", "mqtt.topic_root", "one to three"},
+		{"topic root wildcard", "mqtt:\n  topic_root: scopewatch/+\n", "mqtt.topic_root", "without wildcards"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
