@@ -12,8 +12,10 @@
 // # What is here so far
 //
 // The study file (Study, Decode, Load): YAML decoded strictly, every field
-// validated with an error that names it; and the exploration sequence
-// (Halton), a seeded scrambled Halton sequence.
+// validated with an error that names it; and the search space (Space),
+// which maps the searched parameters to the unit cube and back, with log
+// scales and an equal share of each coordinate for every int or categorical
+// value.
 //
 // The trial protocol, Bayesian exploitation, pruning, the journal, the
 // built-in head trainer, the playbook checks and the report are not built
