@@ -15,9 +15,11 @@
 // validated with an error that names it; and the search space (Space),
 // which maps the searched parameters to the unit cube and back, with log
 // scales and an equal share of each coordinate for every int or categorical
-// value.
+// value;
 //
-// The trial protocol, Bayesian exploitation, pruning, the journal, the
+// and the trial protocol (RunCommand), below.
+//
+// Bayesian exploitation, pruning, the journal, the
 // built-in head trainer, the playbook checks and the report are not built
 // yet; see the project's tuning issue.
 //
@@ -44,4 +46,25 @@
 // searched: the seed article fixes it once per dataset by throughput, and
 // tuning it confounds every other comparison, so a searched parameter named
 // batch_size is refused.
+//
+// # Trial protocol
+//
+// objective.command runs once per trial, in the trial's own folder, with one
+// JSON object on stdin:
+//
+//	{"trial": N, "seed": S, "params": {...}, "max_epochs": E, "dir": "<trial folder>"}
+//
+// params holds every parameter, fixed ones included. The command prints JSON
+// lines on stdout, one per epoch, for example
+//
+//	{"epoch": 1, "val_loss": 0.41, "train_loss": 0.52}
+//
+// Numeric keys feed pruning and the curves; other keys are ignored. The
+// metric of the last line that carries it is the trial's result; a bare
+// {"value": v} with metric: value is the minimal form. A non-zero exit, a
+// stdout line that is not a JSON object (the trial is stopped at once), or no
+// line with the metric fails the trial: it is kept as failed, with the
+// reason, never dropped. A trial the pruner stops gets SIGTERM, then SIGKILL
+// after 5 s, and is recorded as pruned with its last value. Stderr goes to
+// stderr.log in the trial's folder.
 package tuning
