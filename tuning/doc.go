@@ -12,16 +12,14 @@
 // # What is here so far
 //
 // The study file (Study, Decode, Load): YAML decoded strictly, every field
-// validated with an error that names it; and the search space (Space),
-// which maps the searched parameters to the unit cube and back, with log
-// scales and an equal share of each coordinate for every int or categorical
-// value;
+// validated with an error that names it; the search space (Space), which
+// maps the searched parameters to the unit cube and back, with log scales
+// and an equal share of each coordinate for every int or categorical value;
+// the trial protocol (RunCommand, below); and the journal (Journal).
 //
-// and the trial protocol (RunCommand), below.
-//
-// Bayesian exploitation, pruning, the journal, the
-// built-in head trainer, the playbook checks and the report are not built
-// yet; see the project's tuning issue.
+// The exploration sequence, Bayesian exploitation, pruning, the scheduler
+// that runs a study, the built-in head trainer, the playbook checks and the
+// report are not built yet; see the project's tuning issue.
 //
 // # Study file
 //

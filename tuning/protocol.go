@@ -177,3 +177,35 @@ func parseEpoch(raw []byte) (Epoch, error) {
 	}
 	return ep, nil
 }
+
+// outcomeJSON is Outcome on the wire: JSON has no NaN, so a failed trial's
+// value is null.
+type outcomeJSON struct {
+	State  string   `json:"state"`
+	Value  *float64 `json:"value"`
+	Epochs []Epoch  `json:"epochs,omitempty"`
+	Reason string   `json:"reason,omitempty"`
+}
+
+// MarshalJSON writes a NaN value as null.
+func (o Outcome) MarshalJSON() ([]byte, error) {
+	w := outcomeJSON{State: o.State, Epochs: o.Epochs, Reason: o.Reason}
+	if !math.IsNaN(o.Value) && !math.IsInf(o.Value, 0) {
+		v := o.Value
+		w.Value = &v
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON reads a null value as NaN.
+func (o *Outcome) UnmarshalJSON(b []byte) error {
+	var w outcomeJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*o = Outcome{State: w.State, Value: math.NaN(), Epochs: w.Epochs, Reason: w.Reason}
+	if w.Value != nil {
+		o.Value = *w.Value
+	}
+	return nil
+}

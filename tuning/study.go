@@ -48,13 +48,13 @@ var ErrInvalidStudy = errors.New("invalid study")
 
 // Study is one study file: the question, the parameters, the budget.
 type Study struct {
-	Name       string      `yaml:"name"`
-	Objective  Objective   `yaml:"objective"`
-	Parameters []Parameter `yaml:"parameters"`
-	Budget     Budget      `yaml:"budget"`
-	Pruning    Pruning     `yaml:"pruning"`
-	Replicates Replicates  `yaml:"replicates"`
-	Seed       int64       `yaml:"seed"`
+	Name       string      `yaml:"name" json:"name,omitempty"`
+	Objective  Objective   `yaml:"objective" json:"objective,omitempty"`
+	Parameters []Parameter `yaml:"parameters" json:"parameters,omitempty"`
+	Budget     Budget      `yaml:"budget" json:"budget,omitempty"`
+	Pruning    Pruning     `yaml:"pruning" json:"pruning,omitempty"`
+	Replicates Replicates  `yaml:"replicates" json:"replicates,omitempty"`
+	Seed       int64       `yaml:"seed" json:"seed,omitempty"`
 }
 
 // Objective says what a trial runs and which of its reported metrics is the
@@ -62,30 +62,30 @@ type Study struct {
 type Objective struct {
 	// Command runs once per trial (the trial protocol in the package doc);
 	// exactly one of Command and Builtin is set.
-	Command []string `yaml:"command"`
-	Builtin string   `yaml:"builtin"`
+	Command []string `yaml:"command" json:"command,omitempty"`
+	Builtin string   `yaml:"builtin" json:"builtin,omitempty"`
 	// Metric is the key read from the trial's JSON lines; the last line's
 	// value is the trial's result.
-	Metric string `yaml:"metric"`
+	Metric string `yaml:"metric" json:"metric,omitempty"`
 	// Direction is minimize or maximize; there is no default, because
 	// guessing it wrong silently picks the worst trial.
-	Direction string `yaml:"direction"`
+	Direction string `yaml:"direction" json:"direction,omitempty"`
 }
 
 // Parameter is one named parameter of a study.
 type Parameter struct {
-	Name string `yaml:"name"`
-	Role string `yaml:"role"`
-	Type string `yaml:"type"`
+	Name string `yaml:"name" json:"name,omitempty"`
+	Role string `yaml:"role" json:"role,omitempty"`
+	Type string `yaml:"type" json:"type,omitempty"`
 	// Min and Max bound float and int parameters (inclusive).
-	Min *float64 `yaml:"min"`
-	Max *float64 `yaml:"max"`
+	Min *float64 `yaml:"min" json:"min,omitempty"`
+	Max *float64 `yaml:"max" json:"max,omitempty"`
 	// Log searches the range on a log scale (min > 0).
-	Log bool `yaml:"log"`
+	Log bool `yaml:"log" json:"log,omitempty"`
 	// Values are the choices of a categorical parameter (scalars).
-	Values []any `yaml:"values"`
+	Values []any `yaml:"values" json:"values,omitempty"`
 	// Value is a fixed parameter's value.
-	Value any `yaml:"value"`
+	Value any `yaml:"value" json:"value,omitempty"`
 }
 
 // Searched reports whether the study searches the parameter.
@@ -95,28 +95,28 @@ func (p Parameter) Searched() bool { return p.Role != RoleFixed }
 type Budget struct {
 	// Trials is the number of search trials (replicates of finalists come on
 	// top of it).
-	Trials int `yaml:"trials"`
+	Trials int `yaml:"trials" json:"trials,omitempty"`
 	// Explore is how many of them are quasi-random exploration before the
 	// Bayesian exploitation starts; 0 means the default (see Defaults).
-	Explore int `yaml:"explore"`
+	Explore int `yaml:"explore" json:"explore,omitempty"`
 	// Parallel is how many trials run at once; it never changes which
 	// parameters are suggested.
-	Parallel  int `yaml:"parallel"`
-	MaxEpochs int `yaml:"max_epochs"`
+	Parallel  int `yaml:"parallel" json:"parallel,omitempty"`
+	MaxEpochs int `yaml:"max_epochs" json:"max_epochs,omitempty"`
 }
 
 // Pruning stops unpromising trials early, with epochs as the resource.
 type Pruning struct {
-	Method      string `yaml:"method"`
-	GraceEpochs int    `yaml:"grace_epochs"`
-	Reduction   int    `yaml:"reduction"`
+	Method      string `yaml:"method" json:"method,omitempty"`
+	GraceEpochs int    `yaml:"grace_epochs" json:"grace_epochs,omitempty"`
+	Reduction   int    `yaml:"reduction" json:"reduction,omitempty"`
 }
 
 // Replicates reruns the best trials with other seeds, so that the winner is
 // told apart from seed noise.
 type Replicates struct {
-	Finalists int `yaml:"finalists"`
-	Seeds     int `yaml:"seeds"`
+	Finalists int `yaml:"finalists" json:"finalists,omitempty"`
+	Seeds     int `yaml:"seeds" json:"seeds,omitempty"`
 }
 
 var (
