@@ -15,11 +15,19 @@
 // validated with an error that names it; the search space (Space), which
 // maps the searched parameters to the unit cube and back, with log scales
 // and an equal share of each coordinate for every int or categorical value;
-// the trial protocol (RunCommand, below); and the journal (Journal).
+// the trial protocol (RunCommand, below); the journal (Journal); the
+// exploration sequence (Halton, scrambled and seeded); and the Runner, which
+// runs a study's trials in parallel into a study folder, journals every ask
+// before the trial starts and every tell when it ends, and resumes from the
+// journal: finished trials are kept, interrupted ones rerun with the same
+// parameters and seed. Suggestions depend on the trial number and the seed
+// only, never on how many trials run at once.
 //
-// The exploration sequence, Bayesian exploitation, pruning, the scheduler
-// that runs a study, the built-in head trainer, the playbook checks and the
-// report are not built yet; see the project's tuning issue.
+// Not built yet (see the project's tuning issue): Bayesian exploitation
+// (until it lands the Runner continues the quasi-random sequence for the
+// whole budget, and journals those trials as exploration), pruning, the
+// finalists' replicates, the built-in head trainer, the playbook checks, the
+// plots and report, and the command line.
 //
 // # Study file
 //
