@@ -367,10 +367,16 @@ func (s *sink) distinct() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.i
 func subscribe(t *testing.T, url, filter string) *sink {
 	t.Helper()
 	s := &sink{ids: map[string]int{}}
+	// The subscription is made on every connect, but the helper returns only
+	// once the broker has acknowledged the first one: a caller that stops
+	// the broker right away must find the subscription in its persisted
+	// session, or what is published before the sink reconnects is lost and
+	// the test measures the race instead of the outbox.
+	subscribed := make(chan error, 1)
 	o := mqtt.NewClientOptions().AddBroker(url).SetClientID("sink").SetCleanSession(false).
 		SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetOnConnectHandler(func(c mqtt.Client) {
-			c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
+			tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
 				p := m.Payload()
 				end := 0
 				for end < len(p) && p[end] != 0 {
@@ -380,11 +386,26 @@ func subscribe(t *testing.T, url, filter string) *sink {
 				s.ids[string(p[:end])]++
 				s.mu.Unlock()
 			})
+			go func() {
+				tok.Wait()
+				select {
+				case subscribed <- tok.Error():
+				default:
+				}
+			}()
 		})
 	c := mqtt.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(100) })
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			t.Fatalf("subscribe %s: %v", filter, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("subscribe %s: no SUBACK within 5 s", filter)
+	}
 	return s
 }
