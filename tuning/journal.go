@@ -25,7 +25,10 @@ type Record struct {
 	Trial int       `json:"trial,omitempty"`
 	Seed  int64     `json:"seed,omitempty"`
 	// Phase is explore, exploit or replicate for an ask.
-	Phase   string   `json:"phase,omitempty"`
+	Phase string `json:"phase,omitempty"`
+	// Of is, for a replicate, the search trial whose parameters it reruns
+	// with another seed. Replicates are numbered after the search budget.
+	Of      int      `json:"of,omitempty"`
 	Params  Params   `json:"params,omitempty"`
 	Outcome *Outcome `json:"outcome,omitempty"`
 	Study   *Study   `json:"study,omitempty"`
