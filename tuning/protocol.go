@@ -79,7 +79,11 @@ func RunCommand(ctx context.Context, argv []string, in TrialInput, metric string
 	}
 	defer logf.Close()
 
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// One way to stop a trial, whether the pruner or the caller asks: cancel
+	// its context, which sends SIGTERM and, after stopGrace, SIGKILL.
+	trialCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	cmd := exec.CommandContext(trialCtx, argv[0], argv[1:]...)
 	cmd.Stdin = bytes.NewReader(append(stdin, '\n'))
 	cmd.Stderr = logf
 	cmd.Dir = in.Dir
@@ -97,13 +101,6 @@ func RunCommand(ctx context.Context, argv []string, in TrialInput, metric string
 		o      = Outcome{Value: math.NaN()}
 		pruned bool
 		bad    string
-		stop   = func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			go func(p *os.Process) {
-				time.Sleep(stopGrace)
-				_ = p.Kill()
-			}(cmd.Process)
-		}
 	)
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), maxLine)

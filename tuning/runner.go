@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 )
@@ -29,13 +30,25 @@ func CommandObjective(argv []string, metric string) TrialFunc {
 // different study file: resuming would mix two studies' trials.
 var ErrStudyChanged = errors.New("the study file differs from the one the journal began with")
 
-// Runner runs a study's search trials into a study folder.
+// SuggestFunc proposes the next unit-cube point from what is known: the
+// finished trials (oriented so that lower is better) and the points still
+// running. Suggest is the Gaussian-process one.
+type SuggestFunc func(space *Space, obs []Observation, pending [][]float64, rng *rand.Rand) ([]float64, error)
+
+// Runner runs a study into a study folder: the search trials, then the
+// finalists' replicates.
 type Runner struct {
 	Study *Study
 	Dir   string
 	Trial TrialFunc
-	Log   *slog.Logger     // nil: discard
-	Now   func() time.Time // nil: time.Now
+	// Suggest proposes exploitation trials; nil continues the quasi-random
+	// exploration sequence instead (journalled as exploration).
+	Suggest SuggestFunc
+	Log     *slog.Logger     // nil: discard
+	Now     func() time.Time // nil: time.Now
+	// Progress, if set, is called after every finished trial, with the
+	// number done, the total (replicates included) and the best so far.
+	Progress func(done, total int, best *Trial)
 }
 
 // Summary is the state of a study after Run.
@@ -45,6 +58,10 @@ type Summary struct {
 	Complete int    `json:"complete"`
 	Pruned   int    `json:"pruned"`
 	Failed   int    `json:"failed"`
+	// Epochs is how many epochs the search trials ran in all, the cost that
+	// pruning saves.
+	Epochs     int         `json:"epochs"`
+	Replicates []Replicate `json:"replicates"`
 }
 
 // Trial is one finished trial.
@@ -52,6 +69,18 @@ type Trial struct {
 	Trial  int     `json:"trial"`
 	Value  float64 `json:"value"`
 	Params Params  `json:"params"`
+}
+
+// Replicate is a finalist rerun with the study's replicate seeds; every
+// finalist is run with the same seeds, so finalists can be compared seed by
+// seed.
+type Replicate struct {
+	Trial  int       `json:"trial"`
+	Params Params    `json:"params"`
+	Seeds  []int64   `json:"seeds"`
+	Values []float64 `json:"values"` // NaN (null) where a replicate failed
+	Mean   float64   `json:"mean"`
+	Std    float64   `json:"std"`
 }
 
 // trialSeed derives a trial's seed from the study's, so that a trial's
@@ -66,26 +95,96 @@ func trialSeed(study int64, trial int) int64 {
 	return int64(x >> 1)
 }
 
-// Run runs every trial of the budget that the journal in Dir does not hold
-// yet, Study.Budget.Parallel at a time, and returns the summary. It resumes
-// a study folder: finished trials are kept, interrupted ones rerun with the
+// replicateSeed is the j-th replicate seed, the same for every finalist and
+// disjoint in derivation from the search trials' seeds.
+func replicateSeed(study int64, j int) int64 { return trialSeed(^study, j+1) }
+
+// phase of search trial n.
+func phaseOf(s *Study, n int) string {
+	if n <= s.Budget.Explore {
+		return "explore"
+	}
+	return "exploit"
+}
+
+// run is one Run's shared state.
+type run struct {
+	r     *Runner
+	s     *Study
+	log   *slog.Logger
+	now   func() time.Time
+	space *Space
+	seq   *Halton
+	prune pruner
+	j     *Journal
+
+	mu       sync.Mutex
+	asked    map[int]Record
+	told     map[int]Outcome
+	done     map[int]chan struct{} // closed when the trial is told
+	firstErr error
+	total    int
+}
+
+func (st *run) doneCh(n int) chan struct{} {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ch, ok := st.done[n]
+	if !ok {
+		ch = make(chan struct{})
+		st.done[n] = ch
+	}
+	return ch
+}
+
+// waitTold blocks until search trials 1..k are told.
+func (st *run) waitTold(ctx context.Context, k int) error {
+	for m := 1; m <= k; m++ {
+		select {
+		case <-st.doneCh(m):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (st *run) fail(err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.firstErr == nil {
+		st.firstErr = err
+	}
+}
+
+// oriented turns a metric into lower-is-better.
+func (st *run) oriented(v float64) float64 {
+	if st.s.Objective.Direction == "maximize" {
+		return -v
+	}
+	return v
+}
+
+// Run runs every trial that the journal in Dir does not hold yet,
+// Study.Budget.Parallel at a time, and returns the summary. It resumes a
+// study folder: finished trials are kept, interrupted ones rerun with the
 // parameters and seed they were asked with. Trials are asked in trial order
 // and each ask is journalled before the trial starts.
 //
-// Every trial's parameters come from the scrambled Halton sequence of the
-// study's seed, by trial number, so the sequence does not depend on
-// Parallel. The Bayesian exploitation phase (trials after Budget.Explore)
-// is not built yet: until it is, those trials continue the quasi-random
-// sequence and are journalled with phase "explore", so nothing claims to be
-// what it is not.
+// Exploration trials take the scrambled Halton point of their number.
+// Exploitation trial n is suggested from the outcomes of trials
+// 1..n-Overlap with trials n-Overlap+1..n-1 as pending points, and pruning
+// decisions are made against the same trials, so nothing a trial is asked or
+// told depends on Parallel or on timing. After the search, the best
+// Replicates.Finalists trials are rerun with Replicates.Seeds seeds each.
 func (r *Runner) Run(ctx context.Context) (Summary, error) {
-	log := r.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	st := &run{r: r, s: r.Study, log: r.Log, now: r.Now,
+		asked: map[int]Record{}, told: map[int]Outcome{}, done: map[int]chan struct{}{}}
+	if st.log == nil {
+		st.log = slog.New(slog.DiscardHandler)
 	}
-	now := r.Now
-	if now == nil {
-		now = time.Now
+	if st.now == nil {
+		st.now = time.Now
 	}
 	s := r.Study
 	if err := os.MkdirAll(r.Dir, 0o755); err != nil {
@@ -96,8 +195,9 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 		return Summary{}, err
 	}
 	defer j.Close()
+	st.j = j
 	if len(recs) == 0 {
-		if err := j.Append(Record{Type: RecordStudy, At: now(), Study: s}); err != nil {
+		if err := j.Append(Record{Type: RecordStudy, At: st.now(), Study: s}); err != nil {
 			return Summary{}, err
 		}
 	} else if err := sameStudy(recs[0], s); err != nil {
@@ -107,99 +207,323 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 	if err != nil {
 		return Summary{}, err
 	}
-	asked := map[int]Record{}
-	told := map[int]Outcome{}
-	for _, st := range states {
-		asked[st.Ask.Trial] = st.Ask
-		if st.Outcome != nil {
-			told[st.Ask.Trial] = *st.Outcome
+	for _, ts := range states {
+		st.asked[ts.Ask.Trial] = ts.Ask
+		if ts.Outcome != nil {
+			st.told[ts.Ask.Trial] = *ts.Outcome
+			close(st.doneCh(ts.Ask.Trial))
 		}
 	}
-
-	space := NewSpace(s)
-	seq, err := NewHalton(space.Dim(), rand.New(rand.NewPCG(uint64(s.Seed), 0x68616c746f6e)))
+	st.space = NewSpace(s)
+	st.seq, err = NewHalton(st.space.Dim(), rand.New(rand.NewPCG(uint64(s.Seed), 0x68616c746f6e)))
 	if err != nil {
 		return Summary{}, fmt.Errorf("exploration: %w", err)
 	}
+	st.prune = newPruner(s)
+	st.total = s.Budget.Trials + s.Replicates.Finalists*s.Replicates.Seeds
 
-	var (
-		mu       sync.Mutex
-		firstErr error
-		wg       sync.WaitGroup
-		slots    = make(chan struct{}, s.Budget.Parallel)
-	)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for n := 1; n <= s.Budget.Trials; n++ {
-		mu.Lock()
-		_, done := told[n]
-		mu.Unlock()
+	slots := make(chan struct{}, s.Budget.Parallel)
+	var wg sync.WaitGroup
+	start := func(ask Record, keep func(int, float64) bool) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			if err := st.runTrial(runCtx, ask, keep); err != nil {
+				st.fail(err)
+				cancel()
+			}
+		}()
+	}
+
+	for n := 1; n <= s.Budget.Trials && runCtx.Err() == nil; n++ {
+		st.mu.Lock()
+		_, done := st.told[n]
+		ask, asked := st.asked[n]
+		st.mu.Unlock()
 		if done {
 			continue
 		}
 		select {
 		case slots <- struct{}{}:
 		case <-runCtx.Done():
+			continue
 		}
-		if runCtx.Err() != nil {
-			break
-		}
-		mu.Lock()
-		ask, ok := asked[n]
-		mu.Unlock()
-		if !ok {
-			u := seq.Point(n-1, make([]float64, space.Dim()))
-			ask = Record{Type: RecordAsk, At: now(), Trial: n, Seed: trialSeed(s.Seed, n), Phase: "explore", Params: space.Params(u)}
-			mu.Lock()
-			err := j.Append(ask)
-			if err == nil {
-				asked[n] = ask
-			} else if firstErr == nil {
-				firstErr = err
-			}
-			mu.Unlock()
+		if !asked {
+			ask, err = st.ask(runCtx, n)
 			if err != nil {
 				<-slots
-				break
+				if runCtx.Err() == nil {
+					st.fail(err)
+					cancel()
+				}
+				continue
 			}
 		} else {
-			log.Info("rerunning interrupted trial", "trial", n)
+			st.log.Info("rerunning interrupted trial", "trial", n)
 		}
-		wg.Add(1)
-		go func(ask Record) {
-			defer wg.Done()
-			defer func() { <-slots }()
-			in := TrialInput{Trial: ask.Trial, Seed: ask.Seed, Params: ask.Params, MaxEpochs: s.Budget.MaxEpochs,
-				Dir: filepath.Join(r.Dir, "trials", fmt.Sprintf("%04d", ask.Trial))}
-			o, err := r.Trial(runCtx, in, nil)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				cancel()
-				return
-			}
-			if err := j.Append(Record{Type: RecordTell, At: now(), Trial: ask.Trial, Outcome: &o}); err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				cancel()
-				return
-			}
-			told[ask.Trial] = o
-			log.Info("trial finished", "trial", ask.Trial, "state", o.State, "value", o.Value, "reason", o.Reason)
-		}(ask)
+		start(ask, st.keeper(runCtx, n))
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return Summary{}, firstErr
+
+	if runCtx.Err() == nil && s.Replicates.Finalists > 0 {
+		reps, err := st.replicateAsks()
+		if err != nil {
+			st.fail(err)
+		}
+		for _, ask := range reps {
+			if runCtx.Err() != nil {
+				break
+			}
+			st.mu.Lock()
+			_, done := st.told[ask.Trial]
+			st.mu.Unlock()
+			if done {
+				continue
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-runCtx.Done():
+				continue
+			}
+			start(ask, nil)
+		}
+		wg.Wait()
+	}
+	if st.firstErr != nil {
+		return Summary{}, st.firstErr
 	}
 	if err := ctx.Err(); err != nil {
 		return Summary{}, err
 	}
-	return summarize(s, asked, told), nil
+	return summarize(s, st.asked, st.told), nil
+}
+
+// ask makes and journals search trial n's parameters.
+func (st *run) ask(ctx context.Context, n int) (Record, error) {
+	s := st.s
+	ask := Record{Type: RecordAsk, Trial: n, Seed: trialSeed(s.Seed, n), Phase: phaseOf(s, n)}
+	var u []float64
+	if ask.Phase == "exploit" && st.r.Suggest != nil {
+		lag := s.Budget.Overlap
+		if err := st.waitTold(ctx, n-lag); err != nil {
+			return Record{}, err
+		}
+		obs, pending, err := st.evidence(n)
+		if err != nil {
+			return Record{}, err
+		}
+		rng := rand.New(rand.NewPCG(uint64(s.Seed), uint64(n)))
+		u, err = st.r.Suggest(st.space, obs, pending, rng)
+		if err != nil {
+			return Record{}, fmt.Errorf("trial %d: suggest: %w", n, err)
+		}
+	} else {
+		// Without a suggester every trial continues the exploration
+		// sequence, and says so.
+		ask.Phase = "explore"
+		u = st.seq.Point(n-1, make([]float64, st.space.Dim()))
+	}
+	ask.Params = st.space.Params(u)
+	ask.At = st.now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err := st.j.Append(ask); err != nil {
+		return Record{}, err
+	}
+	st.asked[n] = ask
+	return ask, nil
+}
+
+// evidence is what suggestion n is conditioned on: the outcomes of trials
+// 1..n-Overlap and, as pending, the parameters of the trials after them.
+// Failed trials are kept as failures, so the search learns to avoid their
+// region; a pruned trial counts with the last value it reported, which is
+// what it was judged on.
+func (st *run) evidence(n int) ([]Observation, [][]float64, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var obs []Observation
+	var pending [][]float64
+	for m := 1; m < n; m++ {
+		u, err := st.space.Point(st.asked[m].Params)
+		if err != nil {
+			return nil, nil, fmt.Errorf("trial %d: %w", m, err)
+		}
+		if m > n-st.s.Budget.Overlap {
+			pending = append(pending, u)
+			continue
+		}
+		o := st.told[m]
+		switch {
+		case o.State == StateFailed || math.IsNaN(o.Value):
+			obs = append(obs, Observation{Point: u, Failed: true})
+		default:
+			obs = append(obs, Observation{Point: u, Value: st.oriented(o.Value)})
+		}
+	}
+	return obs, pending, nil
+}
+
+// keeper is search trial n's pruning verdict after each epoch.
+func (st *run) keeper(ctx context.Context, n int) func(int, float64) bool {
+	if st.s.Pruning.Method == PruneNone {
+		return nil
+	}
+	b := st.prune.bracket(n)
+	metric := st.s.Objective.Metric
+	return func(e int, v float64) bool {
+		if !st.prune.isRung(b, e) {
+			return true
+		}
+		last := n - st.s.Budget.Overlap
+		if st.waitTold(ctx, last) != nil {
+			return true // cancelled: the trial is being stopped anyway
+		}
+		st.mu.Lock()
+		var peers []float64
+		for m := 1; m <= last; m++ {
+			if st.prune.bracket(m) != b {
+				continue
+			}
+			if pv, ok := valueAt(st.told[m], metric, e); ok {
+				peers = append(peers, st.oriented(pv))
+			}
+		}
+		st.mu.Unlock()
+		return st.prune.keep(st.oriented(v), peers)
+	}
+}
+
+// runTrial runs one asked trial and journals its outcome.
+func (st *run) runTrial(ctx context.Context, ask Record, keep func(int, float64) bool) error {
+	in := TrialInput{Trial: ask.Trial, Seed: ask.Seed, Params: ask.Params, MaxEpochs: st.s.Budget.MaxEpochs,
+		Dir: filepath.Join(st.r.Dir, "trials", fmt.Sprintf("%04d", ask.Trial))}
+	if err := os.MkdirAll(in.Dir, 0o755); err != nil {
+		return fmt.Errorf("trial %d: %w", ask.Trial, err)
+	}
+	o, err := st.r.Trial(ctx, in, keep)
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	if err := st.j.Append(Record{Type: RecordTell, At: st.now(), Trial: ask.Trial, Outcome: &o}); err != nil {
+		st.mu.Unlock()
+		return err
+	}
+	st.told[ask.Trial] = o
+	ch, ok := st.done[ask.Trial]
+	if !ok {
+		ch = make(chan struct{})
+		st.done[ask.Trial] = ch
+	}
+	close(ch)
+	doneN := len(st.told)
+	var best *Trial
+	if st.r.Progress != nil {
+		best = bestTrial(st.s, st.asked, st.told)
+	}
+	st.mu.Unlock()
+	st.log.Info("trial finished", "trial", ask.Trial, "phase", ask.Phase, "state", o.State, "value", o.Value, "reason", o.Reason)
+	if st.r.Progress != nil {
+		st.r.Progress(doneN, st.total, best)
+	}
+	return nil
+}
+
+// finalists are the best complete search trials with distinct parameters,
+// best first, ties broken by trial number.
+func finalists(s *Study, asked map[int]Record, told map[int]Outcome) []int {
+	var cand []int
+	for n := 1; n <= s.Budget.Trials; n++ {
+		o, ok := told[n]
+		if ok && o.State == StateComplete && !math.IsNaN(o.Value) {
+			cand = append(cand, n)
+		}
+	}
+	better := func(a, b float64) bool {
+		if s.Objective.Direction == "maximize" {
+			return a > b
+		}
+		return a < b
+	}
+	sort.SliceStable(cand, func(i, j int) bool { return better(told[cand[i]].Value, told[cand[j]].Value) })
+	var out []int
+	for _, n := range cand {
+		dup := false
+		for _, m := range out {
+			if sameParams(asked[n].Params, asked[m].Params) {
+				dup = true
+			}
+		}
+		if !dup {
+			out = append(out, n)
+		}
+		if len(out) == s.Replicates.Finalists {
+			break
+		}
+	}
+	return out
+}
+
+func sameParams(a, b Params) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || !sameValue(v, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// replicateAsks journals (or, on resume, finds) the replicate trials:
+// finalist i's j-th replicate is trial Trials + i*Seeds + j + 1.
+func (st *run) replicateAsks() ([]Record, error) {
+	s := st.s
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	fin := finalists(s, st.asked, st.told)
+	var out []Record
+	for i, f := range fin {
+		for k := 0; k < s.Replicates.Seeds; k++ {
+			n := s.Budget.Trials + i*s.Replicates.Seeds + k + 1
+			if ask, ok := st.asked[n]; ok {
+				if ask.Of != f {
+					return nil, fmt.Errorf("%w: replicate trial %d reruns trial %d, but the finalists now put trial %d there", ErrCorruptJournal, n, ask.Of, f)
+				}
+				out = append(out, ask)
+				continue
+			}
+			ask := Record{Type: RecordAsk, At: st.now(), Trial: n, Seed: replicateSeed(s.Seed, k), Phase: "replicate", Of: f, Params: st.asked[f].Params}
+			if err := st.j.Append(ask); err != nil {
+				return nil, err
+			}
+			st.asked[n] = ask
+			out = append(out, ask)
+		}
+	}
+	st.total = s.Budget.Trials + len(fin)*s.Replicates.Seeds
+	return out, nil
+}
+
+func bestTrial(s *Study, asked map[int]Record, told map[int]Outcome) *Trial {
+	var best *Trial
+	for n := 1; n <= s.Budget.Trials; n++ {
+		o, ok := told[n]
+		if !ok || o.State != StateComplete || math.IsNaN(o.Value) {
+			continue
+		}
+		if best == nil || (s.Objective.Direction == "minimize" && o.Value < best.Value) ||
+			(s.Objective.Direction == "maximize" && o.Value > best.Value) {
+			best = &Trial{Trial: n, Value: o.Value, Params: asked[n].Params}
+		}
+	}
+	return best
 }
 
 func sameStudy(first Record, s *Study) error {
@@ -222,29 +546,104 @@ func sameStudy(first Record, s *Study) error {
 }
 
 func summarize(s *Study, asked map[int]Record, told map[int]Outcome) Summary {
-	sum := Summary{Trials: len(told)}
+	sum := Summary{Best: bestTrial(s, asked, told), Replicates: []Replicate{}}
 	for n := 1; n <= s.Budget.Trials; n++ {
 		o, ok := told[n]
 		if !ok {
 			continue
 		}
+		sum.Trials++
+		sum.Epochs += len(o.Epochs)
 		switch o.State {
 		case StateComplete:
 			sum.Complete++
-			if math.IsNaN(o.Value) {
-				continue
-			}
-			better := sum.Best == nil ||
-				(s.Objective.Direction == "minimize" && o.Value < sum.Best.Value) ||
-				(s.Objective.Direction == "maximize" && o.Value > sum.Best.Value)
-			if better {
-				sum.Best = &Trial{Trial: n, Value: o.Value, Params: asked[n].Params}
-			}
 		case StatePruned:
 			sum.Pruned++
 		case StateFailed:
 			sum.Failed++
 		}
 	}
+	byOf := map[int]*Replicate{}
+	for n := s.Budget.Trials + 1; n <= s.Budget.Trials+s.Replicates.Finalists*s.Replicates.Seeds; n++ {
+		a, ok := asked[n]
+		if !ok {
+			continue
+		}
+		rep := byOf[a.Of]
+		if rep == nil {
+			sum.Replicates = append(sum.Replicates, Replicate{Trial: a.Of, Params: a.Params})
+			rep = &sum.Replicates[len(sum.Replicates)-1]
+			byOf[a.Of] = rep
+		}
+		v := math.NaN()
+		if o, ok := told[n]; ok && o.State == StateComplete {
+			v = o.Value
+		}
+		rep.Seeds = append(rep.Seeds, a.Seed)
+		rep.Values = append(rep.Values, v)
+	}
+	for i := range sum.Replicates {
+		sum.Replicates[i].Mean, sum.Replicates[i].Std = meanStd(sum.Replicates[i].Values)
+	}
 	return sum
+}
+
+// meanStd is the mean and sample standard deviation of the values that are
+// not NaN (NaN for both when there are none; std 0 for one).
+func meanStd(vs []float64) (float64, float64) {
+	var sum float64
+	n := 0
+	for _, v := range vs {
+		if !math.IsNaN(v) {
+			sum += v
+			n++
+		}
+	}
+	if n == 0 {
+		return math.NaN(), math.NaN()
+	}
+	mean := sum / float64(n)
+	if n == 1 {
+		return mean, 0
+	}
+	var ss float64
+	for _, v := range vs {
+		if !math.IsNaN(v) {
+			ss += (v - mean) * (v - mean)
+		}
+	}
+	return mean, math.Sqrt(ss / float64(n-1))
+}
+
+// Observation is one finished trial as a suggester sees it. Value is
+// oriented so that lower is better (the Runner negates maximised metrics).
+type Observation struct {
+	Point  []float64 // unit-cube point (Space.Point of the trial's params)
+	Value  float64   // ignored when Failed
+	Failed bool
+}
+
+// MarshalJSON writes a failed replicate's value, and the mean and std of a
+// finalist whose replicates all failed, as null: JSON has no NaN.
+func (r Replicate) MarshalJSON() ([]byte, error) {
+	vals := make([]*float64, len(r.Values))
+	for i := range r.Values {
+		if !math.IsNaN(r.Values[i]) {
+			vals[i] = &r.Values[i]
+		}
+	}
+	num := func(v float64) *float64 {
+		if math.IsNaN(v) {
+			return nil
+		}
+		return &v
+	}
+	return json.Marshal(struct {
+		Trial  int        `json:"trial"`
+		Params Params     `json:"params"`
+		Seeds  []int64    `json:"seeds"`
+		Values []*float64 `json:"values"`
+		Mean   *float64   `json:"mean"`
+		Std    *float64   `json:"std"`
+	}{r.Trial, r.Params, r.Seeds, vals, num(r.Mean), num(r.Std)})
 }

@@ -103,6 +103,14 @@ type Budget struct {
 	// parameters are suggested.
 	Parallel  int `yaml:"parallel" json:"parallel,omitempty"`
 	MaxEpochs int `yaml:"max_epochs" json:"max_epochs,omitempty"`
+	// Overlap is how many exploitation trials may run at once: suggestion n
+	// is conditioned on the outcomes of trials 1..n-Overlap and on the
+	// parameters (not yet the outcomes) of the Overlap-1 trials just before
+	// it. It is part of the study, unlike Parallel, so that the suggestions
+	// are the same whatever Parallel is; Parallel above Overlap leaves slots
+	// idle once exploitation starts. Pruning decisions are made against the
+	// same trials. Default 2.
+	Overlap int `yaml:"overlap" json:"overlap,omitempty"`
 }
 
 // Pruning stops unpromising trials early, with epochs as the resource.
@@ -165,6 +173,9 @@ func Decode(r io.Reader) (*Study, error) {
 func (s *Study) applyDefaults() {
 	if s.Budget.Parallel == 0 {
 		s.Budget.Parallel = 1
+	}
+	if s.Budget.Overlap == 0 {
+		s.Budget.Overlap = 2
 	}
 	if s.Budget.MaxEpochs == 0 {
 		s.Budget.MaxEpochs = 1
@@ -255,6 +266,8 @@ func (s *Study) Validate() error {
 		return bad("budget.explore", "%d: accepted 1..budget.trials (%d)", b.Explore, b.Trials)
 	case b.Parallel < 1 || b.Parallel > 64:
 		return bad("budget.parallel", "%d: accepted 1..64", b.Parallel)
+	case b.Overlap < 1 || b.Overlap > 64:
+		return bad("budget.overlap", "%d: accepted 1..64", b.Overlap)
 	case b.MaxEpochs < 1 || b.MaxEpochs > 100000:
 		return bad("budget.max_epochs", "%d: accepted 1..100000", b.MaxEpochs)
 	}

@@ -58,7 +58,7 @@ budget: {trials: 20}
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Budget{Trials: 20, Explore: 6, Parallel: 1, MaxEpochs: 1}
+	want := Budget{Trials: 20, Explore: 6, Parallel: 1, MaxEpochs: 1, Overlap: 2}
 	if s.Budget != want {
 		t.Fatalf("budget = %+v, want %+v", s.Budget, want)
 	}
@@ -116,6 +116,7 @@ func TestDecodeRefuses(t *testing.T) {
 		{"zero trials", strings.Replace(base(lr), "trials: 10", "trials: 0", 1), "budget.trials"},
 		{"explore above trials", strings.Replace(base(lr), "trials: 10", "trials: 10, explore: 11", 1), "budget.explore"},
 		{"parallel too high", strings.Replace(base(lr), "trials: 10", "trials: 10, parallel: 65", 1), "budget.parallel"},
+		{"overlap too high", strings.Replace(base(lr), "trials: 10", "trials: 10, overlap: 65", 1), "budget.overlap"},
 		{"negative epochs", strings.Replace(base(lr), "max_epochs: 4", "max_epochs: -1", 1), "budget.max_epochs"},
 		{"bad pruning", base(lr, "pruning: {method: median}\n"), "pruning.method"},
 		{"grace too long", base(lr, "pruning: {method: asha, grace_epochs: 4}\n"), "pruning.grace_epochs"},
