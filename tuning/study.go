@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -64,6 +65,10 @@ type Objective struct {
 	// exactly one of Command and Builtin is set.
 	Command []string `yaml:"command" json:"command,omitempty"`
 	Builtin string   `yaml:"builtin" json:"builtin,omitempty"`
+	// Features is the cached-features file the built-in head trains on
+	// (written by `scopewatch tune features`); a relative path is relative
+	// to the study file. Only for builtin: head.
+	Features string `yaml:"features" json:"features,omitempty"`
 	// Metric is the key read from the trial's JSON lines; the last line's
 	// value is the trial's result.
 	Metric string `yaml:"metric" json:"metric,omitempty"`
@@ -143,6 +148,11 @@ func Load(path string) (*Study, error) {
 	if err != nil {
 		return nil, fmt.Errorf("study %s: %w", path, err)
 	}
+	// A study file travels with its features: a relative path means beside
+	// the study file, wherever the command is run from.
+	if f := s.Objective.Features; f != "" && !filepath.IsAbs(f) {
+		s.Objective.Features = filepath.Join(filepath.Dir(path), f)
+	}
 	return s, nil
 }
 
@@ -219,6 +229,8 @@ func (s *Study) Validate() error {
 		return bad("objective", "command and builtin are both set; a study has one objective")
 	case o.Builtin != "" && o.Builtin != BuiltinHead:
 		return bad("objective.builtin", "%q is not a built-in trainer; accepted: %q", o.Builtin, BuiltinHead)
+	case o.Features != "" && o.Builtin != BuiltinHead:
+		return bad("objective.features", "only the built-in head trains on cached features; a command reads its own data")
 	}
 	if len(o.Command) > 0 && strings.TrimSpace(o.Command[0]) == "" {
 		return bad("objective.command[0]", "the program is empty")
