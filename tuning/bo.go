@@ -192,14 +192,12 @@ func SuggestWith(space *Space, obs []Observation, pending [][]float64, rng *rand
 				add(u)
 			}
 		}
-		if c.hasContinuous() {
-			// Refine the best distinct starts.
-			sorted := sortCandidates(cands)
-			nLocal := cmp.Or(opt.LocalStarts, 5)
-			for _, s := range sorted[:min(len(sorted), nLocal)] {
-				u := acq.refine(slices.Clone(s.u), rng)
-				cands = append(cands, candidate{u: u, score: acq.value(u)})
-			}
+		// Refine the best candidates.
+		sorted := sortCandidates(cands)
+		nLocal := cmp.Or(opt.LocalStarts, 5)
+		for _, s := range sorted[:min(len(sorted), nLocal)] {
+			u := acq.refine(slices.Clone(s.u), rng)
+			cands = append(cands, candidate{u: u, score: acq.value(u)})
 		}
 	}
 
@@ -315,7 +313,7 @@ func (a *acquisition) logEIAt(x []float64, grad []float64) (float64, bool) {
 // continuous ones again if the sweep moved.
 func (a *acquisition) refine(u []float64, rng *rand.Rand) []float64 {
 	u = a.refineContinuous(u)
-	if a.c.hasDiscrete() && a.sweepDiscrete(u, rng) {
+	if a.c.hasDiscrete() && a.sweepDiscrete(u, rng) && a.c.hasContinuous() {
 		u = a.refineContinuous(u)
 	}
 	return u
@@ -330,6 +328,9 @@ func (a *acquisition) refineContinuous(u []float64) []float64 {
 		if kd == kindFloat {
 			idx = append(idx, k)
 		}
+	}
+	if len(idx) == 0 {
+		return u
 	}
 	z0 := make([]float64, len(idx))
 	for i, k := range idx {

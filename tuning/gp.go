@@ -1,6 +1,7 @@
 package tuning
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -79,13 +80,13 @@ func (p normalPrior) logPDF(x float64) (float64, float64) {
 
 // FitOptions control the hyperparameter fit.
 type FitOptions struct {
-	// Warm is a previous fit's Hyper, tried as a start besides the fixed
-	// ones: with one more trial the optimum barely moves, so a start there
-	// converges in a few iterations.
+	// Warm is a previous fit's Hyper, a start besides the fixed ones: with
+	// one more trial the optimum barely moves, so a start there converges
+	// in a few iterations.
 	Warm []float64
-	// Iterations bounds the L-BFGS iterations of each start (default 40).
+	// Iterations bounds the L-BFGS iterations of each start (default 25).
 	Iterations int
-	// Starts is how many of the fixed starts are used (1..3, default 3).
+	// Starts is how many of the best starts L-BFGS runs from (default 2).
 	Starts int
 }
 
@@ -106,39 +107,57 @@ func FitGP(x [][]float64, y []float64, groups []int, opt FitOptions) (*GP, error
 		return nil, err
 	}
 	d := g.dims
-	iters := opt.Iterations
-	if iters <= 0 {
-		iters = 40
-	}
-	nStarts := opt.Starts
-	if nStarts <= 0 || nStarts > 3 {
-		nStarts = 3
-	}
+	iters := cmp.Or(opt.Iterations, 25)
+	nStarts := cmp.Or(opt.Starts, 2)
 	var starts [][]float64
 	if len(opt.Warm) == d+2 {
 		starts = append(starts, clampHyper(slices.Clone(opt.Warm), d))
 	}
-	for _, s := range [][3]float64{{0.4, 1, 1e-3}, {0.15, 1, 1e-5}, {1.5, 1, 1e-2}}[:nStarts] {
+	// Short, medium and long length scales, with little or some noise.
+	for _, s := range [][2]float64{{0.4, 1e-4}, {0.15, 1e-5}, {1.5, 1e-2}, {0.4, 1e-2}, {0.8, 1e-6}} {
 		h := make([]float64, d+2)
 		for i := range d {
 			h[i] = math.Log(s[0])
 		}
-		h[d+hypSignal] = math.Log(s[1])
-		h[d+hypNoise] = math.Log(s[2])
+		h[d+hypSignal] = 0
+		h[d+hypNoise] = math.Log(s[1])
 		starts = append(starts, h)
 	}
 
 	pre := g.sqDists()
+	// Screen the starts by the objective alone (one Cholesky each, no
+	// inverse), then run L-BFGS from the best few: the gradient costs
+	// three times the value, and most starts lead to the same optimum.
 	obj := newLMLObjective(g, pre)
+	screened := make([]float64, len(starts))
+	for i, h := range starts {
+		f, ok := g.logPosterior(h, pre, nil)
+		screened[i] = math.Inf(1)
+		if ok {
+			screened[i] = -f
+		}
+	}
+	order := make([]int, len(starts))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(screened[a], screened[b]) })
 	best, bestF := []float64(nil), math.Inf(1)
-	for _, h0 := range starts {
+	for _, i := range order[:min(nStarts, len(order))] {
+		h0 := starts[i]
+		if math.IsInf(screened[i], 1) {
+			continue
+		}
 		p := optimize.Problem{Func: obj.f, Grad: obj.grad}
 		res, err := optimize.Minimize(p, h0, &optimize.Settings{
-			MajorIterations: iters,
-			FuncEvaluations: 3 * iters,
-			Converger:       &optimize.FunctionConverge{Absolute: 1e-6, Relative: 1e-6, Iterations: 5},
+			// The gradient of the log posterior is in nats per unit of
+			// log hyperparameter: below 1e-2 nothing visible changes.
+			GradientThreshold: 1e-2,
+			MajorIterations:   iters,
+			FuncEvaluations:   2 * iters,
+			Converger:         &optimize.FunctionConverge{Absolute: 1e-4, Relative: 1e-6, Iterations: 3},
 		}, &optimize.LBFGS{})
-		x, f := h0, obj.f(h0)
+		x, f := h0, screened[i]
 		if res != nil && res.F < f {
 			x, f = res.X, res.F
 		}
