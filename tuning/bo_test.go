@@ -484,3 +484,136 @@ func TestCoderSnapsToDecodedValue(t *testing.T) {
 		}
 	}
 }
+
+func TestSuggestLargeDiscreteSpaceNeverRepeats(t *testing.T) {
+	// 10 × 1000 combinations: too many to enumerate, so candidates are
+	// sampled; an objective with its minimum on an observed point makes the
+	// acquisition want that point again.
+	sp := spaceFromYAML(t, `  - {name: c, role: nuisance, type: categorical, values: [a, b, c, d, e, f, g, h, i, j]}
+  - {name: n, role: nuisance, type: int, min: 1, max: 1000}
+`)
+	f := func(ps Params) float64 {
+		v := math.Abs(float64(ps["n"].(int64)) - 500)
+		if ps["c"] != "a" {
+			v += 100
+		}
+		return v
+	}
+	rng := rand.New(rand.NewPCG(11, 11))
+	var obs []Observation
+	seen := map[string]bool{}
+	add := func(ps Params) {
+		u, err := sp.Point(ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[fmt.Sprint(ps["c"], ps["n"])] = true
+		obs = append(obs, Observation{Point: u, Value: f(ps)})
+	}
+	add(Params{"c": "a", "n": int64(500)})
+	add(Params{"c": "b", "n": int64(10)})
+	add(Params{"c": "a", "n": int64(900)})
+	var pending [][]float64
+	for i := range 15 {
+		u, err := Suggest(sp, obs, pending, rng)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := sp.Params(u)
+		k := fmt.Sprint(ps["c"], ps["n"])
+		if seen[k] {
+			t.Fatalf("suggestion %d repeats %s", i, k)
+		}
+		if i%3 == 0 {
+			// Some stay pending, and count as tried.
+			seen[k] = true
+			pending = append(pending, u)
+			continue
+		}
+		add(ps)
+	}
+}
+
+func TestSuggestWithConstantValues(t *testing.T) {
+	// Nothing to learn: the suggestion must still be valid and new.
+	sp := unitSpace(t, 2)
+	obs := haltonObs(t, func([]float64) float64 { return 3 }, 2, 6, 1)
+	u, err := Suggest(sp, obs, nil, rand.New(rand.NewPCG(1, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range obs {
+		if slices.Equal(o.Point, u) {
+			t.Errorf("suggestion %v repeats an observation", u)
+		}
+	}
+}
+
+func TestSuggestWithWarmStart(t *testing.T) {
+	sp := unitSpace(t, 6)
+	obs := haltonObs(t, hartmann6, 6, 40, 2)
+	cold, err := SuggestWith(sp, obs, nil, rand.New(rand.NewPCG(1, 1)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs = append(obs, Observation{Point: cold.Point, Value: hartmann6(cold.Point)})
+	warm, err := SuggestWith(sp, obs, nil, rand.New(rand.NewPCG(1, 1)), Options{Fit: FitOptions{Warm: cold.GP.Hyper()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := SuggestWith(sp, obs, nil, rand.New(rand.NewPCG(1, 1)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The warm fit is at least as likely as the cold one.
+	pre := warm.GP.sqDists()
+	lw, _ := warm.GP.logPosterior(warm.GP.Hyper(), pre, nil)
+	lf, _ := fresh.GP.logPosterior(fresh.GP.Hyper(), pre, nil)
+	if lw < lf-1e-3 {
+		t.Errorf("warm fit log posterior %v < cold %v", lw, lf)
+	}
+	if ls := warm.GP.LengthScales(); len(ls) != 6 {
+		t.Errorf("%d length scales", len(ls))
+	}
+}
+
+func BenchmarkSuggest100x6Warm(b *testing.B) {
+	sp := unitSpace(b, 6)
+	obs := haltonObs(b, hartmann6, 6, 100, 1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	s, err := SuggestWith(sp, obs[:99], nil, rng, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	opt := Options{Fit: FitOptions{Warm: s.GP.Hyper()}}
+	for b.Loop() {
+		if _, err := SuggestWith(sp, obs, nil, rng, opt); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSuggestMixed60(b *testing.B) {
+	sp := spaceFromYAML(b, `  - {name: opt, role: scientific, type: categorical, values: [adam, sgd, rmsprop]}
+  - {name: layers, role: nuisance, type: int, min: 1, max: 6}
+  - {name: width, role: nuisance, type: int, min: 8, max: 512, log: true}
+  - {name: lr, role: nuisance, type: float, min: 1e-5, max: 1e-1, log: true}
+  - {name: dropout, role: nuisance, type: float, min: 0, max: 0.5}
+`)
+	h, _ := NewHalton(sp.Dim(), rand.New(rand.NewPCG(1, 1)))
+	var obs []Observation
+	for i := range 60 {
+		u, err := sp.Point(sp.Params(h.Point(i, make([]float64, sp.Dim()))))
+		if err != nil {
+			b.Fatal(err)
+		}
+		obs = append(obs, Observation{Point: u, Value: hartmann6(append(slices.Clone(u), 0.5))})
+	}
+	pending := [][]float64{obs[3].Point}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for b.Loop() {
+		if _, err := Suggest(sp, obs[1:], pending, rng); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -86,7 +86,9 @@ type FitOptions struct {
 	Warm []float64
 	// Iterations bounds the L-BFGS iterations of each start (default 25).
 	Iterations int
-	// Starts is how many of the best starts L-BFGS runs from (default 2).
+	// Starts is how many of the best starts L-BFGS runs from (default 2,
+	// or 1 with Warm: the screening still compares Warm with the fixed
+	// starts, and a refit is meant to be cheap).
 	Starts int
 }
 
@@ -96,9 +98,9 @@ var ErrNoData = errors.New("gp: no training points")
 // FitGP fits a GP to features x (one row per point) and targets y, with
 // groups mapping each feature to its dimension (nil: one feature per
 // dimension). Hyperparameters maximise the log marginal likelihood plus
-// log-normal priors, by L-BFGS with analytic gradients from a few
-// deterministic starts (and opt.Warm); the best optimum wins. Multi-start
-// because the likelihood of a small data set often has a short-length-scale
+// log-normal priors, by L-BFGS with analytic gradients. Five fixed starts
+// and opt.Warm are screened by their objective, L-BFGS runs from the best
+// opt.Starts of them, and the best optimum wins. Several starts because the likelihood of a small data set often has a short-length-scale
 // optimum (everything is noise-free wiggles) and a long one (a smooth trend
 // plus noise), and a single start finds whichever is nearest.
 func FitGP(x [][]float64, y []float64, groups []int, opt FitOptions) (*GP, error) {
@@ -108,7 +110,13 @@ func FitGP(x [][]float64, y []float64, groups []int, opt FitOptions) (*GP, error
 	}
 	d := g.dims
 	iters := cmp.Or(opt.Iterations, 25)
-	nStarts := cmp.Or(opt.Starts, 2)
+	nStarts := opt.Starts
+	if nStarts <= 0 {
+		nStarts = 2
+		if len(opt.Warm) == d+2 {
+			nStarts = 1
+		}
+	}
 	var starts [][]float64
 	if len(opt.Warm) == d+2 {
 		starts = append(starts, clampHyper(slices.Clone(opt.Warm), d))
@@ -512,7 +520,8 @@ func (g *GP) Predict(x []float64) (mean, variance float64) {
 
 // predictStd predicts in standardised units. With dm and dv not nil it also
 // returns the gradients of the mean and variance with respect to the
-// features (dk is scratch of length n×features, or nil).
+// features. kbuf is scratch of length 2n, or nil; the acquisition reuses one
+// so that scoring thousands of candidates does not allocate.
 func (g *GP) predictStd(x []float64, dm, dv []float64, kbuf []float64) (float64, float64) {
 	n := len(g.x)
 	d := g.dims
