@@ -59,7 +59,11 @@ const noiseFloor = 1e-6
 // changes completely between neighbouring trials, which a hundred trials
 // cannot resolve; above 20 a dimension is flat anyway. The priors only keep
 // a fit with few points from those extremes; with enough data the
-// likelihood dominates.
+// likelihood dominates. The noise prior is wide (a factor e³ per standard
+// deviation) around a small value: on a handful of smooth points the
+// likelihood cannot tell noise from signal, and assuming little noise lets
+// the model interpolate a deterministic objective, while a noisy one shows
+// its noise soon enough for the likelihood to overrule the prior.
 var (
 	logLenPrior    = normalPrior{mean: math.Log(0.4), sd: 1}
 	logSignalPrior = normalPrior{mean: 0, sd: 1.5}
@@ -100,9 +104,10 @@ var ErrNoData = errors.New("gp: no training points")
 // dimension). Hyperparameters maximise the log marginal likelihood plus
 // log-normal priors, by L-BFGS with analytic gradients. Five fixed starts
 // and opt.Warm are screened by their objective, L-BFGS runs from the best
-// opt.Starts of them, and the best optimum wins. Several starts because the likelihood of a small data set often has a short-length-scale
-// optimum (everything is noise-free wiggles) and a long one (a smooth trend
-// plus noise), and a single start finds whichever is nearest.
+// opt.Starts of them, and the best optimum wins. Several starts because the
+// likelihood of a small data set often has a short-length-scale optimum
+// (everything is noise-free wiggles) and a long one (a smooth trend plus
+// noise), and a single start finds whichever is nearest.
 func FitGP(x [][]float64, y []float64, groups []int, opt FitOptions) (*GP, error) {
 	g, err := newGP(x, y, groups)
 	if err != nil {
@@ -157,7 +162,10 @@ func FitGP(x [][]float64, y []float64, groups []int, opt FitOptions) (*GP, error
 			continue
 		}
 		p := optimize.Problem{Func: obj.f, Grad: obj.grad}
-		res, err := optimize.Minimize(p, h0, &optimize.Settings{
+		// An error here is an iteration or evaluation limit, or a line
+		// search that cannot progress: either way the best point seen is
+		// kept, and the screened start if nothing beat it.
+		res, _ := optimize.Minimize(p, h0, &optimize.Settings{
 			// The gradient of the log posterior is in nats per unit of
 			// log hyperparameter: below 1e-2 nothing visible changes.
 			GradientThreshold: 1e-2,
@@ -169,7 +177,6 @@ func FitGP(x [][]float64, y []float64, groups []int, opt FitOptions) (*GP, error
 		if res != nil && res.F < f {
 			x, f = res.X, res.F
 		}
-		_ = err // limits reached are expected; the best point seen is kept
 		if f < bestF {
 			best, bestF = slices.Clone(x), f
 		}
