@@ -85,6 +85,29 @@ func TestGPInterpolatesNoiselessData(t *testing.T) {
 	}
 }
 
+func TestGPLearnsNoise(t *testing.T) {
+	// Noise of standard deviation 0.1 on a smooth function: the fit must
+	// find it rather than interpolate it (or drown the signal in it).
+	rng := rand.New(rand.NewPCG(5, 6))
+	var x [][]float64
+	var y []float64
+	for range 80 {
+		p := []float64{rng.Float64(), rng.Float64()}
+		x = append(x, p)
+		y = append(y, math.Sin(4*p[0])+p[1]*p[1]+0.1*rng.NormFloat64())
+	}
+	g, err := FitGP(x, y, nil, FitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nv := g.NoiseVariance(); nv < 0.01/3 || nv > 0.01*3 {
+		t.Errorf("noise variance %v, want about 0.01", nv)
+	}
+	if m, _ := g.Predict([]float64{0.5, 0.5}); math.Abs(m-(math.Sin(2)+0.25)) > 0.1 {
+		t.Errorf("mean at (0.5, 0.5) = %v, want about %v", m, math.Sin(2)+0.25)
+	}
+}
+
 func TestGPLengthScalesRankRelevance(t *testing.T) {
 	// y depends strongly on x0, weakly on x1 and not at all on x2.
 	rng := rand.New(rand.NewPCG(1, 2))
