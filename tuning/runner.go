@@ -41,8 +41,8 @@ type Runner struct {
 	Study *Study
 	Dir   string
 	Trial TrialFunc
-	// Suggest proposes exploitation trials; nil continues the quasi-random
-	// exploration sequence instead (journalled as exploration).
+	// Suggest proposes exploitation trials; nil means Suggest, the
+	// Gaussian-process suggester.
 	Suggest SuggestFunc
 	Log     *slog.Logger     // nil: discard
 	Now     func() time.Time // nil: time.Now
@@ -171,7 +171,8 @@ func (st *run) oriented(v float64) float64 {
 // parameters and seed they were asked with. Trials are asked in trial order
 // and each ask is journalled before the trial starts.
 //
-// Exploration trials take the scrambled Halton point of their number.
+// Exploration trials take the scrambled Halton point of their number (as do
+// exploitation trials while fewer than two trials have succeeded).
 // Exploitation trial n is suggested from the outcomes of trials
 // 1..n-Overlap with trials n-Overlap+1..n-1 as pending points, and pruning
 // decisions are made against the same trials, so nothing a trial is asked or
@@ -305,8 +306,12 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 func (st *run) ask(ctx context.Context, n int) (Record, error) {
 	s := st.s
 	ask := Record{Type: RecordAsk, Trial: n, Seed: trialSeed(s.Seed, n), Phase: phaseOf(s, n)}
+	suggest := st.r.Suggest
+	if suggest == nil {
+		suggest = Suggest
+	}
 	var u []float64
-	if ask.Phase == "exploit" && st.r.Suggest != nil {
+	if ask.Phase == "exploit" {
 		lag := s.Budget.Overlap
 		if err := st.waitTold(ctx, n-lag); err != nil {
 			return Record{}, err
@@ -316,14 +321,18 @@ func (st *run) ask(ctx context.Context, n int) (Record, error) {
 			return Record{}, err
 		}
 		rng := rand.New(rand.NewPCG(uint64(s.Seed), uint64(n)))
-		u, err = st.r.Suggest(st.space, obs, pending, rng)
-		if err != nil {
+		u, err = suggest(st.space, obs, pending, rng)
+		switch {
+		case errors.Is(err, ErrTooFewObservations):
+			// Too many failures to fit a model yet: keep exploring, and
+			// journal the trial as what it is.
+			st.log.Warn("too few successful trials to model; exploring on", "trial", n)
+			ask.Phase, u = "explore", nil
+		case err != nil:
 			return Record{}, fmt.Errorf("trial %d: suggest: %w", n, err)
 		}
-	} else {
-		// Without a suggester every trial continues the exploration
-		// sequence, and says so.
-		ask.Phase = "explore"
+	}
+	if u == nil {
 		u = st.seq.Point(n-1, make([]float64, st.space.Dim()))
 	}
 	ask.Params = st.space.Params(u)
@@ -613,14 +622,6 @@ func meanStd(vs []float64) (float64, float64) {
 		}
 	}
 	return mean, math.Sqrt(ss / float64(n-1))
-}
-
-// Observation is one finished trial as a suggester sees it. Value is
-// oriented so that lower is better (the Runner negates maximised metrics).
-type Observation struct {
-	Point  []float64 // unit-cube point (Space.Point of the trial's params)
-	Value  float64   // ignored when Failed
-	Failed bool
 }
 
 // MarshalJSON writes a failed replicate's value, and the mean and std of a

@@ -135,3 +135,50 @@ func TestRunnerResumesAfterInterruption(t *testing.T) {
 		t.Fatalf("changed study: %v", err)
 	}
 }
+
+// The acceptance rule of the tuning issue: with Bayesian exploitation, the
+// same study gives the same suggestions whatever Parallel is.
+func TestRunnerExploitSameWhateverParallel(t *testing.T) {
+	var got [][]Record
+	var sums []Summary
+	for _, p := range []string{"1", "2", "3"} {
+		s := runnerTestStudy(t, p)
+		s.Budget.Trials, s.Budget.Explore = 16, 6
+		dir := t.TempDir()
+		sum, err := (&Runner{Study: s, Dir: dir, Trial: branin}).Run(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, asks(t, dir))
+		sums = append(sums, sum)
+	}
+	exploit := 0
+	for _, a := range got[0] {
+		if a.Phase == "exploit" {
+			exploit++
+		}
+	}
+	if exploit != 10 {
+		t.Fatalf("%d exploitation trials, want 10", exploit)
+	}
+	for i := 1; i < len(got); i++ {
+		if !reflect.DeepEqual(got[0], got[i]) || !reflect.DeepEqual(sums[0], sums[i]) {
+			t.Fatalf("parallel changed the study:\n%v\n%v", got[0], got[i])
+		}
+	}
+	// Exploitation must beat its own exploration on a smooth function.
+	bestExplore := math.Inf(1)
+	for n := 1; n <= 6; n++ {
+		if v, ok := braninAt(got[0][n-1].Params); ok {
+			bestExplore = min(bestExplore, v)
+		}
+	}
+	if sums[0].Best.Value >= bestExplore {
+		t.Fatalf("best %v after exploitation, %v after exploration alone", sums[0].Best.Value, bestExplore)
+	}
+}
+
+func braninAt(p Params) (float64, bool) {
+	o, _ := branin(context.Background(), TrialInput{Params: p}, nil)
+	return o.Value, o.State == StateComplete
+}
