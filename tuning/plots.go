@@ -659,7 +659,7 @@ func plotIsolation(a *Analysis, add addFunc, note noteFunc) error {
 // variance (the marginal estimate documented on Analyze).
 func plotImportance(a *Analysis, add addFunc, note noteFunc) error {
 	if len(a.Importance) == 0 {
-		note("no importance plot: it needs at least 4 complete trials whose values differ")
+		note("no importance plot: the importance was not estimated (see above)")
 		return nil
 	}
 	vals := make(plotter.Values, len(a.Importance))
@@ -681,7 +681,7 @@ func plotImportance(a *Analysis, add addFunc, note noteFunc) error {
 	p.NominalX(names...)
 	p.X.Min, p.X.Max = -0.6, float64(len(names))-0.4
 	s := PlotSummary{Name: PlotImportance, Title: "Parameter importance", Bars: len(vals), Panels: 1,
-		Caption: "The share of the variance of the complete trials' values that grouping the trials by each parameter alone explains, normalised to sum to 1: a marginal estimate that ignores interactions and, with few trials, favours parameters split into more groups."}
+		Caption: "The share of the variance of the complete trials' values that grouping the trials by each parameter alone explains beyond chance (ε²), normalised to sum to 1: a marginal estimate that ignores interactions."}
 	return add(s, 6*vg.Inch, 4*vg.Inch, single(p))
 }
 

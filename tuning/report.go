@@ -2,6 +2,7 @@ package tuning
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -50,6 +51,24 @@ type TrialResult struct {
 	Value  float64 `json:"value"`
 	Epochs []Epoch `json:"epochs,omitempty"`
 	Reason string  `json:"reason,omitempty"`
+}
+
+// nullable is v for JSON, which has no NaN: null for a value that does not
+// exist.
+func nullable(v float64) *float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return nil
+	}
+	return &v
+}
+
+// MarshalJSON writes a NaN value (failed or unfinished trial) as null.
+func (t TrialResult) MarshalJSON() ([]byte, error) {
+	type plain TrialResult
+	return json.Marshal(struct {
+		plain
+		Value *float64 `json:"value"`
+	}{plain(t), nullable(t.Value)})
 }
 
 // Search reports whether the trial is a search trial (not a replicate).
@@ -116,6 +135,18 @@ type Finalist struct {
 	Std float64 `json:"std"`
 }
 
+// MarshalJSON writes the statistics that do not exist (no complete
+// replicate, or a single one) as null.
+func (f Finalist) MarshalJSON() ([]byte, error) {
+	type plain Finalist
+	return json.Marshal(struct {
+		plain
+		SearchValue *float64 `json:"search_value"`
+		Mean        *float64 `json:"mean"`
+		Std         *float64 `json:"std"`
+	}{plain(f), nullable(f.SearchValue), nullable(f.Mean), nullable(f.Std)})
+}
+
 // Paired compares the best finalist with the runner-up on the seeds both
 // were replicated with: a paired difference cancels the part of the seed
 // noise the two share.
@@ -129,6 +160,15 @@ type Paired struct {
 	// WithinNoise is set when |Mean| is below two standard errors: these
 	// seeds do not tell the two apart.
 	WithinNoise bool `json:"within_noise"`
+}
+
+// MarshalJSON writes the standard deviation of a single pair as null.
+func (p Paired) MarshalJSON() ([]byte, error) {
+	type plain Paired
+	return json.Marshal(struct {
+		plain
+		Std *float64 `json:"std"`
+	}{plain(p), nullable(p.Std)})
 }
 
 // Analysis is what the report says about a study, computed from its journal
@@ -177,10 +217,12 @@ func (a *Analysis) Better(x, y float64) bool {
 // level for a categorical parameter or an int with at most 6 values seen,
 // otherwise into equal-count quantile bins, between 2 and 5 of them, about 4
 // trials per bin) and the share of the values' variance the group means
-// explain (η², between-group over total sum of squares) is taken; the
-// shares are then normalised to sum to 1. It ignores interactions, and with
-// few trials a parameter split into more groups explains more by chance: it
-// says where to look, not what matters.
+// explain is taken, corrected for what k groups explain by chance
+// (ε² = (SSB − (k−1)·SSW/(n−k)) / SST, at least 0; the plain η² = SSB/SST
+// gives a parameter that does nothing about (k−1)/(n−1)). The shares are
+// then normalised to sum to 1. It ignores interactions, so a parameter that
+// matters only together with another looks unimportant: it says where to
+// look, not what matters.
 func Analyze(recs []Record) (*Analysis, error) {
 	var study *Study
 	for _, r := range recs {
@@ -191,6 +233,11 @@ func Analyze(recs []Record) (*Analysis, error) {
 	}
 	if study == nil {
 		return nil, fmt.Errorf("analyze: %w: the journal has no study record", ErrCorruptJournal)
+	}
+	// The study drives every bound and level below; a journal edited by hand
+	// must not make the report index a missing range.
+	if err := study.Validate(); err != nil {
+		return nil, fmt.Errorf("analyze: the journal's study: %w", err)
 	}
 	states, err := Replay(recs)
 	if err != nil {
@@ -251,7 +298,7 @@ func Analyze(recs []Record) (*Analysis, error) {
 	a.isolation(complete)
 	a.Importance = importance(study.Searched(), complete)
 	if len(a.Importance) == 0 && len(complete) > 0 {
-		a.Notes = append(a.Notes, "parameter importance not estimated: it needs at least 4 complete trials whose values differ")
+		a.Notes = append(a.Notes, "parameter importance not estimated: it needs at least 4 complete trials whose values differ, and a parameter that explains more of them than chance")
 	}
 	a.finalists()
 	a.warn()
@@ -334,14 +381,21 @@ func importance(params []Parameter, complete []TrialResult) []Importance {
 			cnt[g]++
 		}
 		ssb := 0.0
+		used := 0
 		for g := range sum {
 			if cnt[g] > 0 {
 				m := sum[g] / cnt[g]
 				ssb += cnt[g] * (m - mean) * (m - mean)
+				used++
 			}
 		}
-		out[i] = Importance{Parameter: p.Name, Share: ssb / sst, Bins: k}
-		total += out[i].Share
+		share := 0.0
+		if used > 1 && n > used {
+			msw := (sst - ssb) / float64(n-used)
+			share = math.Max(0, (ssb-float64(used-1)*msw)/sst)
+		}
+		out[i] = Importance{Parameter: p.Name, Share: share, Bins: used}
+		total += share
 	}
 	if total == 0 {
 		return nil
@@ -542,7 +596,8 @@ type Report struct {
 	// HTML is the path of the report page.
 	HTML  string        `json:"html"`
 	Plots []PlotSummary `json:"plots"`
-	// Notes say which plots were skipped and why.
+	// Notes say what was not computed or drawn and why: the analysis's
+	// notes, then the skipped plots'.
 	Notes    []string  `json:"notes,omitempty"`
 	Warnings []string  `json:"warnings,omitempty"`
 	Analysis *Analysis `json:"-"`
@@ -581,7 +636,7 @@ func WriteReport(dir string) (*Report, error) {
 	if err := os.Mkdir(filepath.Join(tmp, "plots"), 0o755); err != nil {
 		return nil, fmt.Errorf("report: %w", err)
 	}
-	rep := &Report{HTML: filepath.Join(dir, "report.html"), Analysis: a, Warnings: a.Warnings}
+	rep := &Report{HTML: filepath.Join(dir, "report.html"), Analysis: a, Warnings: a.Warnings, Notes: slices.Clone(a.Notes)}
 	if err := drawPlots(rep, dir, filepath.Join(tmp, "plots")); err != nil {
 		return nil, fmt.Errorf("report %s: %w", dir, err)
 	}
@@ -710,10 +765,9 @@ Search trials: {{.A.Counts.Trials}} ({{.A.Counts.Complete}} complete, {{.A.Count
 <table><tr><th>trial</th><th>search value</th><th>replicates (mean ± std)</th><th>complete / asked</th><th>values</th><th>parameters</th></tr>
 {{range .A.Finalists}}<tr><td>{{.Trial}}</td><td>{{value .SearchValue}}</td><td>{{pm .Mean .Std}}</td><td>{{len .Values}} / {{.Replicates}}</td><td>{{range $i, $v := .Values}}{{if $i}}, {{end}}{{value $v}}{{end}}</td><td>{{$.Fmt .Params}}</td></tr>
 {{end}}</table>
-{{with .A.Comparison}}<p>Paired comparison on the same seeds: trial {{.Winner}} − trial {{.RunnerUp}} = {{pm .Mean .Std}} over {{.N}} seeds{{if .WithinNoise}}; within seed noise{{end}}.</p>{{end}}{{end}}
+{{with .A.Comparison}}<p>Paired comparison on the same seeds: trial {{.Winner}} − trial {{.RunnerUp}} = {{pm .Mean .Std}} over {{.N}} seeds ({{if eq $.A.Study.Objective.Direction "minimize"}}negative{{else}}positive{{end}} favours trial {{.Winner}}){{if .WithinNoise}}: within seed noise, the two are not told apart{{end}}.</p>{{end}}{{end}}
 
-{{if .A.Notes}}<h2>Notes</h2>{{range .A.Notes}}<p class="note">{{.}}</p>{{end}}{{end}}
-{{if .Notes}}{{range .Notes}}<p class="note">{{.}}</p>{{end}}{{end}}
+{{if .Notes}}<h2>Notes</h2>{{range .Notes}}<p class="note">{{.}}</p>{{end}}{{end}}
 
 <h2>Plots</h2>
 {{range .Plots}}<figure><a href="plots/{{.Name}}.svg"><img src="plots/{{.Name}}.png" alt="{{.Title}}"></a>

@@ -2,6 +2,7 @@ package tuning
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -34,6 +35,7 @@ type synth struct {
 	bestAtEdge bool             // the best trial's lr at the lower bound
 	replicates bool
 	histograms bool
+	unfinished bool // one more search trial asked and never told
 }
 
 const (
@@ -129,6 +131,11 @@ func (sy synth) write(t *testing.T) string {
 			o = Outcome{State: StatePruned, Value: v + 0.3, Epochs: epochs(v, 5)[:2], Reason: "stopped after epoch 2"}
 		}
 		appendRec(Record{Type: RecordTell, Trial: n, Outcome: &o})
+	}
+	if sy.unfinished {
+		n := sy.trials + 1
+		appendRec(Record{Type: RecordAsk, Trial: n, Seed: int64(1000 + n), Phase: "exploit",
+			Params: Params{"optimizer": "adam", "lr": sy.lr(n), "dropout": sy.dropout(n), "batch_size": 248}})
 	}
 	if sy.replicates {
 		n := sy.trials
@@ -353,7 +360,7 @@ func TestReportFailedWarning(t *testing.T) {
 }
 
 func TestReportWithoutReplicatesOrHistograms(t *testing.T) {
-	sy := synth{trials: 12, failed: []int{6}, sgd: func(n int) bool { return n == 3 || n == 7 }}
+	sy := synth{trials: 12, failed: []int{6}, sgd: func(n int) bool { return n == 3 || n == 7 }, unfinished: true}
 	dir := sy.write(t)
 	rep, err := WriteReport(dir)
 	if err != nil {
@@ -367,6 +374,21 @@ func TestReportWithoutReplicatesOrHistograms(t *testing.T) {
 		if rep.Plot(name) == nil {
 			t.Errorf("plot %s missing; notes %q", name, rep.Notes)
 		}
+	}
+	if p := rep.Plot(PlotParallel); p.Series != 13 {
+		t.Errorf("parallel: %d polylines, want 13 (the unfinished trial too)", p.Series)
+	}
+	if !slices.ContainsFunc(rep.Warnings, func(w string) bool { return strings.Contains(w, "never told") }) {
+		t.Errorf("warnings %q lack the unfinished trial", rep.Warnings)
+	}
+	if c := rep.Analysis.Counts; c.Unfinished != 1 || c.Trials != 13 {
+		t.Errorf("counts %+v", c)
+	}
+	if _, err := json.Marshal(rep); err != nil {
+		t.Errorf("report to JSON: %v", err)
+	}
+	if _, err := json.Marshal(rep.Analysis); err != nil {
+		t.Errorf("analysis to JSON (failed trials have no value): %v", err)
 	}
 	notes := strings.Join(rep.Notes, "\n")
 	if !strings.Contains(notes, "wrote no "+HistogramsFile) || !strings.Contains(notes, "no replicates") {
@@ -387,6 +409,41 @@ func TestReportWithoutReplicatesOrHistograms(t *testing.T) {
 	}
 	if strings.Contains(html, "<h2>Finalists</h2>") {
 		t.Error("a finalists section without replicates")
+	}
+}
+
+func TestImportanceFindsTheParameterThatMatters(t *testing.T) {
+	params := []Parameter{
+		{Name: "x", Role: RoleNuisance, Type: TypeFloat, Min: ptr(0.0), Max: ptr(1.0)},
+		{Name: "noise", Role: RoleNuisance, Type: TypeFloat, Min: ptr(0.0), Max: ptr(1.0)},
+		{Name: "c", Role: RoleNuisance, Type: TypeCategorical, Values: []any{"a", "b"}},
+	}
+	var ts []TrialResult
+	for i := range 40 {
+		x := math.Mod(float64(i)*0.618034, 1)
+		noise := math.Mod(float64(i)*0.414214, 1)
+		ts = append(ts, TrialResult{Trial: i + 1, State: StateComplete, Value: 10*x + 0.1*noise,
+			Params: Params{"x": x, "noise": noise, "c": []string{"a", "b"}[i%2]}})
+	}
+	im := importance(params, ts)
+	if len(im) != 3 || im[0].Share < 0.9 || im[0].Bins != 5 || math.Abs(im[0].Share+im[1].Share+im[2].Share-1) > 1e-9 {
+		t.Errorf("importance %+v: x decides the value", im)
+	}
+}
+
+func ptr(v float64) *float64 { return &v }
+
+func TestReportOfAStudyNotStarted(t *testing.T) {
+	dir := synth{trials: 0, sgd: func(int) bool { return false }}.write(t)
+	rep, err := WriteReport(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Plots) != 0 || len(rep.Notes) == 0 {
+		t.Errorf("plots %+v, notes %q", rep.Plots, rep.Notes)
+	}
+	if _, err := os.Stat(rep.HTML); err != nil {
+		t.Error(err)
 	}
 }
 
