@@ -614,7 +614,11 @@ func plotIsolation(a *Analysis, add addFunc, note noteFunc) error {
 			if r.Best == nil {
 				continue
 			}
-			labels = append(labels, fmt.Sprintf("%s (n=%d)", r.Label, r.Complete))
+			label := fmt.Sprintf("%s (n=%d)", r.Label, r.Complete)
+			if r.Refusal != "" {
+				label = fmt.Sprintf("%s (n=%d, too few)", r.Label, r.Complete)
+			}
+			labels = append(labels, label)
 			b, err := plotter.NewBarChart(plotter.Values{r.Best.Value}, vg.Points(30))
 			if err != nil {
 				return fmt.Errorf("isolation %s: %w", name, err)

@@ -584,7 +584,11 @@ func (a *Analysis) warn() {
 		a.Warnings = append(a.Warnings, fmt.Sprintf("%d of %d finished search trials failed (more than %.0f%%): read their reasons before trusting the search", c.Failed, done, 100*maxFailedShare))
 	}
 	if c.Unfinished > 0 {
-		a.Warnings = append(a.Warnings, fmt.Sprintf("%d search trials were asked but never told (interrupted); resume the study to finish them", c.Unfinished))
+		msg := fmt.Sprintf("%d search trials were asked but never told (interrupted); resume the study to finish them", c.Unfinished)
+		if c.Unfinished == 1 {
+			msg = "1 search trial was asked but never told (interrupted); resume the study to finish it"
+		}
+		a.Warnings = append(a.Warnings, msg)
 	}
 	if p := a.Comparison; p != nil && p.WithinNoise {
 		a.Warnings = append(a.Warnings, fmt.Sprintf("finalists %d and %d differ by less than two standard errors over %d shared seeds: the winner is not told apart from seed noise", p.Winner, p.RunnerUp, p.N))
@@ -651,6 +655,9 @@ func WriteReport(dir string) (*Report, error) {
 		return nil, fmt.Errorf("report: move old plots aside: %w", err)
 	}
 	if err := os.Rename(filepath.Join(tmp, "plots"), plots); err != nil {
+		// Put the old plots back, or the deferred cleanup deletes them with
+		// the temporary folder while the old page still shows them.
+		_ = os.Rename(old, plots)
 		return nil, fmt.Errorf("report: %w", err)
 	}
 	if err := os.Rename(page, rep.HTML); err != nil {
