@@ -51,7 +51,8 @@ type Runner struct {
 	Progress func(done, total int, best *Trial)
 }
 
-// Summary is the state of a study after Run.
+// Summary is the state of a study after Run, the object `tune run --format
+// json` prints.
 type Summary struct {
 	Best     *Trial `json:"best"`
 	Trials   int    `json:"trials"`
@@ -60,8 +61,14 @@ type Summary struct {
 	Failed   int    `json:"failed"`
 	// Epochs is how many epochs the search trials ran in all, the cost that
 	// pruning saves.
-	Epochs     int         `json:"epochs"`
-	Replicates []Replicate `json:"replicates"`
+	Epochs int `json:"epochs"`
+	// Replicates are the finalists rerun with the replicate seeds, best
+	// mean first, and Comparison the winner against the runner-up on the
+	// seeds they share.
+	Replicates []Finalist `json:"replicates"`
+	Comparison *Paired    `json:"comparison,omitempty"`
+	// Warnings are the playbook's checks that failed (see Analyze).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Trial is one finished trial.
@@ -69,18 +76,6 @@ type Trial struct {
 	Trial  int     `json:"trial"`
 	Value  float64 `json:"value"`
 	Params Params  `json:"params"`
-}
-
-// Replicate is a finalist rerun with the study's replicate seeds; every
-// finalist is run with the same seeds, so finalists can be compared seed by
-// seed.
-type Replicate struct {
-	Trial  int       `json:"trial"`
-	Params Params    `json:"params"`
-	Seeds  []int64   `json:"seeds"`
-	Values []float64 `json:"values"` // NaN (null) where a replicate failed
-	Mean   float64   `json:"mean"`
-	Std    float64   `json:"std"`
 }
 
 // trialSeed derives a trial's seed from the study's, so that a trial's
@@ -299,7 +294,7 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 	if err := ctx.Err(); err != nil {
 		return Summary{}, err
 	}
-	return summarize(s, st.asked, st.told), nil
+	return summarize(filepath.Join(r.Dir, "journal.jsonl"))
 }
 
 // ask makes and journals search trial n's parameters.
@@ -432,7 +427,7 @@ func (st *run) runTrial(ctx context.Context, ask Record, keep func(int, float64)
 	doneN := len(st.told)
 	var best *Trial
 	if st.r.Progress != nil {
-		best = bestTrial(st.s, st.asked, st.told)
+		best = currentBest(st.s, st.asked, st.told)
 	}
 	st.mu.Unlock()
 	st.log.Info("trial finished", "trial", ask.Trial, "phase", ask.Phase, "state", o.State, "value", o.Value, "reason", o.Reason)
@@ -520,20 +515,6 @@ func (st *run) replicateAsks() ([]Record, error) {
 	return out, nil
 }
 
-func bestTrial(s *Study, asked map[int]Record, told map[int]Outcome) *Trial {
-	var best *Trial
-	for n := 1; n <= s.Budget.Trials; n++ {
-		o, ok := told[n]
-		if !ok || o.State != StateComplete || math.IsNaN(o.Value) {
-			continue
-		}
-		if best == nil || (s.Objective.Direction == "minimize" && o.Value < best.Value) ||
-			(s.Objective.Direction == "maximize" && o.Value > best.Value) {
-			best = &Trial{Trial: n, Value: o.Value, Params: asked[n].Params}
-		}
-	}
-	return best
-}
 
 func sameStudy(first Record, s *Study) error {
 	if first.Type != RecordStudy || first.Study == nil {
@@ -554,97 +535,45 @@ func sameStudy(first Record, s *Study) error {
 	return nil
 }
 
-func summarize(s *Study, asked map[int]Record, told map[int]Outcome) Summary {
-	sum := Summary{Best: bestTrial(s, asked, told), Replicates: []Replicate{}}
+// summarize is the study's summary as its journal tells it: the same
+// analysis the report draws, so the two never disagree.
+func summarize(path string) (Summary, error) {
+	recs, err := ReadJournal(path)
+	if err != nil {
+		return Summary{}, err
+	}
+	a, err := Analyze(recs)
+	if err != nil {
+		return Summary{}, err
+	}
+	sum := Summary{Trials: a.Counts.Trials, Complete: a.Counts.Complete, Pruned: a.Counts.Pruned, Failed: a.Counts.Failed,
+		Replicates: a.Finalists, Comparison: a.Comparison, Warnings: a.Warnings}
+	if sum.Replicates == nil {
+		sum.Replicates = []Finalist{}
+	}
+	if a.Best != nil {
+		sum.Best = &Trial{Trial: a.Best.Trial, Value: a.Best.Value, Params: a.Best.Params}
+	}
+	for _, t := range a.Trials {
+		if t.Search() {
+			sum.Epochs += len(t.Epochs)
+		}
+	}
+	return sum, nil
+}
+
+// currentBest is the best complete search trial so far, for progress.
+func currentBest(s *Study, asked map[int]Record, told map[int]Outcome) *Trial {
+	var best *Trial
 	for n := 1; n <= s.Budget.Trials; n++ {
 		o, ok := told[n]
-		if !ok {
+		if !ok || o.State != StateComplete || math.IsNaN(o.Value) {
 			continue
 		}
-		sum.Trials++
-		sum.Epochs += len(o.Epochs)
-		switch o.State {
-		case StateComplete:
-			sum.Complete++
-		case StatePruned:
-			sum.Pruned++
-		case StateFailed:
-			sum.Failed++
+		if best == nil || (s.Objective.Direction == "minimize" && o.Value < best.Value) ||
+			(s.Objective.Direction == "maximize" && o.Value > best.Value) {
+			best = &Trial{Trial: n, Value: o.Value, Params: asked[n].Params}
 		}
 	}
-	byOf := map[int]*Replicate{}
-	for n := s.Budget.Trials + 1; n <= s.Budget.Trials+s.Replicates.Finalists*s.Replicates.Seeds; n++ {
-		a, ok := asked[n]
-		if !ok {
-			continue
-		}
-		rep := byOf[a.Of]
-		if rep == nil {
-			sum.Replicates = append(sum.Replicates, Replicate{Trial: a.Of, Params: a.Params})
-			rep = &sum.Replicates[len(sum.Replicates)-1]
-			byOf[a.Of] = rep
-		}
-		v := math.NaN()
-		if o, ok := told[n]; ok && o.State == StateComplete {
-			v = o.Value
-		}
-		rep.Seeds = append(rep.Seeds, a.Seed)
-		rep.Values = append(rep.Values, v)
-	}
-	for i := range sum.Replicates {
-		sum.Replicates[i].Mean, sum.Replicates[i].Std = meanStd(sum.Replicates[i].Values)
-	}
-	return sum
-}
-
-// meanStd is the mean and sample standard deviation of the values that are
-// not NaN (NaN for both when there are none; std 0 for one).
-func meanStd(vs []float64) (float64, float64) {
-	var sum float64
-	n := 0
-	for _, v := range vs {
-		if !math.IsNaN(v) {
-			sum += v
-			n++
-		}
-	}
-	if n == 0 {
-		return math.NaN(), math.NaN()
-	}
-	mean := sum / float64(n)
-	if n == 1 {
-		return mean, 0
-	}
-	var ss float64
-	for _, v := range vs {
-		if !math.IsNaN(v) {
-			ss += (v - mean) * (v - mean)
-		}
-	}
-	return mean, math.Sqrt(ss / float64(n-1))
-}
-
-// MarshalJSON writes a failed replicate's value, and the mean and std of a
-// finalist whose replicates all failed, as null: JSON has no NaN.
-func (r Replicate) MarshalJSON() ([]byte, error) {
-	vals := make([]*float64, len(r.Values))
-	for i := range r.Values {
-		if !math.IsNaN(r.Values[i]) {
-			vals[i] = &r.Values[i]
-		}
-	}
-	num := func(v float64) *float64 {
-		if math.IsNaN(v) {
-			return nil
-		}
-		return &v
-	}
-	return json.Marshal(struct {
-		Trial  int        `json:"trial"`
-		Params Params     `json:"params"`
-		Seeds  []int64    `json:"seeds"`
-		Values []*float64 `json:"values"`
-		Mean   *float64   `json:"mean"`
-		Std    *float64   `json:"std"`
-	}{r.Trial, r.Params, r.Seeds, vals, num(r.Mean), num(r.Std)})
+	return best
 }

@@ -84,7 +84,7 @@ func TestRunnerSameSuggestionsWhateverParallel(t *testing.T) {
 	if s.Trials != 12 || s.Complete+s.Failed != 12 || s.Failed == 0 || s.Best == nil {
 		t.Fatalf("summary %+v: want 12 trials, some failed (x > 8), a best one", s)
 	}
-	if s.Best.Params["epochs"] != 3 {
+	if s.Best.Params["epochs"] != float64(3) {
 		t.Fatalf("fixed parameter missing from the trial's params: %v", s.Best.Params)
 	}
 }
