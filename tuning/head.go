@@ -277,12 +277,11 @@ func (m *headModel) init(rng *rand.Rand) {
 
 // headScratch is one batch's working memory, allocated once per trial.
 type headScratch struct {
-	x       []float64 // [batch][in], the rows widened to float64
-	a       []float64 // [batch][hidden], activations after ReLU and dropout
-	dh      []float64 // [batch][hidden], gradient at the hidden layer
-	z       []float64 // [classes]
-	grad    []float64 // like headModel.p
-	keepBuf []bool
+	x    []float64 // [batch][in], the rows widened to float64
+	a    []float64 // [batch][hidden], activations after ReLU and dropout
+	dh   []float64 // [batch][hidden], gradient at the hidden layer
+	z    []float64 // [classes]
+	grad []float64 // like headModel.p
 }
 
 func newHeadScratch(m *headModel, batch int) *headScratch {
@@ -629,9 +628,6 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 		return o, nil
 	}
 	for epoch := 1; epoch <= in.MaxEpochs; epoch++ {
-		if err := ctx.Err(); err != nil {
-			return Outcome{}, err
-		}
 		if cfg.Schedule == "cosine" {
 			lr = cosineLR(cfg.LR, epoch, in.MaxEpochs)
 		}
@@ -642,6 +638,11 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 			nBatches int
 		)
 		for lo := 0; lo < len(order); lo += batch {
+			// Checked per batch, not per epoch: an epoch of a large file
+			// takes seconds, and a cancelled study should stop now.
+			if err := ctx.Err(); err != nil {
+				return Outcome{}, err
+			}
 			idx := order[lo:min(lo+batch, len(order))]
 			s.load(f, idx)
 			bs := m.step(s, f, idx, cfg.Dropout, cfg.L2, dropRNG)

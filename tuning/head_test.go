@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -74,6 +75,35 @@ func TestHeadDeterministicBySeed(t *testing.T) {
 	c := headTrial(t, f, "val_loss", p(), 3, 8, nil)
 	if c.Epochs[0]["train_loss"] == a.Epochs[0]["train_loss"] || c.Value == a.Value {
 		t.Fatalf("seeds 7 and 8 gave the same training: %v", c.Epochs[0])
+	}
+}
+
+// TestHeadConcurrentTrials: the runner calls one TrialFunc from several
+// goroutines; trials share the features and the probe, and must come out as
+// they do one at a time.
+func TestHeadConcurrentTrials(t *testing.T) {
+	f := separable()
+	obj, err := HeadObjective(f, "val_loss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(seed int64) Outcome {
+		o, err := obj(context.Background(), TrialInput{Seed: seed, Params: Params{"batch_size": 64}, MaxEpochs: 2, Dir: t.TempDir()}, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		return o
+	}
+	want := []Outcome{run(1), run(2)}
+	got := make([]Outcome, 2)
+	var wg sync.WaitGroup
+	for i := range got {
+		wg.Add(1)
+		go func() { defer wg.Done(); got[i] = run(int64(i + 1)) }()
+	}
+	wg.Wait()
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("concurrent trials differ from sequential ones")
 	}
 }
 
