@@ -47,6 +47,7 @@ const (
 	rmspropRho      = 0.9
 	optimizerEps    = 1e-7 // Keras' epsilon for Adam and RMSprop
 	histogramBins   = 30
+	probeReps       = 3 // timed repeats per batch-size candidate
 	// headValFraction and headSplitSeed fix the validation split: every
 	// trial of a study must be judged on the same rows, or trials differ
 	// by their split as much as by their parameters.
@@ -714,10 +715,12 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 // ProbeBatchSize picks the batch size for a features file by throughput, as
 // the seed article fixes it once per dataset: for each candidate (nil:
 // 32, 64, 128, 256, 512; those above the row count are skipped) it trains
-// the default head for a few steps, untimed once to warm up, then timed
-// with exactly two calls of clock, and returns the candidate with the most
-// samples per second, the smallest of those within 5% of the best (a
-// smaller batch takes more steps per epoch, which helps at equal speed).
+// the default head for one untimed step to warm up, then times a few steps
+// probeReps times, two calls of clock each, and keeps the fastest repeat
+// (a repeat slowed by another process says nothing about the batch size).
+// It returns the candidate with the most samples per second, the smallest
+// of those within 5% of the best (a smaller batch takes more steps per
+// epoch, which helps at equal speed).
 func ProbeBatchSize(f *Features, candidates []int, clock func() time.Time) int {
 	all := make([]int, f.N())
 	for i := range all {
@@ -748,9 +751,9 @@ func probeBatchSize(f *Features, rows []int, candidates []int, clock func() time
 		s := newHeadScratch(m, c)
 		opt := newOptimizer(cfg.Optimizer, len(m.p), cfg.Momentum)
 		rng := rand.New(rand.NewPCG(1, 3))
-		// Enough samples per candidate that the timing is not noise, few
+		// Enough samples per repeat that the timing is not noise, few
 		// enough that the probe takes about a second on a 576-wide file.
-		steps := max(2, 2048/c)
+		steps := max(2, 1024/c)
 		run := func(steps int) {
 			for k := range steps {
 				lo := (k * c) % (len(rows) - c + 1)
@@ -761,9 +764,12 @@ func probeBatchSize(f *Features, rows []int, candidates []int, clock func() time
 			}
 		}
 		run(1)
-		t0 := clock()
-		run(steps)
-		d := clock().Sub(t0).Seconds()
+		d := math.Inf(1)
+		for range probeReps {
+			t0 := clock()
+			run(steps)
+			d = min(d, clock().Sub(t0).Seconds())
+		}
 		r := math.Inf(1)
 		if d > 0 {
 			r = float64(steps*c) / d
