@@ -64,7 +64,7 @@ type HeadConfig struct {
 	LR        float64 // default 0.003, the seed article's start
 	L2        float64 // default 0
 	Dropout   float64 // default 0.2
-	Hidden    int     // default 100, the seed article's head
+	Hidden    int     // default 100, the seed article's head; at most 4096
 	Schedule  string  // plateau (default), cosine, none
 	Patience  int     // default 3; 0 disables early stopping
 	BatchSize int     // 0: not given, probed once per dataset
@@ -142,7 +142,9 @@ func ParseHeadParams(ps Params) (HeadConfig, error) {
 		num(HeadL2, &c.L2, func(x float64) bool { return x >= 0 }, "a number >= 0"),
 		num(HeadDropout, &c.Dropout, func(x float64) bool { return x >= 0 && x < 1 }, "a number in [0, 1)"),
 		num(HeadMomentum, &c.Momentum, func(x float64) bool { return x >= 0 && x < 1 }, "a number in [0, 1)"),
-		whole(HeadHidden, &c.Hidden, 1, 1<<14),
+		// 4096 is 40 times the seed's head and keeps a trial's memory
+		// (weights, gradient, optimizer state) within a few hundred MiB.
+		whole(HeadHidden, &c.Hidden, 1, 4096),
 		whole(HeadPatience, &c.Patience, 0, 1<<20),
 		whole(HeadBatchSize, &c.BatchSize, 1, 1<<20),
 	)
@@ -154,11 +156,14 @@ func ParseHeadParams(ps Params) (HeadConfig, error) {
 //
 // Every trial sees the same slide-disjoint split: 20% of the rows for
 // validation, chosen by a seed fixed here rather than the trial's. When a
-// trial's params carry no batch_size, ProbeBatchSize runs once per
-// HeadObjective (at the first such trial; later and concurrent trials wait
-// for it and reuse the result), never per trial, because the batch size is
-// fixed per dataset. Every Epoch records the batch size it used
-// (batch_size), so the journal shows what was probed.
+// trial's params carry no batch_size, the ProbeBatchSize measurement runs
+// on the training rows once per HeadObjective (at the first such trial;
+// later and concurrent trials wait for it and reuse the result), never per
+// trial, because the batch size is fixed per dataset. Every Epoch records
+// the batch size it used (batch_size), so the journal shows what was
+// probed. A probe measures time, so a resumed study (a new HeadObjective)
+// may probe another size: a study that must rerun its trials exactly fixes
+// batch_size (role: fixed), for example to what a first probe chose.
 //
 // A trial:
 //   - trains up to in.MaxEpochs epochs, deterministic by in.Seed (He-normal
@@ -168,8 +173,8 @@ func ParseHeadParams(ps Params) (HeadConfig, error) {
 //     over the epoch's batches, dropout on, as Keras prints them),
 //     val_loss, val_acc, grad_norm (mean L2 norm of the gradient of all
 //     parameters over the epoch's batches, weight decay included), lr (the
-//     rate the epoch trained with), best_epoch (best val_loss so far) and
-//     batch_size; losses are cross-entropy without the weight decay term,
+//     rate the epoch trained with), best_epoch (the epoch with the lowest
+//     val_loss so far) and batch_size; losses are cross-entropy without the weight decay term,
 //     so they compare across l2 values;
 //   - writes dense1.weight and dense2.weight histograms (30 bins) to
 //     in.Dir/HistogramsFile after every epoch (skipped when in.Dir is "");
@@ -180,9 +185,9 @@ func ParseHeadParams(ps Params) (HeadConfig, error) {
 //     the seed's Keras EarlyStopping(restore_best_weights=True)) and
 //     reports the best epoch's metric as Value, also when it ran all its
 //     epochs; with patience 0, Value is the last epoch's metric;
-//   - fails (State failed, Value NaN, a reason naming epoch and batch) when
-//     a loss becomes NaN or infinite: a diverging run is a result, not an
-//     error.
+//   - fails (State failed, Value NaN, a reason naming the epoch, and the
+//     batch for a training loss) when a loss becomes NaN or infinite: a
+//     diverging run is a result, not an error.
 //
 // The error is non-nil when the trial cannot run at all (bad parameters,
 // wrapping ErrHeadParams; a folder it cannot write) or ctx is cancelled.
@@ -268,9 +273,9 @@ func (m *headModel) init(rng *rand.Rand) {
 	for i := range m.w1 {
 		m.w1[i] = rng.NormFloat64() * s1
 	}
-	l2 := math.Sqrt(6 / float64(m.hidden+m.classes))
+	s2 := math.Sqrt(6 / float64(m.hidden+m.classes))
 	for i := range m.w2 {
-		m.w2[i] = (2*rng.Float64() - 1) * l2
+		m.w2[i] = (2*rng.Float64() - 1) * s2
 	}
 	clear(m.b1)
 	clear(m.b2)
