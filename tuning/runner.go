@@ -515,7 +515,6 @@ func (st *run) replicateAsks() ([]Record, error) {
 	return out, nil
 }
 
-
 func sameStudy(first Record, s *Study) error {
 	if first.Type != RecordStudy || first.Study == nil {
 		return fmt.Errorf("%w: the first record is not the study", ErrCorruptJournal)

@@ -75,7 +75,6 @@ seed: 3
 	return p
 }
 
-
 func lastJSONLine(t *testing.T, out string) tuning.Summary {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
