@@ -153,6 +153,16 @@ func Load(path string) (*Study, error) {
 	if f := s.Objective.Features; f != "" && !filepath.IsAbs(f) {
 		s.Objective.Features = filepath.Join(filepath.Dir(path), f)
 	}
+	// So does a trial program named by a relative path ("./trial.py"),
+	// which would otherwise be looked up in each trial's own folder, where
+	// the command runs. A bare name is left to PATH.
+	if c := s.Objective.Command; len(c) > 0 && strings.ContainsRune(c[0], '/') && !filepath.IsAbs(c[0]) {
+		abs, err := filepath.Abs(filepath.Join(filepath.Dir(path), c[0]))
+		if err != nil {
+			return nil, fmt.Errorf("study %s: objective.command[0]: %w", path, err)
+		}
+		s.Objective.Command = append([]string{abs}, c[1:]...)
+	}
 	return s, nil
 }
 

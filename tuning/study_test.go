@@ -174,3 +174,37 @@ func FuzzDecodeStudy(f *testing.F) {
 		}
 	})
 }
+
+// The shipped example studies are valid, and the optimizer study is the
+// seed's first experiment: optimizer scientific, learning rate nuisance, the
+// rest fixed.
+func TestExampleStudies(t *testing.T) {
+	paths, err := filepath.Glob("examples/*.yaml")
+	if err != nil || len(paths) < 2 {
+		t.Fatalf("examples: %v %v", paths, err)
+	}
+	bb, err := Load("examples/blackbox/branin.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := filepath.Abs("examples/blackbox/blackbox"); bb.Objective.Command[0] != want {
+		t.Fatalf("relative trial program resolved to %q, want %q", bb.Objective.Command[0], want)
+	}
+	for _, p := range paths {
+		s, err := Load(p)
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		if s.Objective.Builtin != BuiltinHead {
+			t.Errorf("%s: not on the built-in head", p)
+		}
+		roles := map[string]string{}
+		for _, prm := range s.Parameters {
+			roles[prm.Name] = prm.Role
+		}
+		if roles["optimizer"] != RoleScientific || roles["lr"] != RoleNuisance || len(s.Fixed()) < 3 {
+			t.Errorf("%s: roles %v", p, roles)
+		}
+	}
+}

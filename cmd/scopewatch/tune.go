@@ -28,7 +28,7 @@ func init() {
 const tuneUsage = `usage: scopewatch tune <subcommand> [flags]
 
 subcommands:
-  run STUDY.yaml --out DIR [--resume] [--format text|json]
+  run STUDY.yaml --out DIR [--resume] [--format text|json] [--features FILE]
         run a study into the study folder DIR: exploration, exploitation,
         pruning and the finalists' replicates, every ask and tell journalled
         in DIR/journal.jsonl; --resume continues a study folder after a crash
@@ -71,6 +71,7 @@ func tuneRun(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	out := fs.String("out", "", "study folder (created; holds the journal, the trials' folders and the report)")
 	resume := fs.Bool("resume", false, "continue the study already in --out")
 	format := fs.String("format", "text", "summary on stdout: text or json (one object, the last line)")
+	features := fs.String("features", "", "features file for builtin: head (overrides the study's objective.features)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -84,6 +85,14 @@ func tuneRun(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	study, err := tuning.Load(pos[0])
 	if err != nil {
 		return err
+	}
+	if *features != "" {
+		if study.Objective.Builtin != tuning.BuiltinHead {
+			return fmt.Errorf("%w: --features is for studies with builtin: head", errUsage)
+		}
+		if study.Objective.Features, err = filepath.Abs(*features); err != nil {
+			return fmt.Errorf("--features: %w", err)
+		}
 	}
 	journal := filepath.Join(*out, "journal.jsonl")
 	switch _, err := os.Stat(journal); {
