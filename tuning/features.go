@@ -190,6 +190,11 @@ func WriteFeatures(path string, f *Features) error {
 			os.Remove(tmp.Name())
 		}
 	}()
+	// CreateTemp makes the file private; a features file is a dataset to
+	// share like the images it came from.
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("features: %w", err)
+	}
 	w := bufio.NewWriterSize(tmp, 1<<20)
 	if err := writeFeaturesTo(w, f); err != nil {
 		return fmt.Errorf("features %s: %w", path, err)

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -161,8 +162,13 @@ func tuneRun(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // studyObjective is what runs one trial of study; dir is the study folder,
 // whose journal tells a resumed study the batch size it was probed with.
 func studyObjective(s *tuning.Study, dir string, log io.Writer) (tuning.TrialFunc, error) {
-	if len(s.Objective.Command) > 0 {
-		return tuning.CommandObjective(s.Objective.Command, s.Objective.Metric), nil
+	if c := s.Objective.Command; len(c) > 0 {
+		// A program that is not there would fail the first trial and stop
+		// the study after its folder was made; say so before.
+		if _, err := exec.LookPath(c[0]); err != nil {
+			return nil, fmt.Errorf("study: objective.command[0] %q: %w", c[0], err)
+		}
+		return tuning.CommandObjective(c, s.Objective.Metric), nil
 	}
 	// Check the parameters' names and values before anything is written: a
 	// name the trainer does not know would fail every trial the same way.

@@ -114,12 +114,15 @@ func TestTuneRunRefusesBadInput(t *testing.T) {
 	good := writeTuneStudy(t, 8, 1, 0)
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("name: x\nobjective: {command: [true], metric: value, direction: minimize}\nparameters:\n  - {name: lr, role: nuisance, type: float, min: 1, max: 0.1}\nbudget: {trials: 3}\n"), 0o644)
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	os.WriteFile(missing, []byte("name: x\nobjective: {command: [./no-such-trial], metric: value, direction: minimize}\nparameters:\n  - {name: lr, role: nuisance, type: float, min: 0.1, max: 1}\nbudget: {trials: 3}\n"), 0o644)
 	cases := []struct {
 		name string
 		args []string
 		code int
 		want string
 	}{
+		{"missing program", []string{"tune", "run", missing, "--out", "OUT"}, 1, "objective.command[0]"},
 		{"no study", []string{"tune", "run", "--out", "x"}, 2, "want tune run"},
 		{"bad min max", []string{"tune", "run", bad, "--out", "OUT"}, 1, "parameters[0] (lr)"},
 		{"resume nothing", []string{"tune", "run", good, "--out", "OUT", "--resume"}, 2, "no journal"},
@@ -205,5 +208,79 @@ func TestTuneKillAndResume(t *testing.T) {
 		if a.Trial != b.Trial || a.Seed != b.Seed || !reflect.DeepEqual(a.Params, b.Params) || states[i].Outcome == nil {
 			t.Fatalf("trial %d differs after resume: %+v vs %+v", a.Trial, a, b)
 		}
+	}
+}
+
+// The seed's experiment end to end on real ONNX Runtime: synthetic crops,
+// their cached features, a study on the built-in head, its report.
+func TestTuneFeaturesAndHeadStudy(t *testing.T) {
+	dir := t.TempDir()
+	cells := filepath.Join(dir, "cells")
+	if code, _, errs := runCLI(t, "synth", "cells", "--out", cells, "--n", "120", "--cells-per-slide", "10", "--seed", "4242"); code != 0 {
+		t.Fatalf("synth: exit %d: %s", code, errs)
+	}
+	feats := filepath.Join(dir, "cells.features")
+	code, out, errs := runCLI(t, "tune", "features", "--data", cells, "--out", feats)
+	if code != 0 {
+		t.Fatalf("features: exit %d: %s", code, errs)
+	}
+	f, err := tuning.ReadFeatures(feats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slides := map[string]bool{}
+	for _, s := range f.Slide {
+		slides[s] = true
+	}
+	if f.N() != 120 || f.Dim != 576 || len(slides) != 12 || !strings.Contains(f.Model, "sha256:") {
+		t.Fatalf("features: n %d dim %d, %d slides, model %q (stdout %s)", f.N(), f.Dim, len(slides), f.Model, out)
+	}
+	// A labelled folder without slide ids is refused: the validation split
+	// is by slide.
+	noSlide := filepath.Join(dir, "noslide")
+	os.MkdirAll(noSlide, 0o755)
+	os.WriteFile(filepath.Join(noSlide, "labels.csv"), []byte("path,label\na.png,parasitized\n"), 0o644)
+	if code, _, errs := runCLI(t, "tune", "features", "--data", noSlide, "--out", filepath.Join(dir, "x.features")); code == 0 || !strings.Contains(errs, "slide") {
+		t.Fatalf("features without slides: exit %d: %s", code, errs)
+	}
+
+	example, err := os.ReadFile("../../tuning/examples/optimizer-vs-lr.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := strings.Replace(string(example), "budget: {trials: 30, explore: 8, parallel: 2, max_epochs: 10}", "budget: {trials: 6, explore: 4, parallel: 2, max_epochs: 3}", 1)
+	small = strings.Replace(small, "replicates: {finalists: 2, seeds: 3}", "replicates: {finalists: 2, seeds: 2}", 1)
+	studyPath := filepath.Join(dir, "study.yaml")
+	os.WriteFile(studyPath, []byte(small), 0o644)
+	studyDir := filepath.Join(dir, "study")
+	code, out, errs = runCLI(t, "tune", "run", studyPath, "--features", feats, "--out", studyDir, "--format", "json")
+	if code != 0 {
+		t.Fatalf("tune run: exit %d: %s", code, errs)
+	}
+	sum := lastJSONLine(t, out)
+	if sum.Trials != 6 || sum.Best == nil || len(sum.Replicates) != 2 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if _, err := os.Stat(filepath.Join(studyDir, "report.html")); err != nil {
+		t.Fatalf("no report: %v", err)
+	}
+	// The report is redrawn from the journal alone.
+	os.RemoveAll(filepath.Join(studyDir, "plots"))
+	if code, out, errs := runCLI(t, "tune", "report", studyDir); code != 0 || !strings.Contains(out, "report.html") {
+		t.Fatalf("tune report: exit %d: %s %s", code, out, errs)
+	}
+	if _, err := os.Stat(filepath.Join(studyDir, "plots", "histograms.png")); err != nil {
+		t.Fatalf("the best trial's weight histograms were not drawn: %v", err)
+	}
+	// A study naming a parameter the head does not know is refused before
+	// anything is written.
+	bad := strings.Replace(small, "{name: hidden, role: fixed, value: 100}", "{name: hiden, role: fixed, value: 100}", 1)
+	os.WriteFile(studyPath, []byte(bad), 0o644)
+	badDir := filepath.Join(dir, "bad")
+	if code, _, errs := runCLI(t, "tune", "run", studyPath, "--features", feats, "--out", badDir); code != 1 || !strings.Contains(errs, "hiden") {
+		t.Fatalf("unknown head parameter: exit %d: %s", code, errs)
+	}
+	if _, err := os.Stat(badDir); err == nil {
+		t.Fatal("a refused study left its folder behind")
 	}
 }
