@@ -54,8 +54,8 @@ FUZZ_TARGETS := \
 	./inference/:FuzzBundleArchive ./drift/:FuzzReadCSV ./drift/:FuzzDecodeBaseline \
 	./drift/:FuzzMonitorState ./feedback/:FuzzDecodeSample ./feedback/:FuzzDecodeChunk \
 	./feedback/:FuzzDecodeLabel ./feedback/:FuzzCollectorHandle ./internal/config/:FuzzDecode \
-	./cmd/scopewatch/:FuzzReadUpload ./cmd/scopewatch/:FuzzParseLabelsCSV \
-	./tuning/:FuzzDecodeStudy
+	./internal/daemon/:FuzzReadUpload ./cmd/scopewatch/:FuzzParseLabelsCSV \
+	./tuning/:FuzzDecodeStudy ./tuning/:FuzzReadFeatures
 
 fuzz: setup
 	@set -e; for t in $(FUZZ_TARGETS); do \

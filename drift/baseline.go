@@ -324,6 +324,12 @@ func (b *Baseline) prepare() {
 	}
 }
 
+// UsesSignal reports whether the baseline's detector runs signal (one of
+// the Signal constants).
+func (b *Baseline) UsesSignal(signal string) bool {
+	return slices.ContainsFunc(b.Detector.Tests, func(t TestSpec) bool { return t.Signal == signal })
+}
+
 // Fingerprint identifies the baseline's content (sha256 of its JSON), so
 // that a persisted monitor state is never restored against another baseline.
 func (b *Baseline) Fingerprint() string {

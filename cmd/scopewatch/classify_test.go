@@ -266,3 +266,12 @@ func TestRocAUC(t *testing.T) {
 		t.Error("AUC of one class reported")
 	}
 }
+
+// repoRoot is the module root, where the shipped model and keys are.
+func repoRoot(t testing.TB) string {
+	p, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

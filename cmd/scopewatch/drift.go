@@ -103,10 +103,6 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	return cfg, nil
 }
 
-// usesSignal reports whether the baseline's detector runs the signal.
-func usesSignal(b *drift.Baseline, signal string) bool {
-	return slices.ContainsFunc(b.Detector.Tests, func(t drift.TestSpec) bool { return t.Signal == signal })
-}
 
 func readRows(path string) (*drift.EvalRows, error) {
 	f, err := os.Open(path)
@@ -134,12 +130,12 @@ func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, hav
 		return nil, err
 	}
 	recal := cf.changed()
-	if !haveFeatures && usesSignal(b, drift.SignalEmbedding) {
+	if !haveFeatures && b.UsesSignal(drift.SignalEmbedding) {
 		delete(cfg.Signals, drift.SignalEmbedding)
 		fmt.Fprintln(stderr, "scopewatch drift: the input has no f0..fN feature columns; running without the embedding signal (recalibrating)")
 		recal = true
 	}
-	if !haveFocus && usesSignal(b, drift.SignalFocus) {
+	if !haveFocus && b.UsesSignal(drift.SignalFocus) {
 		delete(cfg.Signals, drift.SignalFocus)
 		fmt.Fprintln(stderr, "scopewatch drift: the input has no focus column; running without the focus signal (recalibrating)")
 		recal = true

@@ -163,8 +163,8 @@ func TestDriftFocusColumn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b.Focus) != len(b.Scores) || !usesSignal(b, drift.SignalFocus) {
-		t.Fatalf("baseline: %d focus values for %d rows; focus signal %v", len(b.Focus), len(b.Scores), usesSignal(b, drift.SignalFocus))
+	if len(b.Focus) != len(b.Scores) || !b.UsesSignal(drift.SignalFocus) {
+		t.Fatalf("baseline: %d focus values for %d rows; focus signal %v", len(b.Focus), len(b.Scores), b.UsesSignal(drift.SignalFocus))
 	}
 	null, _ := os.ReadFile(p("null.csv"))
 	blur, _ := os.ReadFile(p("blur.csv"))

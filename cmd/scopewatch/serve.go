@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/daemon"
 )
 
 func init() {
@@ -39,20 +40,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		debug.SetMemoryLimit(cfg.Memory.GoLimit)
 	}
 	level := new(slog.LevelVar)
-	level.Set(parseLevel(cfg.Log.Level))
+	level.Set(daemon.ParseLevel(cfg.Log.Level))
 	log := newLogger(stderr, cfg.Log.Format, level)
-
-	// Library pages only the start needed go back to the kernel: those of
-	// the dynamic loader and constructors now, those of building the ONNX
-	// Runtime session when the model is loaded (openAnalyzer).
-	releaseStartPages(cfg, log, "start")
-	model, err := openAnalyzer(cfg, log)
+	d, err := daemon.New(ctx, cfg, log, level)
 	if err != nil {
-		return fmt.Errorf("load model %s: %w", cfg.Model.Path, err)
-	}
-	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model, OpenModel: openAnalyzer})
-	if err != nil {
-		model.Close()
 		return err
 	}
 
@@ -73,30 +64,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					log.Error("reload refused; keeping the running configuration", "err", err)
 					continue
 				}
-				d.reload(next)
+				d.Reload(next)
 			}
 		}
 	}()
 	err = d.Run(ctx)
 	<-reloadDone
 	return err
-}
-
-// releaseStartPages releases the file-backed pages of the process when
-// memory.release_file_pages is on (see releaseFilePages): at start, after
-// a model load and after the first image. Measured on 20 fields
-// (TestAcceptanceMemory): VmHWM 193 -> 123 MB, resident set after the run
-// 171 -> 89 MB, same time per field.
-func releaseStartPages(cfg config.Config, log *slog.Logger, after string) {
-	if !cfg.Memory.ReleaseFilePages {
-		return
-	}
-	before, now, err := releaseFilePages()
-	if err != nil {
-		log.Warn("could not release file pages; the resident set keeps them", "err", err)
-		return
-	}
-	log.Debug("released file pages", "after", after, "rss_file_kb_before", before, "rss_file_kb_after", now)
 }
 
 // newLogger writes JSON (one object per line) or text to w. journald adds

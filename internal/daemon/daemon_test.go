@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"gopkg.in/yaml.v3"
 	"image"
 	"image/color"
 	"image/png"
@@ -198,11 +199,11 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 }
 
 func mustYAML(t testing.TB, c config.Config) string {
-	var buf bytes.Buffer
-	if err := printConfig(&buf, c); err != nil {
+	out, err := yaml.Marshal(c)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.String()
+	return string(out)
 }
 
 func openDB(t *testing.T, path string) *sql.DB {
@@ -437,7 +438,7 @@ func TestReloadAppliesThresholdAndLevel(t *testing.T) {
 	next.Model.Threshold = 0.9
 	next.Log.Level = "warn"
 	next.HTTP.Listen = "127.0.0.1:1" // needs a restart: reported, not applied
-	td.d.reload(next)
+	td.d.Reload(next)
 	if td.d.level.Level() != slog.LevelWarn {
 		t.Fatalf("level %v", td.d.level.Level())
 	}
@@ -498,23 +499,6 @@ func TestProportionCI(t *testing.T) {
 	}
 }
 
-func TestConfigCommand(t *testing.T) {
-	var out, errb bytes.Buffer
-	if err := runConfig(context.Background(), []string{"default"}, &out, &errb); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "c.yaml")
-	os.WriteFile(p, out.Bytes(), 0o600)
-	out.Reset()
-	if err := runConfig(context.Background(), []string{"check", p}, &out, &errb); err != nil || !strings.Contains(out.String(), "ok") {
-		t.Fatalf("default config refused: %v %s", err, out.String())
-	}
-	os.WriteFile(p, []byte("slides:\n  target_cell: 1000\n"), 0o600)
-	err := runConfig(context.Background(), []string{"check", p}, &out, &errb)
-	if err == nil || !strings.Contains(err.Error(), "slides.target_cell") || !strings.Contains(err.Error(), "target_cells") {
-		t.Fatalf("bad config: %v", err)
-	}
-}
 
 type fakeFrames struct {
 	t      *testing.T
@@ -685,16 +669,16 @@ func TestReloadSwapsOrRejectsModel(t *testing.T) {
 		}
 		return &versionedAnalyzer{version: version, closed: &closed}, nil
 	}
-	td.d.reload(td.cfg)
+	td.d.Reload(td.cfg)
 	if got := td.d.model.ModelVersion(); got != "v2" {
 		t.Fatalf("model %s after reload, want v2", got)
 	}
-	td.d.reload(td.cfg) // same bundle: no swap, the fresh load is closed
+	td.d.Reload(td.cfg) // same bundle: no swap, the fresh load is closed
 	if closed != 1 || td.d.model.ModelVersion() != "v2" {
 		t.Fatalf("same bundle: closed %d, model %s", closed, td.d.model.ModelVersion())
 	}
 	openErr = errors.New("bundle /x: bundle file sha256 mismatch: backbone.onnx")
-	td.d.reload(td.cfg)
+	td.d.Reload(td.cfg)
 	if td.d.model.ModelVersion() != "v2" {
 		t.Fatal("a rejected bundle replaced the running model")
 	}
@@ -762,7 +746,7 @@ func TestHTTPToken(t *testing.T) {
 	}
 	next := td.cfg
 	next.HTTP.Token = "fedcba9876543210fedc"
-	td.d.reload(next)
+	td.d.Reload(next)
 	if got := do("GET", "/v1/slides/t1", "Bearer "+token, nil); got != http.StatusUnauthorized {
 		t.Errorf("old token after rotation: %d, want 401", got)
 	}

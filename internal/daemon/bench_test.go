@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 // synthetic 1920x1080 field with the default model, as the daemon runs it
 // (one worker). It reports the median per field besides ns/op:
 //
-//	go test -run '^$' -bench AnalyzeField -benchtime 20x ./cmd/scopewatch/
+//	go test -run '^$' -bench AnalyzeField -benchtime 20x ./internal/daemon/
 func BenchmarkAnalyzeField(b *testing.B) {
 	cfg := config.Default()
 	cfg.Model.Path = requireDefaultModel(b)

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"os"
@@ -28,7 +28,7 @@ func scopewatchBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "scopewatch")
-		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd := exec.Command("go", "build", "-o", binPath, "../../cmd/scopewatch")
 		buildOut, buildErr = cmd.CombinedOutput()
 	})
 	if buildErr != nil {

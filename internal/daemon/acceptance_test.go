@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"encoding/json"
@@ -19,7 +19,7 @@ import (
 // The acceptance runs take minutes (a 60 s broker outage, 50 slides), so
 // they run only when asked:
 //
-//	SCOPEWATCH_ACCEPTANCE=1 go test -count=1 -v -timeout 30m -run TestAcceptance ./cmd/scopewatch/
+//	SCOPEWATCH_ACCEPTANCE=1 go test -count=1 -v -timeout 30m -run TestAcceptance ./internal/daemon/
 func requireAcceptance(t *testing.T) {
 	if os.Getenv("SCOPEWATCH_ACCEPTANCE") != "1" {
 		t.Skip("set SCOPEWATCH_ACCEPTANCE=1 to run the acceptance measurements")

@@ -1,7 +1,6 @@
-package main
+package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -188,7 +187,7 @@ func TestDriftInServe(t *testing.T) {
 	// A new model starts afresh.
 	next := &baselineModel{version: "pix-2", baseline: base}
 	td.d.open = func(config.Config, *slog.Logger) (analyzer, error) { return next, nil }
-	td.d.reload(td.d.config())
+	td.d.Reload(td.d.config())
 	testutil.Eventually(t, 30*time.Second, func() bool { st := getDrift(t, td.url); return st.Active && st.ModelVersion == "pix-2" }, "monitor for the new model")
 	if st := getDrift(t, td.url); st.SinceReset != 0 || st.Observed != 0 {
 		t.Fatalf("after the swap: %+v", st)
@@ -213,11 +212,11 @@ func TestDriftCalibrationSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !usesSignal(b, drift.SignalEmbedding) {
+	if !b.UsesSignal(drift.SignalEmbedding) {
 		t.Skip("the shipped baseline has no embedding detector")
 	}
 	// Crops with focus measured run the baseline as shipped.
-	focus := usesSignal(b, drift.SignalFocus)
+	focus := b.UsesSignal(drift.SignalFocus)
 	cases := []struct {
 		name   string
 		cfg    config.Drift
@@ -272,14 +271,23 @@ func TestDriftDisabled(t *testing.T) {
 // runs only when the daemon can feed it (crops from an analyzer that
 // measures focus); otherwise the thresholds are recalibrated without it.
 func TestDriftCalibrationFocus(t *testing.T) {
-	dir := t.TempDir()
-	focusCells(t, filepath.Join(dir, "test.csv"), 600, 1, 1)
-	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"drift", "build", "--input", filepath.Join(dir, "test.csv"), "--threshold", "0.5",
-		"--out", filepath.Join(dir, "b.json"), "--ert", "300", "--windows", "20,50", "--sims", "200"}, &out, &errOut); code != 0 {
-		t.Fatalf("build exit %d: %s", code, errOut.String())
+	// 600 test-set cells with a focus value each, as `drift build` makes
+	// a baseline of a CSV with a focus column.
+	r := rand.New(rand.NewPCG(1, 2))
+	var scores []float64
+	var labels []int
+	var focusValues []float64
+	for range 600 {
+		l := 0
+		if r.Float64() < 0.2 {
+			l = 1
+		}
+		scores = append(scores, float64(float32(1/(1+math.Exp(-(-5+10*float64(l)+2*r.NormFloat64()))))))
+		labels = append(labels, l)
+		focusValues = append(focusValues, math.Exp(4+0.5*r.NormFloat64()))
 	}
-	b, err := drift.LoadBaseline(filepath.Join(dir, "b.json"))
+	b, err := drift.BuildBaseline(context.Background(), scores, labels, nil, 0.5, drift.BaselineConfig{Seed: 1, Focus: focusValues,
+		Detector: drift.CalibrationConfig{ERT: 300, Windows: []int{20, 50}, Sims: 200, Null: drift.NullExchangeable}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -476,7 +476,7 @@ func (w *driftWatch) restore(ctx context.Context, mon *drift.Monitor, version st
 		if errors.Is(err, drift.ErrStateMismatch) {
 			level = "info" // the calibration changed
 		}
-		w.d.log.Log(ctx, parseLevel(level), "saved drift state not restored; starting afresh", "err", err)
+		w.d.log.Log(ctx, ParseLevel(level), "saved drift state not restored; starting afresh", "err", err)
 		return false
 	}
 	return true

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	systemd "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/config"
@@ -120,6 +120,25 @@ type daemonDeps struct {
 	// OpenModel loads a model for a reload (SIGHUP); nil disables model
 	// reloading.
 	OpenModel func(config.Config, *slog.Logger) (analyzer, error)
+}
+
+// New opens the configured model and builds the daemon of cfg; Run starts
+// it. log and level are the caller's (level follows log.level on Reload).
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, level *slog.LevelVar) (*Daemon, error) {
+	// Library pages only the start needed go back to the kernel: those of
+	// the dynamic loader and constructors now, those of building the ONNX
+	// Runtime session when the model is loaded (openAnalyzer).
+	releaseStartPages(cfg, log, "start")
+	model, err := openAnalyzer(cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("load model %s: %w", cfg.Model.Path, err)
+	}
+	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model, OpenModel: openAnalyzer})
+	if err != nil {
+		model.Close()
+		return nil, err
+	}
+	return d, nil
 }
 
 func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon, error) {
@@ -266,7 +285,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.beat()
 	d.log.Info("scopewatch serving", "model", d.model.ModelVersion(), "boot", d.boot,
 		"http", addrOf(ln), "inbox", cfg.Inbox.Dir, "database", cfg.Database, "mqtt", cfg.MQTT.Enabled)
-	if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS=serving"); err != nil {
+	if ok, err := systemd.SdNotify(false, systemd.SdNotifyReady+"\nSTATUS=serving"); err != nil {
 		d.log.Warn("sd_notify ready failed", "err", err)
 	} else if ok {
 		d.log.Debug("notified systemd: ready")
@@ -276,7 +295,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	// Shutdown.
 	d.ready.Store(false)
-	daemon.SdNotify(false, daemon.SdNotifyStopping+"\nSTATUS=stopping")
+	if _, err := systemd.SdNotify(false, systemd.SdNotifyStopping+"\nSTATUS=stopping"); err != nil {
+		d.log.Warn("sd_notify stopping failed", "err", err)
+	}
 	timeout := d.config().Shutdown.Timeout
 	d.log.Info("shutting down", "bound", timeout.String())
 	deadline := time.Now().Add(timeout)
@@ -328,7 +349,7 @@ func addrOf(ln net.Listener) string {
 // workers are alive, until ctx is cancelled. A worker stuck for longer than
 // the watchdog interval stops the pings, and systemd restarts the service.
 func (d *Daemon) watchdogLoop(ctx context.Context) {
-	interval, err := daemon.SdWatchdogEnabled(false)
+	interval, err := systemd.SdWatchdogEnabled(false)
 	if err != nil || interval <= 0 {
 		<-ctx.Done()
 		return
@@ -341,7 +362,7 @@ func (d *Daemon) watchdogLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			if d.workersAlive(interval) {
-				daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+				systemd.SdNotify(false, systemd.SdNotifyWatchdog)
 			} else {
 				d.log.Error("a worker is stuck; withholding the watchdog ping")
 			}
@@ -563,9 +584,10 @@ func (d *Daemon) statusState() (string, []string) {
 	return "online", nil
 }
 
-// reload applies a new configuration's reloadable fields (SIGHUP) and
-// reports the fields that need a restart.
-func (d *Daemon) reload(next config.Config) {
+// Reload applies a new configuration's reloadable fields (the daemon's
+// caller does it on SIGHUP), logs the fields that need a restart, and loads
+// the model again if its bundle changed.
+func (d *Daemon) Reload(next config.Config) {
 	d.cfgMu.Lock()
 	old := d.cfg
 	changed := config.Diff(old, next)
@@ -585,7 +607,7 @@ func (d *Daemon) reload(next config.Config) {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	if d.level != nil {
-		d.level.Set(parseLevel(cfg.Log.Level))
+		d.level.Set(ParseLevel(cfg.Log.Level))
 	}
 	d.reloadModel(cfg)
 	d.model.SetThreshold(cfg.Model.Threshold)
@@ -631,7 +653,10 @@ func (d *Daemon) reloadModel(cfg config.Config) {
 	}
 }
 
-func parseLevel(s string) slog.Level {
+// ParseLevel is the log level a configuration names (log.level); the
+// config's validation has already refused anything else, so an unknown name
+// falls back to info.
+func ParseLevel(s string) slog.Level {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil {
 		return slog.LevelInfo

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -23,7 +23,7 @@ import (
 // 20 synthetic 1920x1080 fields (4 slides of 5, ~230 red cells each)
 // dropped into the inbox, with the unit's malloc settings:
 //
-//	SCOPEWATCH_ACCEPTANCE=1 go test -count=1 -v -run TestAcceptanceMemory ./cmd/scopewatch/
+//	SCOPEWATCH_ACCEPTANCE=1 go test -count=1 -v -run TestAcceptanceMemory ./internal/daemon/
 //
 // It reports the peak (VmHWM, and the anonymous and file-backed parts at
 // the sampled peak), the resident set a few seconds after the last slide
