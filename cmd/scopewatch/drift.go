@@ -103,7 +103,6 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	return cfg, nil
 }
 
-
 func readRows(path string) (*drift.EvalRows, error) {
 	f, err := os.Open(path)
 	if err != nil {

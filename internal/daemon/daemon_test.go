@@ -499,7 +499,6 @@ func TestProportionCI(t *testing.T) {
 	}
 }
 
-
 type fakeFrames struct {
 	t      *testing.T
 	frames int

@@ -22,4 +22,3 @@ func releaseStartPages(cfg config.Config, log *slog.Logger, after string) {
 	}
 	log.Debug("released file pages", "after", after, "rss_file_kb_before", before, "rss_file_kb_after", now)
 }
-
