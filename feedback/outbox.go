@@ -294,7 +294,11 @@ func (o *Outbox) Enqueue(ctx context.Context, r Record) error {
 // record that cannot fit, even after dropping older feedback, is dropped
 // and counted, and the batch still commits with ErrDropped returned.
 func (o *Outbox) EnqueueBatch(ctx context.Context, recs ...Record) error {
-	err := o.enqueue(ctx, recs)
+	return wrapFull(o.enqueue(ctx, recs))
+}
+
+// wrapFull marks SQLite's "database or disk is full" as ErrDiskFull.
+func wrapFull(err error) error {
 	var se sqlite3.Error
 	if errors.As(err, &se) && se.Code == sqlite3.ErrFull {
 		return fmt.Errorf("%w: %v", ErrDiskFull, err)
@@ -396,6 +400,101 @@ func (o *Outbox) enqueue(ctx context.Context, recs []Record) error {
 	default:
 	}
 	return dropErr
+}
+
+// ErrDroppable is returned by EnqueueTx for a feedback record: feedback may
+// be dropped to keep the outbox within its bounds, which only EnqueueBatch
+// decides.
+var ErrDroppable = errors.New("feedback records go through EnqueueBatch")
+
+// EnqueueTx records results, alerts and status in the caller's transaction
+// tx (on the outbox's database), so that a record and the change it reports
+// commit together: one write transaction, no second table and no relay.
+// After tx commits, the caller must call committed, which updates the
+// outbox's depth and wakes the sender; after a rollback it must not. These
+// kinds are never dropped, so the bounds are not enforced here (going over
+// them is logged); a feedback record is ErrDroppable.
+func (o *Outbox) EnqueueTx(ctx context.Context, tx *sql.Tx, recs ...Record) (committed func(), err error) {
+	for i := range recs {
+		if err := validate(&recs[i]); err != nil {
+			return nil, err
+		}
+		if recs[i].Kind == KindFeedback {
+			return nil, fmt.Errorf("record %s: %w", recs[i].ID, ErrDroppable)
+		}
+	}
+	o.mu.Lock()
+	closed := o.closed
+	o.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	nr, nb, added, err := insertTx(ctx, tx, o.cfg.Now(), recs)
+	if err != nil {
+		return nil, wrapFull(err)
+	}
+	return func() {
+		o.mu.Lock()
+		o.records += nr
+		o.bytes += nb
+		records, bytes := o.records, o.bytes
+		o.mu.Unlock()
+		if records > o.cfg.MaxRecords || bytes > o.cfg.MaxBytes {
+			o.cfg.Log.Warn("outbox over its bound: keeping records that may not be dropped", "records", records, "bytes", bytes)
+		}
+		for _, r := range added {
+			o.metrics().Enqueued(r.Kind, len(r.Payload))
+		}
+		o.metrics().Depth(records, bytes)
+		select {
+		case o.wake <- struct{}{}:
+		default:
+		}
+	}, nil
+}
+
+// InsertTx writes records into the outbox table in tx without an Outbox:
+// for a schema migration that hands over another table's unsent messages.
+// The next NewOutbox counts them.
+func InsertTx(ctx context.Context, tx *sql.Tx, now time.Time, recs ...Record) error {
+	for i := range recs {
+		if err := validate(&recs[i]); err != nil {
+			return err
+		}
+	}
+	_, _, _, err := insertTx(ctx, tx, now, recs)
+	return err
+}
+
+// insertTx inserts records, a newer status superseding a pending one on the
+// same topic, and returns how the outbox's depth changed and what was new.
+func insertTx(ctx context.Context, tx *sql.Tx, now time.Time, recs []Record) (int, int64, []Record, error) {
+	var records int
+	var bytes int64
+	var added []Record
+	for _, r := range recs {
+		if r.Kind == KindStatus {
+			nr, nb, err := deleteWhere(ctx, tx, `kind='status' AND topic=?`, r.Topic)
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			records -= nr
+			bytes -= nb
+		}
+		size := int64(len(r.Payload))
+		res, err := tx.ExecContext(ctx, `INSERT INTO feedback_outbox(id, grp, kind, priority, topic, payload, qos, retain, size, created_ns)
+			VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING`,
+			r.ID, r.Group, string(r.Kind), r.Kind.Priority(), r.Topic, r.Payload, r.QoS, r.Retain, size, now.UnixNano())
+		if err != nil {
+			return 0, 0, nil, fmt.Errorf("enqueue %s: %w", r.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			records++
+			bytes += size
+			added = append(added, r)
+		}
+	}
+	return records, bytes, added, nil
 }
 
 // evict drops the oldest feedback groups until at least needRecords

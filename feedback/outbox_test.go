@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -408,4 +409,62 @@ func subscribe(t *testing.T, url, filter string) *sink {
 		t.Fatalf("subscribe %s: no SUBACK within 5 s", filter)
 	}
 	return s
+}
+
+// EnqueueTx records in the caller's transaction: nothing before it commits
+// (or after a rollback), the record and a sender wake-up after.
+func TestOutboxEnqueueTx(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, "")
+	ob, err := NewOutbox(ctx, db.DB, OutboxConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, _ := db.BeginTx(ctx, nil)
+	if _, err := ob.EnqueueTx(ctx, tx, rec(KindResult, "r-rolled-back", 10)); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback()
+	if n, _ := ob.Depth(); n != 0 {
+		t.Fatalf("depth %d after a rollback", n)
+	}
+
+	tx, _ = db.BeginTx(ctx, nil)
+	st := rec(KindStatus, "st-1", 5)
+	committed, err := ob.EnqueueTx(ctx, tx, rec(KindResult, "r1", 10), rec(KindAlert, "a1", 10), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	committed()
+	if n, b := ob.Depth(); n != 3 || b != 25 {
+		t.Fatalf("depth %d records, %d bytes; want 3, 25", n, b)
+	}
+	// A newer status supersedes the pending one; an id already pending is
+	// a no-op.
+	tx, _ = db.BeginTx(ctx, nil)
+	committed, err = ob.EnqueueTx(ctx, tx, rec(KindStatus, "st-2", 7), rec(KindResult, "r1", 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.Commit()
+	committed()
+	pend, _ := ob.Pending(ctx, 10)
+	var ids []string
+	for _, p := range pend {
+		ids = append(ids, p.ID)
+	}
+	if want := []string{"st-2", "a1", "r1"}; !reflect.DeepEqual(ids, want) {
+		t.Fatalf("pending %v, want %v in send order", ids, want)
+	}
+	if n, _ := ob.Depth(); n != 3 {
+		t.Fatalf("depth %d, want 3", n)
+	}
+	tx, _ = db.BeginTx(ctx, nil)
+	defer tx.Rollback()
+	if _, err := ob.EnqueueTx(ctx, tx, rec(KindFeedback, "fb", 10)); !errors.Is(err, ErrDroppable) {
+		t.Fatalf("feedback through EnqueueTx: %v", err)
+	}
 }

@@ -155,16 +155,33 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		queue:    make(chan job, cfg.Images.QueueSize),
 		httpAddr: make(chan string, 1),
 	}
-	db, err := openServeStore(ctx, cfg.Database, deps.Now)
+	sqlDB, err := openServeDB(ctx, cfg.Database)
 	if err != nil {
 		return nil, err
+	}
+	d.metrics = newServeMetrics()
+	var outbox *feedback.Outbox
+	if cfg.MQTT.Enabled {
+		// The outbox's tables are in the database just opened, so a
+		// failure here is the database's: the daemon does not start rather
+		// than count slides whose results it could not send.
+		outbox, err = feedback.NewOutbox(ctx, sqlDB, feedback.OutboxConfig{
+			AlertTopic: d.topic("alert"), Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
+		})
+		if err != nil {
+			sqlDB.Close()
+			return nil, err
+		}
+	}
+	db := &dbStore{db: sqlDB, now: deps.Now}
+	if outbox != nil {
+		db.out = outbox
 	}
 	d.db = db
 	if d.boot, err = db.nextBoot(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
-	d.metrics = newServeMetrics()
 	d.metrics.modelInfo.WithLabelValues(d.model.ModelVersion()).Set(1)
 	if cfg.Inbox.Enabled {
 		d.inbox = newInbox(d)
@@ -172,22 +189,12 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 	if cfg.Drift.Enabled {
 		d.drift = newDriftWatch(d, cfg.Drift)
 	}
-	if cfg.MQTT.Enabled {
-		d.mq = newMQTTLink(d)
-		outbox, err := feedback.NewOutbox(ctx, db.db, feedback.OutboxConfig{
-			AlertTopic: d.topic("alert"), Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
-		})
-		if err != nil {
-			// Results stay in serve_outbox until a restart can open it.
-			d.log.Error("mqtt outbox unavailable; results stay in the database", "err", err)
-			d.setDegraded("outbox", err.Error(), true)
-		} else {
-			d.mq.outbox = outbox
-			if cfg.Feedback.Enabled {
-				if d.fb, err = newFeedbackLink(ctx, d, cfg, outbox); err != nil {
-					db.Close()
-					return nil, fmt.Errorf("feedback: %w", err)
-				}
+	if outbox != nil {
+		d.mq = newMQTTLink(d, outbox)
+		if cfg.Feedback.Enabled {
+			if d.fb, err = newFeedbackLink(ctx, d, cfg, outbox); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("feedback: %w", err)
 			}
 		}
 	}
@@ -486,9 +493,9 @@ func (d *Daemon) process(j job) (r jobResult) {
 	return jobResult{an: an, stored: stored}
 }
 
-// summarise builds a slide's summary and its outbox message; it runs
-// inside the completing transaction.
-func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, outboxMsg) {
+// summarise builds a slide's summary and its outbox record; it runs inside
+// the completing transaction.
+func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback.Record) {
 	cfg := d.config()
 	lo, hi := proportionCI(sl.Infected, sl.Cells, cfg.Slides.CI)
 	pct := 0.0
@@ -505,19 +512,22 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, outboxMsg)
 		s.ModelVersion = d.model.ModelVersion()
 	}
 	if !cfg.MQTT.Enabled {
-		return s, outboxMsg{}
+		return s, nil
 	}
-	payload, _ := json.Marshal(s)
-	return s, outboxMsg{ID: "result/" + s.ID, Topic: d.topic("result"), Payload: payload, Priority: prioResult}
+	payload, err := json.Marshal(s)
+	if err != nil {
+		// Every field is a plain number or string; this cannot happen
+		// unless a non-finite value got in, which must not go unseen.
+		d.log.Error("encoding the slide result failed; it is kept in the database only", "slide", s.Slide, "err", err)
+		return s, nil
+	}
+	return s, []feedback.Record{{ID: "result/" + s.ID, Kind: feedback.KindResult, Topic: d.topic("result"), Payload: payload, QoS: 1}}
 }
 
 func (d *Daemon) slideCompleted(s slideSummary) {
 	d.metrics.slides.WithLabelValues(s.StoppingReason).Inc()
 	d.log.Info("slide complete", "slide", s.Slide, "reason", s.StoppingReason, "cells", s.Cells, "infected", s.Infected,
 		"parasitemia_pct", s.ParasitemiaPct, "ci_low_pct", s.CILowPct, "ci_high_pct", s.CIHighPct, "model", s.ModelVersion)
-	if d.mq != nil {
-		d.mq.wake()
-	}
 }
 
 // completeSlide completes an open slide for reason (marker, idle_timeout,
@@ -543,22 +553,23 @@ func (d *Daemon) topic(leaf string) string {
 func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 	cfg := d.config()
 	now := d.now().UTC()
-	var msg outboxMsg // no id: nothing to send without MQTT
+	var recs []feedback.Record // nothing to send without MQTT
 	if cfg.MQTT.Enabled {
 		id := fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli())
-		payload, _ := json.Marshal(map[string]any{
+		payload, err := json.Marshal(map[string]any{
 			"schema": "scopewatch.alert/v1", "id": id,
 			"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
 		})
-		msg = outboxMsg{ID: "alert/" + id, Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
+		if err != nil {
+			d.log.Error("encoding the alert failed; it is recorded as an event only", "kind", kind, "err", err)
+		} else {
+			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic("alert"), Payload: payload, QoS: 1})
+		}
 	}
-	if err := d.db.recordAlert(ctx, "warn", kind, detail, msg); err != nil {
+	if err := d.db.recordAlert(ctx, "warn", kind, detail, recs...); err != nil {
 		d.log.Error("recording alert failed", "kind", kind, "err", err)
 	}
 	d.metrics.alerts.WithLabelValues(kind).Inc()
-	if d.mq != nil {
-		d.mq.wake()
-	}
 }
 
 // setDegraded marks or clears one reason for the degraded status.

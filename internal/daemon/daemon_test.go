@@ -272,7 +272,7 @@ func TestInboxSlideWithMarker(t *testing.T) {
 		t.Fatalf("%d cell predictions stored, want 10", n)
 	}
 	var payload []byte
-	if err := td.d.db.db.QueryRow(`SELECT payload FROM serve_outbox WHERE id = 'result/' || (SELECT result_id FROM slides WHERE slide='s1')`).Scan(&payload); err != nil {
+	if err := td.d.db.db.QueryRow(`SELECT payload FROM feedback_outbox WHERE id = 'result/' || (SELECT result_id FROM slides WHERE slide='s1')`).Scan(&payload); err != nil {
 		t.Fatalf("result not queued: %v", err)
 	}
 	var s slideSummary
@@ -556,7 +556,7 @@ func TestDiskCapAlertsAndSheds(t *testing.T) {
 	}
 	td.d.storageCheck(context.Background())
 	var alerts int
-	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM serve_outbox WHERE id LIKE 'alert/%db_cap%'`).Scan(&alerts)
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM feedback_outbox WHERE id LIKE 'alert/%db_cap%'`).Scan(&alerts)
 	if alerts != 1 {
 		t.Fatalf("%d db_cap alerts queued, want 1", alerts)
 	}
@@ -575,7 +575,7 @@ func TestDiskCapAlertsAndSheds(t *testing.T) {
 		t.Fatalf("upload after the cap: %d", resp.StatusCode)
 	}
 	td.d.storageCheck(context.Background())
-	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM serve_outbox WHERE id LIKE 'alert/%db_cap%'`).Scan(&alerts)
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM feedback_outbox WHERE id LIKE 'alert/%db_cap%'`).Scan(&alerts)
 	if alerts != 1 {
 		t.Fatalf("%d db_cap alerts after a check under the cap, want still 1", alerts)
 	}
@@ -633,7 +633,7 @@ func TestRetentionPrunesOldRows(t *testing.T) {
 			t.Fatal(r.err)
 		}
 	}
-	// "old" completes (its result relayed) long ago; "new" is recent.
+	// "old" completes long ago; "new" is recent.
 	if _, _, err := d.completeSlide(context.Background(), "old", "request"); err != nil {
 		t.Fatal(err)
 	}
@@ -682,7 +682,7 @@ func TestReloadSwapsOrRejectsModel(t *testing.T) {
 		t.Fatal("a rejected bundle replaced the running model")
 	}
 	var alerts int
-	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM serve_outbox WHERE id LIKE 'alert/%model_rejected%'`).Scan(&alerts)
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM feedback_outbox WHERE id LIKE 'alert/%model_rejected%'`).Scan(&alerts)
 	if alerts != 1 {
 		t.Fatalf("%d model_rejected alerts, want 1", alerts)
 	}

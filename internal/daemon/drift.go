@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/scopewatch/scopewatch/drift"
+	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/config"
 )
 
@@ -616,13 +617,13 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	a := driftAlert{Schema: driftAlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device, Kind: "drift",
 		Signal: ev.Signal, Level: ev.Level, Statistic: ev.Statistic, Threshold: ev.Threshold, Window: ev.Window, Index: ev.Index,
 		ModelVersion: model, At: now, Boot: d.boot}
-	var msg outboxMsg
+	var recs []feedback.Record
 	if cfg.MQTT.Enabled {
 		payload, err := json.Marshal(a)
 		if err != nil { // a non-finite statistic; never expected
 			d.log.Error("encoding the drift alert failed", "err", err)
 		} else {
-			msg = outboxMsg{ID: "alert/" + id, Topic: d.topic("alert"), Payload: payload, Priority: prioAlert}
+			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic("alert"), Payload: payload, QoS: 1})
 		}
 	}
 	level := "warn"
@@ -631,7 +632,7 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	}
 	detail := fmt.Sprintf("%s %s: statistic %.4g > threshold %.4g on the last %d cells (cell %d, model %s)",
 		ev.Signal, ev.Level, ev.Statistic, ev.Threshold, ev.Window, ev.Index, model)
-	if err := d.db.recordAlert(ctx, level, "drift_"+ev.Level, detail, msg); err != nil {
+	if err := d.db.recordAlert(ctx, level, "drift_"+ev.Level, detail, recs...); err != nil {
 		d.log.Error("recording the drift event failed", "err", err)
 	}
 	d.metrics.driftEvents.WithLabelValues(ev.Signal, ev.Level).Inc()
@@ -639,9 +640,6 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	d.metrics.driftLastThreshold.WithLabelValues(ev.Signal, ev.Level).Set(ev.Threshold)
 	d.log.Warn("drift "+ev.Level, "signal", ev.Signal, "statistic", ev.Statistic, "threshold", ev.Threshold,
 		"window", ev.Window, "index", ev.Index, "model", model)
-	if d.mq != nil {
-		d.mq.wake()
-	}
 }
 
 // Drift state rows: "monitor" (the monitor's state, for one model version)
@@ -675,9 +673,9 @@ func (s *dbStore) driftGetModel(ctx context.Context, key string) ([]byte, string
 	return v, model, true, nil
 }
 
-// recordAlert writes an events row and, when msg has an id, its outbox
-// message in one transaction.
-func (s *dbStore) recordAlert(ctx context.Context, level, kind, detail string, msg outboxMsg) error {
+// recordAlert writes an events row and the alert's outbox record (none
+// without MQTT) in one transaction.
+func (s *dbStore) recordAlert(ctx context.Context, level, kind, detail string, recs ...feedback.Record) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record alert: %w", err)
@@ -686,8 +684,13 @@ func (s *dbStore) recordAlert(ctx context.Context, level, kind, detail string, m
 	if err := s.eventTx(ctx, tx, level, kind, "", detail); err != nil {
 		return err
 	}
-	if err := s.enqueueTx(ctx, tx, msg); err != nil {
+	committed, err := s.enqueueTx(ctx, tx, recs...)
+	if err != nil {
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("record alert: commit: %w", err)
+	}
+	committed()
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/scopewatch/scopewatch/drift"
+	"github.com/scopewatch/scopewatch/feedback"
 
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/testutil"
@@ -101,7 +102,7 @@ func TestDriftInServe(t *testing.T) {
 		t.Fatalf("events: %d alarms, %d warnings", alarms, countKind("drift_warn"))
 	}
 	// Every event has its alert message queued for the broker.
-	rows, err := db.Query(`SELECT id, topic, payload, priority FROM serve_outbox WHERE id LIKE 'alert/%'`)
+	rows, err := db.Query(`SELECT id, topic, payload, kind FROM feedback_outbox WHERE id LIKE 'alert/%'`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +110,8 @@ func TestDriftInServe(t *testing.T) {
 	for rows.Next() {
 		var id, topic string
 		var payload []byte
-		var prio int
-		if err := rows.Scan(&id, &topic, &payload, &prio); err != nil {
+		var kind string
+		if err := rows.Scan(&id, &topic, &payload, &kind); err != nil {
 			t.Fatal(err)
 		}
 		var a driftAlert
@@ -124,7 +125,7 @@ func TestDriftInServe(t *testing.T) {
 		case drift.SignalEstAccuracy, drift.SignalEstSensitivity, drift.SignalEstSpecificity:
 			beyond = a.Statistic < a.Threshold
 		}
-		if a.Schema != driftAlertSchema || "alert/"+a.ID != id || a.Kind != "drift" || a.ModelVersion != "pix-1" || prio != prioAlert ||
+		if a.Schema != driftAlertSchema || "alert/"+a.ID != id || a.Kind != "drift" || a.ModelVersion != "pix-1" || kind != string(feedback.KindAlert) ||
 			!strings.HasSuffix(topic, "/alert") || !beyond || a.Window == 0 || a.At.IsZero() {
 			t.Errorf("alert %s: %+v (topic %s)", id, a, topic)
 		}
@@ -165,7 +166,7 @@ func TestDriftInServe(t *testing.T) {
 		t.Fatalf("after the ack: %d alarms, want %d", n, 2*alarms)
 	}
 	var distinct int
-	db.QueryRow(`SELECT COUNT(DISTINCT id) FROM serve_outbox WHERE id LIKE 'alert/%'`).Scan(&distinct)
+	db.QueryRow(`SELECT COUNT(DISTINCT id) FROM feedback_outbox WHERE id LIKE 'alert/%'`).Scan(&distinct)
 	if distinct != 2*len(alerts) {
 		t.Fatalf("%d distinct alert ids, want %d", distinct, 2*len(alerts))
 	}

@@ -28,9 +28,6 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 		if cfg.Slides.IdleTimeout > 0 {
 			d.completeIdle(ctx, cfg.Slides.IdleTimeout)
 		}
-		if n, err := d.db.countPending(ctx); err == nil {
-			d.metrics.outboxPending.Set(float64(n))
-		}
 		if d.now().Sub(lastStorage) >= cfg.Storage.CheckInterval {
 			d.storageCheck(ctx)
 			lastStorage = d.now()

@@ -21,8 +21,6 @@ type serveMetrics struct {
 	processSeconds  *prometheus.HistogramVec
 	queueWait       prometheus.Histogram
 	queueDepth      prometheus.Gauge
-	outboxPending   prometheus.Gauge
-	published       prometheus.Counter
 	mqttConnected   prometheus.Gauge
 	mqttDisconnects prometheus.Counter
 	modelInfo       *prometheus.GaugeVec
@@ -73,10 +71,6 @@ func newServeMetrics() *serveMetrics {
 			Help: "Time images waited for a worker.", Buckets: latency}),
 		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_queue_depth",
 			Help: "Images waiting for a worker."}),
-		outboxPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_results_unrelayed",
-			Help: "Results and alerts not yet handed to the MQTT outbox (see scopewatch_outbox_depth_records for those awaiting PUBACK)."}),
-		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_results_relayed_total",
-			Help: "Results and alerts handed to the MQTT outbox."}),
 		mqttConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_mqtt_connected",
 			Help: "1 while connected to the broker."}),
 		mqttDisconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_mqtt_connection_lost_total",
@@ -121,7 +115,7 @@ func newServeMetrics() *serveMetrics {
 			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.images, m.cells, m.slides, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
-		m.queueWait, m.queueDepth, m.outboxPending, m.published, m.mqttConnected, m.mqttDisconnects, m.modelInfo,
+		m.queueWait, m.queueDepth, m.mqttConnected, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,
 		m.driftCells, m.driftSkipped, m.driftResets, m.driftSaves, m.driftActive,

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -13,19 +15,18 @@ import (
 )
 
 // mqttLink owns the broker connection: the retained status (online /
-// degraded, offline as the last will and on a clean stop) and the relay
-// from serve_outbox into the shared outbox, whose sender publishes at QoS1
-// and deletes a record only after the broker's PUBACK. Results produced
-// while the broker is away wait in SQLite, not in memory.
+// degraded, offline as the last will and on a clean stop) and the outbox's
+// sender, which publishes at QoS1 and deletes a record only after the
+// broker's PUBACK. Results, alerts and status are written to the outbox in
+// SQLite first, so what is produced while the broker is away waits on disk,
+// not in memory.
 type mqttLink struct {
-	d       *Daemon
-	mu      sync.Mutex
-	client  mqtt.Client
-	outbox  *feedback.Outbox
-	relayMu sync.Mutex
-	wakeCh  chan struct{}
-	up      chan struct{} // signalled on every (re)connect
-	since   time.Time
+	d      *Daemon
+	outbox *feedback.Outbox
+	mu     sync.Mutex
+	client mqtt.Client
+	up     chan struct{} // signalled on every (re)connect
+	since  time.Time
 }
 
 type statusPayload struct {
@@ -40,22 +41,20 @@ type statusPayload struct {
 	At           time.Time `json:"at"`
 }
 
-func newMQTTLink(d *Daemon) *mqttLink {
-	return &mqttLink{d: d, wakeCh: make(chan struct{}, 1), up: make(chan struct{}, 1), since: d.now().UTC()}
+func newMQTTLink(d *Daemon, outbox *feedback.Outbox) *mqttLink {
+	return &mqttLink{d: d, outbox: outbox, up: make(chan struct{}, 1), since: d.now().UTC()}
 }
 
 func (m *mqttLink) status(state string, reasons []string) []byte {
 	cfg := m.d.config()
-	b, _ := json.Marshal(statusPayload{Schema: "scopewatch.status/v1", Site: cfg.Site, Device: cfg.Device, State: state, Reasons: reasons,
+	b, err := json.Marshal(statusPayload{Schema: "scopewatch.status/v1", Site: cfg.Site, Device: cfg.Device, State: state, Reasons: reasons,
 		ModelVersion: m.d.model.ModelVersion(), Boot: m.d.boot, Since: m.since, At: m.d.now().UTC()})
-	return b
-}
-
-func (m *mqttLink) wake() {
-	select {
-	case m.wakeCh <- struct{}{}:
-	default:
+	if err != nil {
+		// Strings and times only: cannot fail; an empty status is still a
+		// retained message the fleet can see.
+		m.d.log.Error("encoding the status failed", "err", err)
 	}
+	return b
 }
 
 func (m *mqttLink) connected() bool {
@@ -65,27 +64,22 @@ func (m *mqttLink) connected() bool {
 	return c != nil && c.IsConnectionOpen()
 }
 
-// publishStatus sends the current retained status (fire and forget: it is
-// re-sent on every connect, and only the latest value matters).
+// publishStatus queues the current retained status in the outbox, which
+// keeps only the latest pending one; it is queued again on every connect.
 func (m *mqttLink) publishStatus() {
-	m.mu.Lock()
-	c := m.client
-	m.mu.Unlock()
-	if c == nil || !c.IsConnectionOpen() {
-		return
-	}
 	state, reasons := m.d.statusState()
-	c.Publish(m.d.topic("status"), 1, true, m.status(state, reasons))
+	cfg := m.d.config()
+	id := fmt.Sprintf("status/%s-%d-%d", cfg.Device, m.d.boot, m.d.now().UnixNano())
+	err := m.outbox.Enqueue(context.Background(), feedback.Record{ID: id, Kind: feedback.KindStatus, Topic: m.d.topic("status"),
+		Payload: m.status(state, reasons), QoS: 1, Retain: true})
+	if err != nil && !errors.Is(err, feedback.ErrClosed) {
+		m.d.log.Warn("queueing the status failed", "err", err)
+	}
 }
 
 func (m *mqttLink) run(ctx context.Context) {
 	cfg := m.d.config()
-	m.mu.Lock()
 	outbox := m.outbox
-	m.mu.Unlock()
-	if outbox == nil {
-		return // newDaemon logged why
-	}
 	clientID := cfg.MQTT.ClientID
 	if clientID == "" {
 		clientID = "scopewatch-" + cfg.Site + "-" + cfg.Device
@@ -141,76 +135,23 @@ func (m *mqttLink) run(ctx context.Context) {
 		}
 		client.Disconnect(500)
 	}()
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
 	for {
-		m.relay(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-m.up:
 			m.publishStatus()
-		case <-m.wakeCh:
-		case <-tick.C:
 		}
 	}
 }
 
-// relay hands serve_outbox rows to the shared outbox and marks them.
-func (m *mqttLink) relay(ctx context.Context) {
-	m.relayMu.Lock()
-	defer m.relayMu.Unlock()
-	m.mu.Lock()
-	ob := m.outbox
-	m.mu.Unlock()
-	if ob == nil {
-		return
-	}
-	for ctx.Err() == nil {
-		msgs, err := m.d.db.pending(ctx, 64)
-		if err != nil || len(msgs) == 0 {
-			if err != nil {
-				m.d.log.Warn("reading serve_outbox failed", "err", err)
-			}
-			return
-		}
-		recs := make([]feedback.Record, len(msgs))
-		ids := make([]string, len(msgs))
-		for i, msg := range msgs {
-			kind := feedback.KindResult
-			if msg.Priority == prioAlert {
-				kind = feedback.KindAlert
-			}
-			recs[i] = feedback.Record{ID: msg.ID, Kind: kind, Topic: msg.Topic, Payload: msg.Payload, QoS: 1}
-			ids[i] = msg.ID
-		}
-		if err := ob.EnqueueBatch(ctx, recs...); err != nil {
-			m.d.log.Error("handing results to the outbox failed; will retry", "err", err)
-			m.d.metrics.errors.WithLabelValues("outbox").Inc()
-			return
-		}
-		if err := m.d.db.markRelayed(ctx, ids); err != nil {
-			m.d.log.Error("marking results relayed failed; they will be handed over again (receivers dedupe by id)", "err", err)
-			return
-		}
-		m.d.metrics.published.Add(float64(len(ids)))
-	}
-}
-
-// flush relays what is left and waits, within ctx, for the outbox to drain
-// while connected (used at shutdown; what is not acknowledged stays in the
+// flush waits, within ctx and at most 3 s, for the outbox to drain while
+// connected (used at shutdown; what is not acknowledged stays in the
 // database for the next start).
 func (m *mqttLink) flush(ctx context.Context) {
-	m.relay(ctx)
-	m.mu.Lock()
-	ob := m.outbox
-	m.mu.Unlock()
-	if ob == nil {
-		return
-	}
 	deadline := time.Now().Add(3 * time.Second)
 	for m.connected() && ctx.Err() == nil && time.Now().Before(deadline) {
-		if n, _ := ob.Depth(); n == 0 {
+		if n, _ := m.outbox.Depth(); n == 0 {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -10,17 +10,17 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
 
 // serveSchema holds the daemon's tables: slides, images, per-cell
-// predictions, events, a small key/value meta table (boot sequence), the
-// drift detector's saved state (drift_state) and
-// serve_outbox, where a result is written in the same transaction that
-// completes its slide. A relay hands serve_outbox rows to the shared MQTT
-// outbox (feedback.Outbox, which sends after PUBACK) and marks them
-// relayed; a crash between the two re-hands the row, which the shared
-// outbox ignores while the id is pending (and receivers dedupe otherwise).
+// predictions, events, a small key/value meta table (boot sequence) and the
+// drift detector's saved state (drift_state). What the daemon publishes goes
+// to the one outbox, feedback.Outbox's feedback_outbox, in the same
+// transaction that records it (EnqueueTx). Until migration 3 the daemon had
+// an outbox of its own (serve_outbox) and a relay into the shared one;
+// migration 3 hands its unsent rows over and drops it.
 var serveSchema = store.Schema{
 	Owner: "serve",
 	Migrations: []store.Migration{{SQL: `
@@ -101,14 +101,53 @@ CREATE TABLE drift_state (
 	value         BLOB NOT NULL,
 	saved_at      INTEGER NOT NULL
 );
-`}},
+`}, {Func: moveServeOutbox}},
 }
 
-// Outbox priorities: lower is sent first.
-const (
-	prioAlert  = 0
-	prioResult = 1
-)
+// moveServeOutbox hands the rows serve_outbox had not relayed to the one
+// outbox (through feedback.InsertTx: that table is the feedback package's
+// to write) and drops serve_outbox. It runs once, in the migration's
+// transaction, so a crash leaves either the old table or the moved rows.
+func moveServeOutbox(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, topic, payload, priority FROM serve_outbox WHERE relayed_at IS NULL ORDER BY priority, created_at, id`)
+	if err != nil {
+		return fmt.Errorf("move serve_outbox: %w", err)
+	}
+	var recs []feedback.Record
+	for rows.Next() {
+		var r feedback.Record
+		var prio int
+		if err := rows.Scan(&r.ID, &r.Topic, &r.Payload, &prio); err != nil {
+			rows.Close()
+			return fmt.Errorf("move serve_outbox: %w", err)
+		}
+		// serve_outbox's priorities: 0 alert, 1 result.
+		r.Kind, r.QoS = feedback.KindResult, 1
+		if prio == 0 {
+			r.Kind = feedback.KindAlert
+		}
+		recs = append(recs, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("move serve_outbox: %w", err)
+	}
+	if err := feedback.InsertTx(ctx, tx, time.Now(), recs...); err != nil {
+		return fmt.Errorf("move serve_outbox: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DROP TABLE serve_outbox`); err != nil {
+		return fmt.Errorf("move serve_outbox: %w", err)
+	}
+	return nil
+}
+
+// txOutbox records outbound messages in the caller's transaction;
+// feedback.Outbox is the one.
+type txOutbox interface {
+	EnqueueTx(ctx context.Context, tx *sql.Tx, recs ...feedback.Record) (committed func(), err error)
+}
+
+var _ txOutbox = (*feedback.Outbox)(nil)
 
 // errSlideComplete is returned when an image arrives for a slide that was
 // already summarised; the slide's count is final.
@@ -118,22 +157,33 @@ var errSlideComplete = errors.New("slide already complete")
 // for the slide (a file re-seen after a crash between commit and move).
 var errDuplicateImage = errors.New("image already processed")
 
+// dbStore is the daemon's tables. out, when the daemon publishes (MQTT
+// enabled), records each result and alert in the transaction that makes it;
+// nil records nothing to send.
 type dbStore struct {
 	db  *sql.DB
 	now func() time.Time
+	out txOutbox
 }
 
-func openServeStore(ctx context.Context, path string, now func() time.Time) (*dbStore, error) {
+// openServeDB opens the daemon's database with its tables and the outbox's
+// (the outbox's first: migration 3 moves rows into it).
+func openServeDB(ctx context.Context, path string) (*sql.DB, error) {
 	// systemd's StateDirectory makes the folder; a run by hand should not
 	// fail only because it does not exist yet.
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	db, err := store.Open(ctx, path, store.Options{}, serveSchema)
-	if err != nil {
-		return nil, err
+	return store.Open(ctx, path, store.Options{}, feedback.Schema(), serveSchema)
+}
+
+// enqueueTx records recs in tx; the returned func, called after tx
+// commits, tells the outbox. Without an outbox it records nothing.
+func (s *dbStore) enqueueTx(ctx context.Context, tx *sql.Tx, recs ...feedback.Record) (func(), error) {
+	if s.out == nil || len(recs) == 0 {
+		return func() {}, nil
 	}
-	return &dbStore{db: db, now: now}, nil
+	return s.out.EnqueueTx(ctx, tx, recs...)
 }
 
 func (s *dbStore) Close() error { return s.db.Close() }
@@ -220,7 +270,7 @@ type storedImage struct {
 // in one transaction; when target > 0 and the slide reaches it, the slide is
 // completed and its result queued in the same transaction, so a crash at any
 // point leaves either nothing or everything.
-func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, summarise func(slideRow, string) (slideSummary, outboxMsg)) (storedImage, error) {
+func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, summarise func(slideRow, string) (slideSummary, []feedback.Record)) (storedImage, error) {
 	now := s.now().UnixMilli()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -282,24 +332,27 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 	sl.LastImageAt = time.UnixMilli(now).UTC()
 	sl.ModelVersion = rec.ModelVersion
 	out := storedImage{Slide: sl}
+	committed := func() {}
 	if target > 0 && sl.Cells >= target {
-		sum, err := s.completeTx(ctx, tx, sl, "target_cells", summarise)
+		sum, done, err := s.completeTx(ctx, tx, sl, "target_cells", summarise)
 		if err != nil {
 			return storedImage{}, err
 		}
 		out.Completed = &sum
 		out.Slide.State = "complete"
+		committed = done
 	}
 	if err := tx.Commit(); err != nil {
 		return storedImage{}, fmt.Errorf("store image: commit: %w", err)
 	}
+	committed()
 	return out, nil
 }
 
 // completeSlide summarises an open slide (marker, idle timeout, explicit
 // request, shutdown never: an open slide stays open across restarts). It
 // returns ok=false when the slide does not exist or is already complete.
-func (s *dbStore) completeSlide(ctx context.Context, slide, reason string, summarise func(slideRow, string) (slideSummary, outboxMsg)) (slideSummary, bool, error) {
+func (s *dbStore) completeSlide(ctx context.Context, slide, reason string, summarise func(slideRow, string) (slideSummary, []feedback.Record)) (slideSummary, bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return slideSummary{}, false, fmt.Errorf("complete slide: %w", err)
@@ -309,93 +362,34 @@ func (s *dbStore) completeSlide(ctx context.Context, slide, reason string, summa
 	if err != nil || !ok || sl.State == "complete" {
 		return slideSummary{}, false, err
 	}
-	sum, err := s.completeTx(ctx, tx, sl, reason, summarise)
+	sum, committed, err := s.completeTx(ctx, tx, sl, reason, summarise)
 	if err != nil {
 		return slideSummary{}, false, err
 	}
 	if err := tx.Commit(); err != nil {
 		return slideSummary{}, false, fmt.Errorf("complete slide: commit: %w", err)
 	}
+	committed()
 	return sum, true, nil
 }
 
-func (s *dbStore) completeTx(ctx context.Context, tx *sql.Tx, sl slideRow, reason string, summarise func(slideRow, string) (slideSummary, outboxMsg)) (slideSummary, error) {
+func (s *dbStore) completeTx(ctx context.Context, tx *sql.Tx, sl slideRow, reason string, summarise func(slideRow, string) (slideSummary, []feedback.Record)) (slideSummary, func(), error) {
 	sl.CompletedAt = s.now().UTC()
 	sl.ResultID = fmt.Sprintf("%s-%d", sl.Slide, sl.ID)
-	sum, msg := summarise(sl, reason)
+	sum, recs := summarise(sl, reason)
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET state = 'complete', completed_at = ?, stopping_reason = ?,
 		parasitemia_pct = ?, ci_low_pct = ?, ci_high_pct = ?, ci_method = ?, result_id = ? WHERE id = ?`,
 		sl.CompletedAt.UnixMilli(), reason, sum.ParasitemiaPct, sum.CILowPct, sum.CIHighPct, sum.CIMethod, sl.ResultID, sl.ID); err != nil {
-		return slideSummary{}, fmt.Errorf("complete slide %s: %w", sl.Slide, err)
+		return slideSummary{}, nil, fmt.Errorf("complete slide %s: %w", sl.Slide, err)
 	}
-	if err := s.enqueueTx(ctx, tx, msg); err != nil {
-		return slideSummary{}, err
+	committed, err := s.enqueueTx(ctx, tx, recs...)
+	if err != nil {
+		return slideSummary{}, nil, err
 	}
 	if err := s.eventTx(ctx, tx, "info", "slide_complete", sl.Slide, fmt.Sprintf("%s: %d cells, %d infected", reason, sl.Cells, sl.Infected)); err != nil {
-		return slideSummary{}, err
+		return slideSummary{}, nil, err
 	}
-	return sum, nil
-}
-
-// outboxMsg is one message for the broker. ID is stable: the receiver
-// dedupes on it, and re-enqueueing the same ID is a no-op.
-type outboxMsg struct {
-	ID       string
-	Topic    string
-	Payload  []byte
-	Priority int
-}
-
-func (s *dbStore) enqueueTx(ctx context.Context, tx *sql.Tx, m outboxMsg) error {
-	if m.ID == "" {
-		return nil // nothing to send (MQTT disabled)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO serve_outbox(id, topic, payload, priority, created_at) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT(id) DO NOTHING`, m.ID, m.Topic, m.Payload, m.Priority, s.now().UnixMilli()); err != nil {
-		return fmt.Errorf("enqueue %s: %w", m.ID, err)
-	}
-	return nil
-}
-
-// pending returns up to n messages not yet relayed, alerts before results,
-// oldest first.
-func (s *dbStore) pending(ctx context.Context, n int) ([]outboxMsg, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, topic, payload, priority FROM serve_outbox WHERE relayed_at IS NULL
-		ORDER BY priority, created_at, id LIMIT ?`, n)
-	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
-	}
-	defer rows.Close()
-	var out []outboxMsg
-	for rows.Next() {
-		var m outboxMsg
-		if err := rows.Scan(&m.ID, &m.Topic, &m.Payload, &m.Priority); err != nil {
-			return nil, fmt.Errorf("read outbox: %w", err)
-		}
-		out = append(out, m)
-	}
-	return out, rows.Err()
-}
-
-func (s *dbStore) markRelayed(ctx context.Context, ids []string) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("mark relayed: %w", err)
-	}
-	defer tx.Rollback()
-	now := s.now().UnixMilli()
-	for _, id := range ids {
-		if _, err := tx.ExecContext(ctx, `UPDATE serve_outbox SET relayed_at = ? WHERE id = ?`, now, id); err != nil {
-			return fmt.Errorf("mark %s relayed: %w", id, err)
-		}
-	}
-	return tx.Commit()
-}
-
-func (s *dbStore) countPending(ctx context.Context) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM serve_outbox WHERE relayed_at IS NULL`).Scan(&n)
-	return n, err
+	return sum, committed, nil
 }
 
 // eventTx records an event with q: a transaction, or the database itself.
@@ -447,9 +441,9 @@ func (s *dbStore) prune(ctx context.Context, cutoff time.Time) (int64, error) {
 		`DELETE FROM cell_predictions WHERE created_at < ?`,
 		`DELETE FROM images WHERE created_at < ?`,
 		`DELETE FROM events WHERE at < ?`,
-		`DELETE FROM serve_outbox WHERE relayed_at IS NOT NULL AND relayed_at < ?`,
-		`DELETE FROM slides WHERE state = 'complete' AND completed_at < ?
-			AND NOT EXISTS (SELECT 1 FROM serve_outbox o WHERE o.id = 'result/' || slides.result_id AND o.relayed_at IS NULL)`,
+		// A result waiting in the outbox carries its own payload, so its
+		// slide's row can go on time.
+		`DELETE FROM slides WHERE state = 'complete' AND completed_at < ?`,
 	} {
 		res, err := s.db.ExecContext(ctx, q, c)
 		if err != nil {
