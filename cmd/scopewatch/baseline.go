@@ -14,10 +14,6 @@ import (
 	"github.com/scopewatch/scopewatch/inference"
 )
 
-func init() {
-	register("baseline", "run the model on its held-out test set and write baseline.json into the bundle", runBaseline)
-}
-
 // cellScorer is what the baseline needs from a classifier: p(parasitized),
 // the backbone features and the focus of each image, the model's decision
 // threshold and version.

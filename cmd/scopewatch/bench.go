@@ -20,10 +20,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
-func init() {
-	register("bench", "measure pipeline throughput against bare ONNX Runtime", runBench)
-}
-
 const benchUsage = `usage: scopewatch bench [--model DIR] [--data DIR] [--format text|json] [--batch N,...] [--duration D]
 
 Measures, in one run and on the same images and batch sizes, bare ONNX

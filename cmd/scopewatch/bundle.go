@@ -16,10 +16,6 @@ import (
 	"github.com/scopewatch/scopewatch/inference"
 )
 
-func init() {
-	register("bundle", "create signing keys, seal, verify and pack model bundles", runBundle)
-}
-
 const bundleUsage = `usage: scopewatch bundle <subcommand> [flags]
 
 subcommands:

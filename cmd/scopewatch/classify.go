@@ -23,10 +23,6 @@ import (
 	"github.com/scopewatch/scopewatch/inference"
 )
 
-func init() {
-	register("classify", "classify cell images (files or folders) with a model bundle", runClassify)
-}
-
 const classifyUsage = `usage: scopewatch classify [--model DIR] [--format json|csv] [--batch N] [--keys FILE] [--allow-unsigned] [--ort-lib PATH] PATH...
 
 Classifies every image given, and every file under the folders given

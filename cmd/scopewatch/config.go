@@ -10,10 +10,6 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-func init() {
-	register("config", "check a configuration file or print the commented default", runConfig)
-}
-
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: scopewatch config check FILE | scopewatch config default", errUsage)

@@ -13,10 +13,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
-func init() {
-	register("feedback", "label feedback samples (publish an operator label)", runFeedback)
-}
-
 func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "label" {
 		fmt.Fprintln(stderr, "usage: scopewatch feedback label --broker URL --site S --device D --id FEEDBACK_ID --label parasitized|uninfected --who NAME")

@@ -19,10 +19,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
-func init() {
-	register("fields", "segment and classify whole thin-smear fields offline (per-cell rows, per-slide parasitemia)", runFields)
-}
-
 const fieldsUsage = `usage: scopewatch fields [--model DIR] [--threshold T] [--format csv|json] [--keys FILE] [--allow-unsigned] [--ort-lib PATH] PATH...
 
 Segments every field image given (files, or folders searched recursively)
