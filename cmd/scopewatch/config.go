@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,9 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%w: scopewatch config check FILE | scopewatch config default", errUsage)
 	}
 	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprintln(stderr, "usage: scopewatch config check [--print] FILE | scopewatch config default")
+		return flag.ErrHelp
 	case "default":
 		fs := newFlagSet("config default", stderr)
 		if err := fs.Parse(args[1:]); err != nil {
