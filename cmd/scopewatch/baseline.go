@@ -14,10 +14,6 @@ import (
 	"github.com/scopewatch/scopewatch/inference"
 )
 
-func init() {
-	register("baseline", "run the model on its held-out test set and write baseline.json into the bundle", runBaseline)
-}
-
 // cellScorer is what the baseline needs from a classifier: p(parasitized),
 // the backbone features and the focus of each image, the model's decision
 // threshold and version.
@@ -53,12 +49,11 @@ func (s classifierScorer) Score(ctx context.Context, paths []string) ([]scoredCe
 
 func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("baseline", stderr)
-	model := fs.String("model", "", "model bundle folder (required)")
+	mf := addModelFlags(fs, modelFlagOptions{modelHelp: "model bundle folder, or .tar with -out or -score-only (required)"})
 	data := fs.String("data", "", "held-out test set: a folder with labels.csv (path,label,slide) and the images (required)")
 	keyPath := fs.String("key", "", "private key to re-seal the bundle after adding baseline.json (from bundle keygen)")
 	out := fs.String("out", "", "write the baseline here instead of into the bundle (the bundle is left untouched)")
 	csvOut := fs.String("csv", "", "also write the test set's scores, labels, slides, focus and features as CSV (input for drift replay/eval)")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: found as for classify)")
 	ert := fs.Int("ert", 5000, "expected run time without drift of the alarm tier, in scores")
 	warnERT := fs.Int("warn-ert", 0, "expected run time of the warn tier (0: ert/10)")
 	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
@@ -69,11 +64,10 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
 	maxRef := fs.Int("max-reference", 5000, "test-set rows kept as the drift reference (a larger reference keeps a baseline's drift-free run length closer to the ERT; memory and baseline.json grow with it)")
-	cf := addBundleCheckFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *model == "" || *data == "" {
+	if mf.model == "" || *data == "" {
 		return fmt.Errorf("%w: -model and -data are required", errUsage)
 	}
 	if *scoreOnly && *csvOut == "" {
@@ -95,11 +89,11 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	// Refused before the model is loaded: a missing -model is left to
-	// openClassifier, which says what is wrong with it.
-	if st, err := os.Stat(*model); err == nil && !st.IsDir() && *out == "" && !*scoreOnly {
-		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, *model)
+	// mf.open, which says what is wrong with it.
+	if st, err := os.Stat(mf.model); err == nil && !st.IsDir() && *out == "" && !*scoreOnly {
+		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, mf.model)
 	}
-	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{Engine: inference.EngineOptions{ORTLib: *ortLib}})
+	clf, bundle, err := mf.open(inference.ClassifierOptions{})
 	if err != nil {
 		return err
 	}

@@ -20,10 +20,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
-func init() {
-	register("bench", "measure pipeline throughput against bare ONNX Runtime", runBench)
-}
-
 const benchUsage = `usage: scopewatch bench [--model DIR] [--data DIR] [--format text|json] [--batch N,...] [--duration D]
 
 Measures, in one run and on the same images and batch sizes, bare ONNX
@@ -79,18 +75,14 @@ type benchSummary struct {
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
-	model := fs.String("model", "", "model bundle folder or .tar (default: as for classify)")
 	data := fs.String("data", "", "folder of images to use (default: generate crops in memory)")
 	n := fs.Int("n", 512, "number of crops to generate when --data is not given (and the most taken from --data)")
 	seed := fs.Int64("seed", 900001, "seed of the generated crops")
 	format := fs.String("format", "text", "text or json")
 	batches := fs.String("batch", "8,32", "comma-separated batch sizes")
 	duration := fs.Duration("duration", 6*time.Second, "measuring time per mode and batch size")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: as for classify)")
-	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads per session (0: CPUs / sessions)")
-	sessions := fs.Int("sessions", 0, "concurrent inference sessions (0: one per CPU, as classify)")
 	workers := fs.Int("workers", 0, "decode/preprocess goroutines (0: one per CPU)")
-	cf := addBundleCheckFlags(fs)
+	mf := addModelFlags(fs, modelFlagOptions{sessions: true})
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -117,12 +109,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, s := range sizes {
 		maxBatch = max(maxBatch, s)
 	}
-	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{
-		Batch:      maxBatch,
-		Workers:    *workers,
-		NoFeatures: true,
-		Engine:     inference.EngineOptions{ORTLib: *ortLib, IntraOpThreads: *threads, Sessions: throughputSessions(*sessions)},
-	})
+	clf, bundle, err := mf.open(inference.ClassifierOptions{Batch: maxBatch, Workers: *workers, NoFeatures: true})
 	if err != nil {
 		return err
 	}

@@ -16,10 +16,6 @@ import (
 	"github.com/scopewatch/scopewatch/inference"
 )
 
-func init() {
-	register("bundle", "create signing keys, seal, verify and pack model bundles", runBundle)
-}
-
 const bundleUsage = `usage: scopewatch bundle <subcommand> [flags]
 
 subcommands:
@@ -142,39 +138,6 @@ func bundleSeal(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-type bundleCheckFlags struct {
-	keys          *string
-	allowUnsigned *bool
-}
-
-func addBundleCheckFlags(fs *flag.FlagSet) bundleCheckFlags {
-	return bundleCheckFlags{
-		keys:          fs.String("keys", "", "trusted public key file or folder of *.pub (default /etc/scopewatch/keys, else models/keys)"),
-		allowUnsigned: fs.Bool("allow-unsigned", false, "accept a bundle without a trusted signature (development only)"),
-	}
-}
-
-// options resolves the trusted keys; it returns where they came from.
-func (f bundleCheckFlags) options() (inference.BundleOptions, string, error) {
-	opts := inference.BundleOptions{AllowUnsigned: *f.allowUnsigned}
-	path := *f.keys
-	if path == "" {
-		path = inference.DefaultKeysPath()
-	}
-	if path == "" {
-		if opts.AllowUnsigned {
-			return opts, "", nil
-		}
-		return opts, "", fmt.Errorf("%w: pass --keys FILE|DIR (neither /etc/scopewatch/keys nor models/keys exists), or --allow-unsigned for development", inference.ErrNoTrustedKeys)
-	}
-	keys, err := inference.LoadPublicKeys(path)
-	if err != nil {
-		return opts, "", err
-	}
-	opts.TrustedKeys = keys
-	return opts, path, nil
-}
-
 // openBundleArgs parses a subcommand's arguments, which must be npos
 // positional ones (usage says which), and opens and verifies the bundle
 // named by the first. It also returns where the trusted keys came from.
@@ -201,7 +164,7 @@ func bundleVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bundle verify", stderr)
 	cf := addBundleCheckFlags(fs)
 	noONNX := fs.Bool("no-onnx", false, "skip loading the ONNX model (names, shapes, smoke inference)")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: found as for classify)")
+	ortLib := fs.String("ort-lib", "", ortLibFlagHelp)
 	b, pos, keysFrom, err := openBundleArgs(fs, cf, args, 1, "bundle verify [--keys PATH] DIR|TAR")
 	if err != nil {
 		return err

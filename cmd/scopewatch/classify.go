@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,10 +21,6 @@ import (
 
 	"github.com/scopewatch/scopewatch/inference"
 )
-
-func init() {
-	register("classify", "classify cell images (files or folders) with a model bundle", runClassify)
-}
 
 const classifyUsage = `usage: scopewatch classify [--model DIR] [--format json|csv] [--batch N] [--keys FILE] [--allow-unsigned] [--ort-lib PATH] PATH...
 
@@ -47,13 +42,8 @@ var skippedInFolders = map[string]bool{".json": true, ".reason": true, ".csv": t
 func runClassify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("classify", stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, classifyUsage); fs.PrintDefaults() }
-	model := fs.String("model", "", "model bundle folder or .tar (default: models/default of the source tree, else /usr/share/scopewatch/models/default)")
 	format := fs.String("format", "json", "output format: json (one object per line) or csv")
-	batch := fs.Int("batch", 32, "images per inference batch")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: $SCOPEWATCH_ORT_LIB, next to the binary, the source tree's .cache, /usr/lib/scopewatch)")
-	sessions := fs.Int("sessions", 0, "concurrent inference sessions (0: one per CPU)")
-	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads per session (0: CPUs / sessions)")
-	cf := addBundleCheckFlags(fs)
+	mf := addModelFlags(fs, modelFlagOptions{batch: "images", sessions: true})
 	paths, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -64,14 +54,7 @@ func runClassify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *format != "json" && *format != "csv" {
 		return fmt.Errorf("%w: --format must be json or csv, got %q", errUsage, *format)
 	}
-	if *batch < 1 {
-		return fmt.Errorf("%w: --batch must be at least 1, got %d", errUsage, *batch)
-	}
-	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{
-		Batch:      *batch,
-		NoFeatures: true,
-		Engine:     inference.EngineOptions{ORTLib: *ortLib, IntraOpThreads: *threads, Sessions: throughputSessions(*sessions)},
-	})
+	clf, bundle, err := mf.open(inference.ClassifierOptions{NoFeatures: true})
 	if err != nil {
 		return err
 	}
@@ -122,64 +105,6 @@ func runClassify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return errSomeFailed
 	}
 	return nil
-}
-
-// throughputSessions resolves --sessions for the batch tools. By default
-// each CPU runs its own single-threaded session: on small inputs such as
-// 128x128 crops, intra-op parallelism spends a good part of its time
-// synchronising threads, while independent sessions keep every core on
-// useful work (measured with `scopewatch bench --sessions 1 --threads 2`
-// against the default).
-func throughputSessions(n int) int {
-	if n > 0 {
-		return n
-	}
-	return runtime.NumCPU()
-}
-
-// openClassifier opens and verifies the bundle (default location when dir
-// is empty) and builds its classifier.
-func openClassifier(dir string, cf bundleCheckFlags, opts inference.ClassifierOptions) (*inference.Classifier, *inference.Bundle, error) {
-	if dir == "" {
-		var err error
-		if dir, err = defaultModelDir(); err != nil {
-			return nil, nil, err
-		}
-	}
-	bopts, _, err := cf.options()
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := inference.OpenBundle(dir, bopts)
-	if err != nil {
-		return nil, nil, err
-	}
-	clf, err := inference.NewClassifier(b, opts)
-	if err != nil {
-		b.Close()
-		return nil, nil, fmt.Errorf("bundle %s: %w", dir, err)
-	}
-	return clf, b, nil
-}
-
-// defaultModelDir finds the shipped default bundle: models/default of the
-// source tree (found like the ONNX Runtime library), else the installed
-// copy.
-func defaultModelDir() (string, error) {
-	var tried []string
-	if root, ok := inference.ModuleRoot(); ok {
-		p := filepath.Join(root, "models", "default")
-		if _, err := os.Stat(filepath.Join(p, inference.ManifestFile)); err == nil {
-			return p, nil
-		}
-		tried = append(tried, p)
-	}
-	p := "/usr/share/scopewatch/models/default"
-	if _, err := os.Stat(filepath.Join(p, inference.ManifestFile)); err == nil {
-		return p, nil
-	}
-	tried = append(tried, p)
-	return "", fmt.Errorf("no default model bundle (looked in %s); pass --model DIR", strings.Join(tried, ", "))
 }
 
 type listError struct {

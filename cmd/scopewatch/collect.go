@@ -19,10 +19,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
-func init() {
-	register("collect", "receive feedback samples and labels into a training dataset; export it", runCollect)
-}
-
 func runCollect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {

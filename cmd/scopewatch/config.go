@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,15 +11,14 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-func init() {
-	register("config", "check a configuration file or print the commented default", runConfig)
-}
-
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: scopewatch config check FILE | scopewatch config default", errUsage)
 	}
 	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprintln(stderr, "usage: scopewatch config check [--print] FILE | scopewatch config default")
+		return flag.ErrHelp
 	case "default":
 		fs := newFlagSet("config default", stderr)
 		if err := fs.Parse(args[1:]); err != nil {

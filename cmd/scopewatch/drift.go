@@ -16,10 +16,6 @@ import (
 	"github.com/scopewatch/scopewatch/drift"
 )
 
-func init() {
-	register("drift", "replay score streams through the drift detectors; evaluate them", runDrift)
-}
-
 func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "replay" && args[0] != "eval" && args[0] != "build") {
 		fmt.Fprintln(stderr, "usage: scopewatch drift replay --baseline FILE --input FILE.csv [--ert N]")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,13 +14,14 @@ import (
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
-func init() {
-	register("feedback", "label feedback samples (publish an operator label)", runFeedback)
-}
+const feedbackUsage = "usage: scopewatch feedback label --broker URL --site S --device D --id FEEDBACK_ID --label parasitized|uninfected --who NAME"
 
 func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "label" {
-		fmt.Fprintln(stderr, "usage: scopewatch feedback label --broker URL --site S --device D --id FEEDBACK_ID --label parasitized|uninfected --who NAME")
+		fmt.Fprintln(stderr, feedbackUsage)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			return flag.ErrHelp
+		}
 		return fmt.Errorf("%w: missing subcommand (label)", errUsage)
 	}
 	fs := newFlagSet("feedback label", stderr)

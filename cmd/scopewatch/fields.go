@@ -19,10 +19,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
-func init() {
-	register("fields", "segment and classify whole thin-smear fields offline (per-cell rows, per-slide parasitemia)", runFields)
-}
-
 const fieldsUsage = `usage: scopewatch fields [--model DIR] [--threshold T] [--format csv|json] [--keys FILE] [--allow-unsigned] [--ort-lib PATH] PATH...
 
 Segments every field image given (files, or folders searched recursively)
@@ -54,12 +50,9 @@ type fieldCellRecord struct {
 func runFields(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("fields", stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, fieldsUsage); fs.PrintDefaults() }
-	model := fs.String("model", "", "model bundle folder or .tar (default: models/default of the source tree, else /usr/share/scopewatch/models/default)")
 	threshold := fs.Float64("threshold", 0, "counting threshold on p_parasitized (0: the manifest's)")
 	format := fs.String("format", "csv", "output format: csv or json (one object per line)")
-	batch := fs.Int("batch", 32, "cells per inference batch")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: $SCOPEWATCH_ORT_LIB, next to the binary, the source tree's .cache, /usr/lib/scopewatch)")
-	cf := addBundleCheckFlags(fs)
+	mf := addModelFlags(fs, modelFlagOptions{batch: "cells"})
 	paths, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -73,15 +66,7 @@ func runFields(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *threshold < 0 || *threshold > 1 {
 		return fmt.Errorf("%w: --threshold must be within 0..1, got %g", errUsage, *threshold)
 	}
-	if *batch < 1 {
-		return fmt.Errorf("%w: --batch must be at least 1, got %d", errUsage, *batch)
-	}
-	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{
-		Batch:      *batch,
-		NoFeatures: true,
-		NoFocus:    true,
-		Engine:     inference.EngineOptions{ORTLib: *ortLib},
-	})
+	clf, bundle, err := mf.open(inference.ClassifierOptions{NoFeatures: true, NoFocus: true})
 	if err != nil {
 		return err
 	}

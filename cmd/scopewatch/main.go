@@ -4,7 +4,7 @@
 //
 // main only parses the subcommand, installs signal handling and hands a
 // context to the subcommand; every subcommand lives in its own file and is
-// registered in the commands table.
+// listed in the commands table below.
 package main
 
 import (
@@ -15,24 +15,41 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"syscall"
 )
 
 // command is one subcommand. run gets the arguments after the subcommand's
 // name; it must return when ctx is cancelled.
 type command struct {
+	name    string
 	summary string
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
-var commands = map[string]command{}
+// commands lists every subcommand, in the order usage shows them.
+var commands = []command{
+	{"baseline", "run the model on its held-out test set and write baseline.json into the bundle", runBaseline},
+	{"bench", "measure pipeline throughput against bare ONNX Runtime", runBench},
+	{"bundle", "create signing keys, seal, verify and pack model bundles", runBundle},
+	{"classify", "classify cell images (files or folders) with a model bundle", runClassify},
+	{"collect", "receive feedback samples and labels into a training dataset; export it", runCollect},
+	{"config", "check a configuration file or print the commented default", runConfig},
+	{"drift", "replay score streams through the drift detectors; evaluate them", runDrift},
+	{"feedback", "label feedback samples (publish an operator label)", runFeedback},
+	{"fields", "segment and classify whole thin-smear fields offline (per-cell rows, per-slide parasitemia)", runFields},
+	{"serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe},
+	{"synth", "generate synthetic cell crops or thin-smear fields", runSynth},
+	{"tune", "run hyperparameter studies, redraw their reports, cache features for the built-in head", runTune},
+}
 
-func register(name, summary string, run func(ctx context.Context, args []string, stdout, stderr io.Writer) error) {
-	if _, dup := commands[name]; dup {
-		panic("scopewatch: command registered twice: " + name)
+// lookupCommand finds a subcommand by name.
+func lookupCommand(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
 	}
-	commands[name] = command{summary: summary, run: run}
+	return command{}, false
 }
 
 // errUsage marks errors whose message already explains the usage problem;
@@ -58,7 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	cmd, ok := commands[args[0]]
+	cmd, ok := lookupCommand(args[0])
 	if !ok {
 		fmt.Fprintf(stderr, "scopewatch: unknown command %q\n\n", args[0])
 		usage(stderr)
@@ -85,13 +102,8 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: scopewatch <command> [flags]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "commands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'scopewatch <command> -h' for the command's flags.")

@@ -14,10 +14,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/daemon"
 )
 
-func init() {
-	register("serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe)
-}
-
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
 	cfgPath := fs.String("config", "/etc/scopewatch/scopewatch.yaml", "configuration file (see `scopewatch config default`)")

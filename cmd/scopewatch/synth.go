@@ -11,10 +11,6 @@ import (
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
-func init() {
-	register("synth", "generate synthetic cell crops or thin-smear fields", runSynth)
-}
-
 func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "cells" && args[0] != "fields") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {

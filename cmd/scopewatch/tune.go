@@ -22,10 +22,6 @@ import (
 	"github.com/scopewatch/scopewatch/tuning"
 )
 
-func init() {
-	register("tune", "run hyperparameter studies, redraw their reports, cache features for the built-in head", runTune)
-}
-
 const tuneUsage = `usage: scopewatch tune <subcommand> [flags]
 
 subcommands:

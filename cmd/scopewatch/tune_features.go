@@ -15,13 +15,10 @@ import (
 // backbone is the expensive part and is the same for every trial.
 func tuneFeatures(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tune features", stderr)
-	model := fs.String("model", "", "model bundle folder or .tar whose backbone makes the features (default: the shipped default)")
 	var data listFlag
 	fs.Var(&data, "data", "labelled folder with a labels.csv (path,label,slide); repeat for several")
 	out := fs.String("out", "", "features file to write")
-	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: found as for classify)")
-	batch := fs.Int("batch", 32, "images per inference batch")
-	cf := addBundleCheckFlags(fs)
+	mf := addModelFlags(fs, modelFlagOptions{batch: "images"})
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -45,10 +42,7 @@ func tuneFeatures(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(rows) == 0 {
 		return fmt.Errorf("--data: no labelled images in %v", []string(data))
 	}
-	clf, bundle, err := openClassifier(*model, cf, inference.ClassifierOptions{
-		Batch:  *batch,
-		Engine: inference.EngineOptions{ORTLib: *ortLib, Sessions: throughputSessions(0)},
-	})
+	clf, bundle, err := mf.open(inference.ClassifierOptions{Engine: inference.EngineOptions{Sessions: throughputSessions(0)}})
 	if err != nil {
 		return err
 	}
