@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
 
@@ -106,6 +106,7 @@ type Daemon struct {
 	degraded sync.Map // reason -> detail
 	lastBeat atomic.Int64
 	httpAddr chan string
+	topics   map[mqttconn.Kind]string
 	// firstImage releases the library pages that only the first image's
 	// lazy initialisation (codecs, OpenCV's dispatch) used.
 	firstImage sync.Once
@@ -155,6 +156,11 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		queue:    make(chan job, cfg.Images.QueueSize),
 		httpAddr: make(chan string, 1),
 	}
+	topics, err := deviceTopics(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.topics = topics
 	sqlDB, err := openServeDB(ctx, cfg.Database)
 	if err != nil {
 		return nil, err
@@ -166,7 +172,7 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		// failure here is the database's: the daemon does not start rather
 		// than count slides whose results it could not send.
 		outbox, err = feedback.NewOutbox(ctx, sqlDB, feedback.OutboxConfig{
-			AlertTopic: d.topic("alert"), Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
+			AlertTopic: d.topic(mqttconn.KindAlert), Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
 		})
 		if err != nil {
 			sqlDB.Close()
@@ -521,7 +527,7 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback
 		d.log.Error("encoding the slide result failed; it is kept in the database only", "slide", s.Slide, "err", err)
 		return s, nil
 	}
-	return s, []feedback.Record{{ID: "result/" + s.ID, Kind: feedback.KindResult, Topic: d.topic("result"), Payload: payload, QoS: 1}}
+	return s, []feedback.Record{{ID: "result/" + s.ID, Kind: feedback.KindResult, Topic: d.topic(mqttconn.KindResult), Payload: payload, QoS: 1}}
 }
 
 func (d *Daemon) slideCompleted(s slideSummary) {
@@ -544,9 +550,25 @@ func (d *Daemon) completeSlide(ctx context.Context, slide, reason string) (slide
 	return s, ok, nil
 }
 
-func (d *Daemon) topic(leaf string) string {
-	cfg := d.config()
-	return fmt.Sprintf("%s/%s/%s/%s", strings.Trim(cfg.MQTT.TopicRoot, "/"), cfg.Site, cfg.Device, leaf)
+// topic is this device's topic of kind (status, alert, result); the
+// config's validation made them all valid and none is reloadable, so they
+// are made once, in newDaemon.
+func (d *Daemon) topic(kind mqttconn.Kind) string { return d.topics[kind] }
+
+// deviceTopics makes this device's outbound topics through mqttconn.Topics,
+// the one place topics are built.
+func deviceTopics(cfg config.Config) (map[mqttconn.Kind]string, error) {
+	t, err := mqttconn.NewTopics(cfg.MQTT.TopicRoot)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.topic_root: %w", err)
+	}
+	out := map[mqttconn.Kind]string{}
+	for _, k := range []mqttconn.Kind{mqttconn.KindStatus, mqttconn.KindAlert, mqttconn.KindResult} {
+		if out[k], err = t.Device(cfg.Site, cfg.Device, k); err != nil {
+			return nil, fmt.Errorf("%s topic: %w", k, err)
+		}
+	}
+	return out, nil
 }
 
 // alert queues an alert message (sent before results) and records an event.
@@ -563,7 +585,7 @@ func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 		if err != nil {
 			d.log.Error("encoding the alert failed; it is recorded as an event only", "kind", kind, "err", err)
 		} else {
-			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic("alert"), Payload: payload, QoS: 1})
+			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic(mqttconn.KindAlert), Payload: payload, QoS: 1})
 		}
 	}
 	if err := d.db.recordAlert(ctx, "warn", kind, detail, recs...); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/feedback"
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
 // driftAlertSchema is the alert payload of a drift event (kind "drift" of
@@ -623,7 +624,7 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 		if err != nil { // a non-finite statistic; never expected
 			d.log.Error("encoding the drift alert failed", "err", err)
 		} else {
-			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic("alert"), Payload: payload, QoS: 1})
+			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic(mqttconn.KindAlert), Payload: payload, QoS: 1})
 		}
 	}
 	level := "warn"

@@ -70,7 +70,7 @@ func (m *mqttLink) publishStatus() {
 	state, reasons := m.d.statusState()
 	cfg := m.d.config()
 	id := fmt.Sprintf("status/%s-%d-%d", cfg.Device, m.d.boot, m.d.now().UnixNano())
-	err := m.outbox.Enqueue(context.Background(), feedback.Record{ID: id, Kind: feedback.KindStatus, Topic: m.d.topic("status"),
+	err := m.outbox.Enqueue(context.Background(), feedback.Record{ID: id, Kind: feedback.KindStatus, Topic: m.d.topic(mqttconn.KindStatus),
 		Payload: m.status(state, reasons), QoS: 1, Retain: true})
 	if err != nil && !errors.Is(err, feedback.ErrClosed) {
 		m.d.log.Warn("queueing the status failed", "err", err)
@@ -92,7 +92,7 @@ func (m *mqttLink) run(ctx context.Context) {
 		// Labels are acknowledged once stored (or rejected), so a crash
 		// between delivery and storage gets them redelivered.
 		AutoAckDisabled: m.d.fb != nil,
-		Will:            mqttconn.Will{Topic: m.d.topic("status"), Payload: m.status("offline", nil), QoS: 1, Retain: true},
+		Will:            mqttconn.Will{Topic: m.d.topic(mqttconn.KindStatus), Payload: m.status("offline", nil), QoS: 1, Retain: true},
 	}
 	client, err := mqttconn.New(mc, m.d.log, mqttconn.Hooks{
 		OnConnect: func(c mqtt.Client) {
@@ -130,7 +130,7 @@ func (m *mqttLink) run(ctx context.Context) {
 		// A clean goodbye: offline retained, then disconnect (the will is
 		// only for crashes).
 		if client.IsConnectionOpen() {
-			t := client.Publish(m.d.topic("status"), 1, true, m.status("offline", nil))
+			t := client.Publish(m.d.topic(mqttconn.KindStatus), 1, true, m.status("offline", nil))
 			t.WaitTimeout(2 * time.Second)
 		}
 		client.Disconnect(500)
