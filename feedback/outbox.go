@@ -11,7 +11,6 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	sqlite3 "github.com/mattn/go-sqlite3"
 
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
@@ -295,8 +294,7 @@ func (o *Outbox) Enqueue(ctx context.Context, r Record) error {
 // and counted, and the batch still commits with ErrDropped returned.
 func (o *Outbox) EnqueueBatch(ctx context.Context, recs ...Record) error {
 	err := o.enqueue(ctx, recs)
-	var se sqlite3.Error
-	if errors.As(err, &se) && se.Code == sqlite3.ErrFull {
+	if store.IsFull(err) {
 		return fmt.Errorf("%w: %v", ErrDiskFull, err)
 	}
 	return err
