@@ -52,8 +52,8 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./inference/:FuzzDecode ./inference/:FuzzManifest ./inference/:FuzzSafetensors \
 	./inference/:FuzzBundleArchive ./drift/:FuzzReadCSV ./drift/:FuzzDecodeBaseline \
-	./drift/:FuzzMonitorState ./feedback/:FuzzDecodeSample ./feedback/:FuzzDecodeChunk \
-	./feedback/:FuzzDecodeLabel ./feedback/:FuzzCollectorHandle ./internal/config/:FuzzDecode \
+	./drift/:FuzzMonitorState ./feedback/wire/:FuzzDecodeSample ./feedback/wire/:FuzzDecodeChunk \
+	./feedback/wire/:FuzzDecodeLabel ./feedback/:FuzzCollectorHandle ./internal/config/:FuzzDecode \
 	./cmd/scopewatch/:FuzzReadUpload ./cmd/scopewatch/:FuzzParseLabelsCSV \
 	./tuning/:FuzzDecodeStudy
 

@@ -12,13 +12,10 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
-
-// MaxPayload is the largest MQTT payload we publish (DESIGN.md §3): managed
-// brokers commonly refuse more. Larger blobs go in chunks (see Chunk).
-const MaxPayload = 128 << 10
 
 // Kind classifies an outbox record; it fixes the record's priority.
 type Kind string
@@ -158,8 +155,8 @@ func (c *OutboxConfig) defaults() {
 	if c.DropAlertInterval <= 0 {
 		c.DropAlertInterval = time.Hour
 	}
-	if c.BurstBytes < MaxPayload {
-		c.BurstBytes = MaxPayload
+	if c.BurstBytes < wire.MaxPayload {
+		c.BurstBytes = wire.MaxPayload
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -272,7 +269,7 @@ func validate(r *Record) error {
 	if r.QoS > 2 {
 		return fmt.Errorf("%w: record %s: qos %d not in 0..2", ErrInvalidRecord, r.ID, r.QoS)
 	}
-	if len(r.Payload) > MaxPayload {
+	if len(r.Payload) > wire.MaxPayload {
 		return fmt.Errorf("record %s: %d bytes: %w", r.ID, len(r.Payload), ErrTooLarge)
 	}
 	if r.Group == "" {
@@ -436,19 +433,6 @@ func deleteWhere(ctx context.Context, tx *sql.Tx, where string, args ...any) (in
 	return n, b, nil
 }
 
-// DropAlert is the payload of the alert raised when feedback is dropped.
-type DropAlert struct {
-	Schema       string    `json:"schema"`
-	Type         string    `json:"type"`
-	Device       string    `json:"device,omitempty"`
-	Dropped      int64     `json:"dropped"`
-	DroppedTotal int64     `json:"dropped_total"`
-	Time         time.Time `json:"time"`
-}
-
-// AlertSchema identifies alert payloads raised by this package.
-const AlertSchema = "scopewatch.alert/v1"
-
 // recordDrops counts drops and, at most once per DropAlertInterval, adds
 // an alert record (dropping more feedback if the alert itself would not
 // fit). It returns the records and bytes it changed the outbox by and the
@@ -468,7 +452,7 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 	var db int64
 	extra := 0
 	if o.cfg.AlertTopic != "" && (last < 0 || now-last >= o.cfg.DropAlertInterval.Nanoseconds()) {
-		payload, _ := json.Marshal(DropAlert{Schema: AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
+		payload, _ := json.Marshal(wire.DropAlert{Schema: wire.AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
 			Dropped: unreported, DroppedTotal: total, Time: time.Unix(0, now).UTC()})
 		size := int64(len(payload))
 		if records+1 > o.cfg.MaxRecords || bytes+size > o.cfg.MaxBytes {
@@ -479,7 +463,7 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 			dr, db, extra = -nr, -nb, nr
 			// The alert reports the drops made to fit it as well.
 			total += int64(nr)
-			payload, _ = json.Marshal(DropAlert{Schema: AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
+			payload, _ = json.Marshal(wire.DropAlert{Schema: wire.AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
 				Dropped: unreported + int64(nr), DroppedTotal: total, Time: time.Unix(0, now).UTC()})
 			size = int64(len(payload))
 		}
