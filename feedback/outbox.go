@@ -112,7 +112,7 @@ type OutboxConfig struct {
 	MaxRecords int
 	MaxBytes   int64
 	// BytesPerSecond limits publishing (0: unlimited), with bursts up to
-	// max(BurstBytes, MaxPayload).
+	// max(BurstBytes, wire.MaxPayload).
 	BytesPerSecond int
 	BurstBytes     int
 	// Window is how many publishes may await PUBACK at once; default 64.
