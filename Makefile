@@ -24,7 +24,7 @@ test: setup
 
 # Pure-Go packages only (no cgo): quick feedback while editing.
 test-short:
-	$(GO) test -count=1 ./drift/... ./tuning/... ./internal/synth/...
+	CGO_ENABLED=0 $(GO) test -count=1 ./drift/... ./tuning/... ./internal/synth/... ./feedback/wire/... ./feedback/selection/...
 
 # Generate a synthetic slide set from slides never used in training,
 # classify it with the shipped default model and print the summary; then
@@ -52,8 +52,8 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./inference/:FuzzDecode ./inference/:FuzzManifest ./inference/:FuzzSafetensors \
 	./inference/:FuzzBundleArchive ./drift/:FuzzReadCSV ./drift/:FuzzDecodeBaseline \
-	./drift/:FuzzMonitorState ./feedback/:FuzzDecodeSample ./feedback/:FuzzDecodeChunk \
-	./feedback/:FuzzDecodeLabel ./feedback/:FuzzCollectorHandle ./internal/config/:FuzzDecode \
+	./drift/:FuzzMonitorState ./feedback/wire/:FuzzDecodeSample ./feedback/wire/:FuzzDecodeChunk \
+	./feedback/wire/:FuzzDecodeLabel ./feedback/:FuzzCollectorHandle ./internal/config/:FuzzDecode \
 	./internal/daemon/:FuzzReadUpload ./cmd/scopewatch/:FuzzParseLabelsCSV \
 	./tuning/:FuzzDecodeStudy ./tuning/:FuzzReadFeatures
 

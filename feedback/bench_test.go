@@ -39,7 +39,7 @@ func BenchmarkOutboxThroughput(b *testing.B) {
 	var bytes int
 	for i := range recs {
 		s, crop := faultSample(i, 0)
-		recs[i], err = s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+		recs[i], err = SampleRecords("scopewatch/v1/lab/dev-1/feedback", s, crop)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -80,7 +80,7 @@ func BenchmarkCollectorHandle(b *testing.B) {
 	payloads := make([][]byte, b.N)
 	for i := range payloads {
 		s, crop := faultSample(i, 0)
-		recs, err := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+		recs, err := SampleRecords("scopewatch/v1/lab/dev-1/feedback", s, crop)
 		if err != nil {
 			b.Fatal(err)
 		}

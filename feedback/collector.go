@@ -18,6 +18,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
@@ -57,13 +58,13 @@ func RejectReason(err error) string {
 	switch {
 	case err == nil:
 		return ""
-	case errors.Is(err, ErrOversize):
+	case errors.Is(err, wire.ErrOversize):
 		return RejectOversize
-	case errors.Is(err, ErrBadJSON):
+	case errors.Is(err, wire.ErrBadJSON):
 		return RejectBadJSON
-	case errors.Is(err, ErrSchema):
+	case errors.Is(err, wire.ErrSchema):
 		return RejectSchema
-	case errors.Is(err, ErrBadHash):
+	case errors.Is(err, wire.ErrBadHash):
 		return RejectBadHash
 	case errors.Is(err, ErrUnknownID):
 		return RejectUnknownID
@@ -71,7 +72,7 @@ func RejectReason(err error) string {
 		return RejectTopic
 	case errors.Is(err, ErrConflict):
 		return RejectConflict
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, wire.ErrInvalid):
 		return RejectInvalid
 	}
 	return ""
@@ -202,46 +203,46 @@ func (c *Collector) Handle(ctx context.Context, topic string, payload []byte) er
 }
 
 func (c *Collector) handle(ctx context.Context, topic string, payload []byte) error {
-	if len(payload) > MaxPayload {
-		return fmt.Errorf("%w: %d bytes", ErrOversize, len(payload))
+	if len(payload) > wire.MaxPayload {
+		return fmt.Errorf("%w: %d bytes", wire.ErrOversize, len(payload))
 	}
 	site, device, kind, err := c.cfg.Topics.ParseDevice(topic)
 	if err != nil {
 		return err
 	}
-	schema, err := PeekSchema(payload)
+	schema, err := wire.PeekSchema(payload)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
-	case kind == mqttconn.KindFeedback && schema == SampleSchema:
-		s, err := DecodeSample(payload)
+	case kind == mqttconn.KindFeedback && schema == wire.SampleSchema:
+		s, err := wire.DecodeSample(payload)
 		if err != nil {
 			return err
 		}
 		if s.Site != site || s.Device != device {
-			return fmt.Errorf("%w: sample %s claims %s/%s but came on %s", ErrInvalid, s.ID, s.Site, s.Device, topic)
+			return fmt.Errorf("%w: sample %s claims %s/%s but came on %s", wire.ErrInvalid, s.ID, s.Site, s.Device, topic)
 		}
 		return c.storeSample(ctx, s)
-	case kind == mqttconn.KindFeedback && schema == ChunkSchema:
-		ch, err := DecodeChunk(payload)
+	case kind == mqttconn.KindFeedback && schema == wire.ChunkSchema:
+		ch, err := wire.DecodeChunk(payload)
 		if err != nil {
 			return err
 		}
 		return c.storeChunk(ctx, ch)
-	case kind == mqttconn.KindLabel && schema == LabelSchema:
-		l, err := DecodeLabel(payload)
+	case kind == mqttconn.KindLabel && schema == wire.LabelSchema:
+		l, err := wire.DecodeLabel(payload)
 		if err != nil {
 			return err
 		}
 		return c.storeLabel(ctx, l)
 	}
-	return fmt.Errorf("%w: %q on a %s topic", ErrSchema, schema, kind)
+	return fmt.Errorf("%w: %q on a %s topic", wire.ErrSchema, schema, kind)
 }
 
-func (c *Collector) storeSample(ctx context.Context, s Sample) error {
+func (c *Collector) storeSample(ctx context.Context, s wire.Sample) error {
 	var sha string
 	err := c.db.QueryRowContext(ctx, `SELECT crop_sha256 FROM collect_samples WHERE id=?`, s.ID).Scan(&sha)
 	switch {
@@ -291,7 +292,7 @@ func (c *Collector) storeSample(ctx context.Context, s Sample) error {
 	return nil
 }
 
-func (c *Collector) storeChunk(ctx context.Context, ch Chunk) error {
+func (c *Collector) storeChunk(ctx context.Context, ch wire.Chunk) error {
 	var sha string
 	var count, complete int
 	err := c.db.QueryRowContext(ctx, `SELECT crop_sha256, chunks, complete FROM collect_samples WHERE id=?`, ch.SampleID).Scan(&sha, &count, &complete)
@@ -360,14 +361,14 @@ func (c *Collector) assemble(ctx context.Context, id string) error {
 	if n < count {
 		return nil // more to come
 	}
-	if mismatch || len(buf) != size || SHA256Hex(buf) != sha {
+	if mismatch || len(buf) != size || wire.SHA256Hex(buf) != sha {
 		// Throw the chunks away: a correct copy can still arrive.
 		c.db.ExecContext(ctx, `DELETE FROM collect_chunks WHERE sample_id=?`, id)
-		return fmt.Errorf("%w: reassembled crop of %s (%d bytes) does not match sha256 %s", ErrBadHash, id, len(buf), sha)
+		return fmt.Errorf("%w: reassembled crop of %s (%d bytes) does not match sha256 %s", wire.ErrBadHash, id, len(buf), sha)
 	}
-	if f, err := CropFormat(buf); err != nil || f != format {
+	if f, err := wire.CropFormat(buf); err != nil || f != format {
 		c.db.ExecContext(ctx, `DELETE FROM collect_chunks WHERE sample_id=?`, id)
-		return fmt.Errorf("%w: reassembled crop of %s is not %s", ErrInvalid, id, format)
+		return fmt.Errorf("%w: reassembled crop of %s is not %s", wire.ErrInvalid, id, format)
 	}
 	if err := c.writeImage(sha, format, buf); err != nil {
 		return err
@@ -390,7 +391,7 @@ func (c *Collector) assemble(ctx context.Context, id string) error {
 	return nil
 }
 
-func (c *Collector) storeLabel(ctx context.Context, l Label) error {
+func (c *Collector) storeLabel(ctx context.Context, l wire.Label) error {
 	var n int
 	if err := c.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM collect_samples WHERE id=?`, l.FeedbackID).Scan(&n); err != nil {
 		return fmt.Errorf("store label: %w", err)
@@ -535,7 +536,7 @@ func (c *Collector) Verify(ctx context.Context) (checked int, bad []string, err 
 	rows.Close()
 	for _, it := range items {
 		data, err := os.ReadFile(c.ImagePath(it.sha, it.format))
-		if err != nil || SHA256Hex(data) != it.sha {
+		if err != nil || wire.SHA256Hex(data) != it.sha {
 			bad = append(bad, it.id)
 		}
 	}

@@ -1,7 +1,7 @@
 package feedback
 
 // CollectorMetrics receives the collector's counters: Rejected by reason
-// (see the Reason* constants), Accepted by message type.
+// (see the Reject* constants), Accepted by message type.
 type CollectorMetrics interface {
 	Rejected(reason string)
 	Accepted(typ string)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
@@ -38,11 +39,11 @@ func openCollector(t testing.TB) (*Collector, *countMetrics) {
 	return c, m
 }
 
-func sampleRecords(t testing.TB, i int, w, h int) (Sample, []byte, []Record) {
+func sampleRecords(t testing.TB, i int, w, h int) (wire.Sample, []byte, []Record) {
 	crop := testPNG(t, w, h, uint64(i)+100)
 	s := testSample(i)
-	s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(crop), s.ModelVersion)
-	recs, err := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+	s.ID = wire.SampleID(s.Device, s.SlideHash, wire.SHA256Hex(crop), s.ModelVersion)
+	recs, err := SampleRecords("scopewatch/v1/lab/dev-1/feedback", s, crop)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +74,9 @@ func TestCollectorStoresDedupesAndReassembles(t *testing.T) {
 	if st.Samples != 2 || st.Complete != 2 || st.PendingChunks != 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	for _, sha := range []string{SHA256Hex(crop), SHA256Hex(bigCrop)} {
+	for _, sha := range []string{wire.SHA256Hex(crop), wire.SHA256Hex(bigCrop)} {
 		got, err := os.ReadFile(c.ImagePath(sha, "png"))
-		if err != nil || SHA256Hex(got) != sha {
+		if err != nil || wire.SHA256Hex(got) != sha {
 			t.Fatalf("image %s: %v", sha, err)
 		}
 	}
@@ -95,7 +96,7 @@ func TestCollectorRejectsMalformed(t *testing.T) {
 
 	// A chunk whose bytes were altered: reassembly fails the hash and the
 	// chunks are discarded so a good copy can still complete the sample.
-	var ch Chunk
+	var ch wire.Chunk
 	json.Unmarshal(recs[1].Payload, &ch)
 	ch.Data[10] ^= 0xFF
 	tampered, _ := json.Marshal(ch)
@@ -109,7 +110,7 @@ func TestCollectorRejectsMalformed(t *testing.T) {
 	for _, r := range recs[2:] {
 		lastErr = c.Handle(ctx, topic, r.Payload)
 	}
-	if !errors.Is(lastErr, ErrBadHash) {
+	if !errors.Is(lastErr, wire.ErrBadHash) {
 		t.Fatalf("tampered chunk: %v, want ErrBadHash", lastErr)
 	}
 	for _, r := range recs[1:] {
@@ -122,7 +123,7 @@ func TestCollectorRejectsMalformed(t *testing.T) {
 	}
 
 	label := func(id string) []byte {
-		b, _ := Label{FeedbackID: id, Label: LabelParasitized, Who: "a", Time: time.Now()}.Encode()
+		b, _ := wire.Label{FeedbackID: id, Label: wire.LabelParasitized, Who: "a", Time: time.Now()}.Encode()
 		return b
 	}
 	cases := []struct {
@@ -130,7 +131,7 @@ func TestCollectorRejectsMalformed(t *testing.T) {
 	}{
 		{topic, "{", RejectBadJSON},
 		{topic, `{"schema":"other/v1"}`, RejectSchema},
-		{topic, string(make([]byte, MaxPayload+1)), RejectOversize},
+		{topic, string(make([]byte, wire.MaxPayload+1)), RejectOversize},
 		{"scopewatch/v1/lab/dev-1", string(recs[0].Payload), RejectTopic},
 		{"scopewatch/v1/lab/other-dev/feedback", string(recs[0].Payload), RejectInvalid},
 		{topic, string(label(s.ID)), RejectSchema}, // a label on the feedback topic
@@ -166,16 +167,16 @@ func TestCollectorExport(t *testing.T) {
 	}
 	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	put := func(id, label, who string, at time.Time) {
-		b, _ := Label{FeedbackID: id, Label: label, Who: who, Time: at}.Encode()
+		b, _ := wire.Label{FeedbackID: id, Label: label, Who: who, Time: at}.Encode()
 		if err := c.Handle(ctx, "scopewatch/v1/lab/dev-1/label", b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	put(ids[0], LabelParasitized, "a", t0)
-	put(ids[1], LabelUninfected, "a", t0)
-	put(ids[1], LabelParasitized, "b", t0.Add(time.Minute)) // later opinion wins
-	put(ids[2], LabelUninfected, "a", t0)
-	put(ids[2], LabelParasitized, "a", t0.Add(-time.Hour)) // stale redelivery ignored
+	put(ids[0], wire.LabelParasitized, "a", t0)
+	put(ids[1], wire.LabelUninfected, "a", t0)
+	put(ids[1], wire.LabelParasitized, "b", t0.Add(time.Minute)) // later opinion wins
+	put(ids[2], wire.LabelUninfected, "a", t0)
+	put(ids[2], wire.LabelParasitized, "a", t0.Add(-time.Hour)) // stale redelivery ignored
 	out := t.TempDir()
 	n, err := c.Export(ctx, out)
 	if err != nil || n != 3 {
@@ -196,14 +197,14 @@ func TestCollectorExport(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if filepath.Base(r[0]) != SHA256Hex(data)+".png" || !isHex64(r[2]) {
+		if filepath.Base(r[0]) != wire.SHA256Hex(data)+".png" || !isHex64(r[2]) {
 			t.Fatalf("row %v", r)
 		}
-		labels[SHA256Hex(data)] = r[1]
+		labels[wire.SHA256Hex(data)] = r[1]
 	}
 	want := map[string]string{}
 	var sha string
-	for i, l := range []string{LabelParasitized, LabelParasitized, LabelUninfected} {
+	for i, l := range []string{wire.LabelParasitized, wire.LabelParasitized, wire.LabelUninfected} {
 		c.db.QueryRow(`SELECT crop_sha256 FROM collect_samples WHERE id=?`, ids[i]).Scan(&sha)
 		want[sha] = l
 	}
@@ -218,7 +219,7 @@ func FuzzCollectorHandle(f *testing.F) {
 	// Small seeds only: the mutator slows to a crawl on 120 KiB chunks.
 	_, _, recs := sampleRecords(f, 1, 10, 10)
 	f.Add(recs[0].Payload)
-	ch, _ := json.Marshal(Chunk{Schema: ChunkSchema, SampleID: "fb-1", Index: 0, Count: 1, SHA256: SHA256Hex([]byte("\x89PNG\r\n\x1a\n")), Data: []byte("\x89PNG\r\n\x1a\n")})
+	ch, _ := json.Marshal(wire.Chunk{Schema: wire.ChunkSchema, SampleID: "fb-1", Index: 0, Count: 1, SHA256: wire.SHA256Hex([]byte("\x89PNG\r\n\x1a\n")), Data: []byte("\x89PNG\r\n\x1a\n")})
 	f.Add(ch)
 	f.Add([]byte(`{"schema":"scopewatch.label/v1","feedback_id":"x","label":"uninfected","who":"a","time":"2026-11-28T10:00:00Z"}`))
 	c, _ := openCollector(f)
@@ -271,12 +272,12 @@ func TestCollectorTopicRoot(t *testing.T) {
 	defer c.Close()
 	crop := testPNG(t, 30, 30, 7)
 	s := testSample(7)
-	s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(crop), s.ModelVersion)
+	s.ID = wire.SampleID(s.Device, s.SlideHash, wire.SHA256Hex(crop), s.ModelVersion)
 	topic, err := topics.Device("lab", "dev-1", mqttconn.KindFeedback)
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs, err := s.Records(topic, crop)
+	recs, err := SampleRecords(topic, s, crop)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,17 +310,17 @@ func TestCollectorPendingLabels(t *testing.T) {
 	defer c.Close()
 	const labelTopic = "scopewatch/v1/lab/dev-1/label"
 	label := func(id, who, l string) []byte {
-		b, err := Label{FeedbackID: id, Label: l, Who: who, Time: clk.Now()}.Encode()
+		b, err := wire.Label{FeedbackID: id, Label: l, Who: who, Time: clk.Now()}.Encode()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	}
 	s, _, recs := sampleRecords(t, 31, 20, 20)
-	if err := c.Handle(ctx, labelTopic, label(s.ID, "a", LabelParasitized)); err != nil {
+	if err := c.Handle(ctx, labelTopic, label(s.ID, "a", wire.LabelParasitized)); err != nil {
 		t.Fatalf("label before its sample: %v", err)
 	}
-	if err := c.Handle(ctx, labelTopic, label("fb-elsewhere", "a", LabelUninfected)); err != nil {
+	if err := c.Handle(ctx, labelTopic, label("fb-elsewhere", "a", wire.LabelUninfected)); err != nil {
 		t.Fatalf("label of a sample another worker has: %v", err)
 	}
 	if st, _ := c.Stats(ctx); st.PendingLabels != 2 || st.Labelled != 0 || m.accepted["label_pending"] != 2 {
@@ -335,7 +336,7 @@ func TestCollectorPendingLabels(t *testing.T) {
 		t.Fatalf("after the sample: %+v", st)
 	}
 	var got string
-	if err := c.DB().QueryRow(`SELECT label FROM collect_labels WHERE feedback_id=?`, s.ID).Scan(&got); err != nil || got != LabelParasitized {
+	if err := c.DB().QueryRow(`SELECT label FROM collect_labels WHERE feedback_id=?`, s.ID).Scan(&got); err != nil || got != wire.LabelParasitized {
 		t.Fatalf("applied label %q, %v", got, err)
 	}
 	clk.t = clk.t.Add(PendingLabelMaxAge + time.Hour)
@@ -347,7 +348,7 @@ func TestCollectorPendingLabels(t *testing.T) {
 		INSERT INTO collect_pending_labels SELECT 'fb-' || i, 'a', 'parasitized', '2026-11-28T00:00:00Z', i FROM n`, MaxPendingLabels); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Handle(ctx, labelTopic, label("fb-one-more", "a", LabelUninfected)); err != nil {
+	if err := c.Handle(ctx, labelTopic, label("fb-one-more", "a", wire.LabelUninfected)); err != nil {
 		t.Fatalf("label past the bound: %v", err)
 	}
 	var n, oldest, newest int

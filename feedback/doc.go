@@ -1,31 +1,20 @@
-// Package feedback owns everything that leaves or reaches a device as
-// feedback: the SQLite outbox through which every outbound MQTT record
-// (status, alerts, results, feedback samples) is stored and forwarded, the
-// feedback sample and label wire formats, chunking of large crops, sample
-// selection, labels, retune requests, and the receiving side (Collector)
-// that tuning workers run to build a training dataset.
+// Package feedback owns the SQLite side of feedback: the outbox through
+// which every outbound MQTT record (status, alerts, results, feedback
+// samples) is stored and forwarded, the producer that turns selected cells
+// into feedback records, labels and agreement on the device, retune
+// requests, and the receiving side (Collector) that tuning workers run to
+// build a training dataset.
+//
+// The parts that need no database live in their own packages, which import
+// no cgo package so that the fleet side can use them: feedback/wire (the
+// payloads of samples, chunks, labels, retune requests and drop alerts,
+// their strict decoders and the ids and hashes they carry) and
+// feedback/selection (which cells become samples). This package depends on
+// them, never the reverse.
 //
 // Delivery is at-least-once end to end: a record leaves the outbox only
 // after the broker's PUBACK, and receivers deduplicate by the record's
-// stable id. Tables owned here are prefixed feedback_ (device side, Schema)
-// and collect_ (worker side, CollectorSchema).
-//
-// Wire formats (JSON, at most MaxPayload bytes, decoded strictly: unknown,
-// duplicated or case-folded keys are errors):
-//
-//   - scopewatch/v1/{site}/{device}/feedback, schema "scopewatch.feedback/v1"
-//     (Sample): id, device, site, slide_hash (HMAC-SHA256 of the slide id
-//     under the device secret), crop {format png|jpeg, sha256, bytes, and
-//     either data (base64) or chunks}, p_parasitized, label_predicted,
-//     model_version, time, reason uncertainty|drift|random.
-//   - the same topic, schema "scopewatch.feedback.chunk/v1" (Chunk):
-//     sample_id, index, count, sha256 of the whole crop, data (ChunkData
-//     bytes except the last). Chunks and their sample share one outbox
-//     drop group, so a full outbox drops a sample whole.
-//   - scopewatch/v1/{site}/{device}/label, schema "scopewatch.label/v1"
-//     (Label): feedback_id, label parasitized|uninfected, who, time.
-//   - scopewatch/v1/{site}/retune/request, schema "scopewatch.retune/v1"
-//     (RetuneRequest).
-//   - alerts raised here (feedback dropped from a full outbox) use schema
-//     "scopewatch.alert/v1" (DropAlert).
+// stable id. A sample and its chunks share one outbox drop group, so a full
+// outbox drops a sample whole. Tables owned here are prefixed feedback_
+// (device side, Schema) and collect_ (worker side, CollectorSchema).
 package feedback

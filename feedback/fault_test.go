@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 	"github.com/scopewatch/scopewatch/internal/testutil"
@@ -50,19 +51,19 @@ func TestMain(m *testing.M) {
 }
 
 // faultSample is sample i of a run: same id and bytes in every process.
-func faultSample(i, chunkEvery int) (Sample, []byte) {
+func faultSample(i, chunkEvery int) (wire.Sample, []byte) {
 	w := 12
 	if chunkEvery > 0 && i%chunkEvery == chunkEvery-1 {
 		w = 200 // ~160 KB of noise: two chunks
 	}
 	crop := noisePNG(w, w, uint64(i)+1)
-	s := Sample{Device: "dev-1", Site: "lab", SlideHash: SlideHash(fmt.Sprintf("slide-%d", i/100), []byte("secret")),
-		PParasitized: float64(i%100) / 100, LabelPredicted: LabelUninfected, ModelVersion: "2026.11.0",
-		Time: time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Second), Reason: ReasonRandom}
+	s := wire.Sample{Device: "dev-1", Site: "lab", SlideHash: wire.SlideHash(fmt.Sprintf("slide-%d", i/100), []byte("secret")),
+		PParasitized: float64(i%100) / 100, LabelPredicted: wire.LabelUninfected, ModelVersion: "2026.11.0",
+		Time: time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Second), Reason: wire.ReasonRandom}
 	if s.PParasitized >= 0.5 {
-		s.LabelPredicted = LabelParasitized
+		s.LabelPredicted = wire.LabelParasitized
 	}
-	s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(crop), s.ModelVersion)
+	s.ID = wire.SampleID(s.Device, s.SlideHash, wire.SHA256Hex(crop), s.ModelVersion)
 	return s, crop
 }
 
@@ -106,7 +107,7 @@ func producerMain() error {
 			time.Sleep(d)
 		}
 		s, crop := faultSample(i, chunkEvery)
-		recs, err := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+		recs, err := SampleRecords("scopewatch/v1/lab/dev-1/feedback", s, crop)
 		if err != nil {
 			return err
 		}
@@ -327,7 +328,7 @@ func TestDeliveryFlappingNetwork(t *testing.T) {
 	want := map[string]bool{}
 	for i := 0; i < n; i++ {
 		s, crop := faultSample(i, 100)
-		recs, err := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+		recs, err := SampleRecords("scopewatch/v1/lab/dev-1/feedback", s, crop)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -366,7 +367,7 @@ func TestDeliveryBrokerWiped(t *testing.T) {
 	add := func(from, to int) {
 		for i := from; i < to; i++ {
 			s, crop := faultSample(i, 50)
-			recs, _ := s.Records("scopewatch/v1/lab/dev-1/feedback", crop)
+			recs, _ := SampleRecords("scopewatch/v1/lab/dev-1/feedback", s, crop)
 			if err := ob.EnqueueBatch(ctx, recs...); err != nil {
 				t.Fatal(err)
 			}

@@ -7,20 +7,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
+
+// ErrUnknownID is returned for a label whose feedback id the receiver never
+// sent (Labels) or received (Collector).
+var ErrUnknownID = errors.New("unknown feedback id")
 
 // Labels is the device side of labelling: it remembers which samples were
 // sent (with the model's prediction and the drift window), accepts
 // operator labels for them from the label topic or the command line, and
 // reports how often people agree with the model, which is a real accuracy
 // once labels flow (on a selection that over-represents hard cells: use
-// the ReasonRandom slice for an unbiased figure).
+// the wire.ReasonRandom slice for an unbiased figure).
 type Labels struct {
 	db         *sql.DB
 	now        func() time.Time
@@ -50,7 +56,7 @@ func NewLabels(ctx context.Context, db *sql.DB, cfg LabelsConfig) (*Labels, erro
 
 // Sent records that sample s (of drift window `window`) was queued for
 // sending. Idempotent by id.
-func (l *Labels) Sent(ctx context.Context, s Sample, window int64) error {
+func (l *Labels) Sent(ctx context.Context, s wire.Sample, window int64) error {
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record sent sample: %w", err)
@@ -72,7 +78,7 @@ func (l *Labels) Sent(ctx context.Context, s Sample, window int64) error {
 // return the decoder's error; a label for an id this device never sent
 // returns ErrUnknownID. A later label replaces an earlier one.
 func (l *Labels) Handle(ctx context.Context, payload []byte) error {
-	lb, err := DecodeLabel(payload)
+	lb, err := wire.DecodeLabel(payload)
 	if err != nil {
 		return err
 	}
@@ -80,7 +86,7 @@ func (l *Labels) Handle(ctx context.Context, payload []byte) error {
 }
 
 // Put stores a validated label.
-func (l *Labels) Put(ctx context.Context, lb Label) error {
+func (l *Labels) Put(ctx context.Context, lb wire.Label) error {
 	if err := lb.Validate(); err != nil {
 		return err
 	}
@@ -104,14 +110,14 @@ func (l *Labels) Put(ctx context.Context, lb Label) error {
 // Agreement summarises labels against predictions.
 type Agreement struct {
 	Labelled, Agree int
-	// Random counts only the ReasonRandom slice: the unbiased estimate.
+	// Random counts only the wire.ReasonRandom slice: the unbiased estimate.
 	RandomLabelled, RandomAgree int
 }
 
 // Accuracy is Agree/Labelled (NaN without labels).
 func (a Agreement) Accuracy() float64 {
 	if a.Labelled == 0 {
-		return nanValue()
+		return math.NaN()
 	}
 	return float64(a.Agree) / float64(a.Labelled)
 }
@@ -146,22 +152,6 @@ func (l *Labels) LabelledIDs(ctx context.Context, limit int) ([]string, error) {
 		out = append(out, id)
 	}
 	return out, rows.Err()
-}
-
-// RetuneSchema identifies retune request payloads.
-const RetuneSchema = "scopewatch.retune/v1"
-
-// RetuneRequest asks the tuning workers for a new model.
-type RetuneRequest struct {
-	Schema       string             `json:"schema"`
-	ID           string             `json:"id"`
-	Site         string             `json:"site"`
-	Device       string             `json:"device"`
-	ModelVersion string             `json:"model_version"`
-	Reason       string             `json:"reason"`
-	Evidence     map[string]float64 `json:"evidence"`
-	FeedbackIDs  []string           `json:"feedback_ids"`
-	Time         time.Time          `json:"time"`
 }
 
 // RetuneConfig says when to ask for retuning: when at least K of the last
@@ -239,13 +229,13 @@ func (r *Retuner) Window(ctx context.Context, alarm bool, modelVersion, reason s
 	if len(ids) < r.cfg.MinLabelled {
 		return nil, nil
 	}
-	req := RetuneRequest{Schema: RetuneSchema, ID: fmt.Sprintf("retune-%s-%d", r.cfg.Device, now.UnixNano()), Site: r.cfg.Site,
+	req := wire.RetuneRequest{Schema: wire.RetuneSchema, ID: fmt.Sprintf("retune-%s-%d", r.cfg.Device, now.UnixNano()), Site: r.cfg.Site,
 		Device: r.cfg.Device, ModelVersion: modelVersion, Reason: reason, Evidence: evidence, FeedbackIDs: ids, Time: now.UTC()}
 	payload, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("retune: %w", err)
 	}
-	for len(payload) > MaxPayload && len(req.FeedbackIDs) > 1 {
+	for len(payload) > wire.MaxPayload && len(req.FeedbackIDs) > 1 {
 		req.FeedbackIDs = req.FeedbackIDs[:len(req.FeedbackIDs)/2]
 		payload, _ = json.Marshal(req)
 	}

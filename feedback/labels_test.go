@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
@@ -24,35 +25,35 @@ func TestLabelsAgreementAndUnknown(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		s := testSample(i)
 		s.ID = fmt.Sprintf("fb-%d", i)
-		s.LabelPredicted = LabelUninfected
+		s.LabelPredicted = wire.LabelUninfected
 		if i%2 == 0 {
-			s.Reason = ReasonRandom
+			s.Reason = wire.ReasonRandom
 		}
 		if err := l.Sent(ctx, s, int64(i/5)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	put := func(id, label string, at time.Time) error {
-		b, _ := Label{FeedbackID: id, Label: label, Who: "tech", Time: at}.Encode()
+		b, _ := wire.Label{FeedbackID: id, Label: label, Who: "tech", Time: at}.Encode()
 		return l.Handle(ctx, b)
 	}
 	// 8 labels: fb-0..fb-7; the model is right on 0-5, wrong on 6, 7.
 	for i := 0; i < 8; i++ {
-		lab := LabelUninfected
+		lab := wire.LabelUninfected
 		if i >= 6 {
-			lab = LabelParasitized
+			lab = wire.LabelParasitized
 		}
 		if err := put(fmt.Sprintf("fb-%d", i), lab, t0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A correction of fb-1, then a stale redelivery that must not undo it.
-	put("fb-1", LabelParasitized, t0.Add(time.Minute))
-	put("fb-1", LabelUninfected, t0)
-	if err := put("fb-404", LabelUninfected, t0); !errors.Is(err, ErrUnknownID) {
+	put("fb-1", wire.LabelParasitized, t0.Add(time.Minute))
+	put("fb-1", wire.LabelUninfected, t0)
+	if err := put("fb-404", wire.LabelUninfected, t0); !errors.Is(err, ErrUnknownID) {
 		t.Fatalf("unknown id: %v", err)
 	}
-	if err := l.Handle(ctx, []byte(`{"schema":"scopewatch.label/v1"}`)); !errors.Is(err, ErrInvalid) {
+	if err := l.Handle(ctx, []byte(`{"schema":"scopewatch.label/v1"}`)); !errors.Is(err, wire.ErrInvalid) {
 		t.Fatalf("malformed label: %v", err)
 	}
 	a, err := l.AgreementSince(ctx, 0)
@@ -101,7 +102,7 @@ func TestRetuneKofMWithCooldown(t *testing.T) {
 		if err := l.Sent(ctx, s, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Put(ctx, Label{FeedbackID: s.ID, Label: LabelParasitized, Who: "a", Time: clk.Now()}); err != nil {
+		if err := l.Put(ctx, wire.Label{FeedbackID: s.ID, Label: wire.LabelParasitized, Who: "a", Time: clk.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -111,11 +112,11 @@ func TestRetuneKofMWithCooldown(t *testing.T) {
 	if rec == nil {
 		t.Fatal("did not fire on 2 of 3 with labels")
 	}
-	var req RetuneRequest
+	var req wire.RetuneRequest
 	if err := json.Unmarshal(rec.Payload, &req); err != nil {
 		t.Fatal(err)
 	}
-	if req.Schema != RetuneSchema || len(req.FeedbackIDs) != 3 || req.Evidence["ks"] != 0.31 || rec.Kind != KindAlert {
+	if req.Schema != wire.RetuneSchema || len(req.FeedbackIDs) != 3 || req.Evidence["ks"] != 0.31 || rec.Kind != KindAlert {
 		t.Fatalf("request %+v", req)
 	}
 	// Cooldown: an hour, remembered by a new Retuner (restart).
@@ -150,7 +151,7 @@ func TestLabelsSubscribeRealBroker(t *testing.T) {
 	if err := l.Subscribe(ctx, client, "scopewatch/v1/lab/dev-1/label", nil, func(r string) { mu.Lock(); rejected = append(rejected, r); mu.Unlock() }); err != nil {
 		t.Fatal(err)
 	}
-	good, _ := Label{FeedbackID: "fb-live", Label: LabelParasitized, Who: "tech", Time: time.Now()}.Encode()
+	good, _ := wire.Label{FeedbackID: "fb-live", Label: wire.LabelParasitized, Who: "tech", Time: time.Now()}.Encode()
 	for _, p := range [][]byte{[]byte("junk"), good} {
 		if tok := client.Publish("scopewatch/v1/lab/dev-1/label", 1, false, p); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 			t.Fatal(tok.Error())

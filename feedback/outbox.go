@@ -11,15 +11,11 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	sqlite3 "github.com/mattn/go-sqlite3"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
-
-// MaxPayload is the largest MQTT payload we publish (DESIGN.md §3): managed
-// brokers commonly refuse more. Larger blobs go in chunks (see Chunk).
-const MaxPayload = 128 << 10
 
 // Kind classifies an outbox record; it fixes the record's priority.
 type Kind string
@@ -116,7 +112,7 @@ type OutboxConfig struct {
 	MaxRecords int
 	MaxBytes   int64
 	// BytesPerSecond limits publishing (0: unlimited), with bursts up to
-	// max(BurstBytes, MaxPayload).
+	// max(BurstBytes, wire.MaxPayload).
 	BytesPerSecond int
 	BurstBytes     int
 	// Window is how many publishes may await PUBACK at once; default 64.
@@ -159,8 +155,8 @@ func (c *OutboxConfig) defaults() {
 	if c.DropAlertInterval <= 0 {
 		c.DropAlertInterval = time.Hour
 	}
-	if c.BurstBytes < MaxPayload {
-		c.BurstBytes = MaxPayload
+	if c.BurstBytes < wire.MaxPayload {
+		c.BurstBytes = wire.MaxPayload
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -273,7 +269,7 @@ func validate(r *Record) error {
 	if r.QoS > 2 {
 		return fmt.Errorf("%w: record %s: qos %d not in 0..2", ErrInvalidRecord, r.ID, r.QoS)
 	}
-	if len(r.Payload) > MaxPayload {
+	if len(r.Payload) > wire.MaxPayload {
 		return fmt.Errorf("record %s: %d bytes: %w", r.ID, len(r.Payload), ErrTooLarge)
 	}
 	if r.Group == "" {
@@ -299,8 +295,7 @@ func (o *Outbox) EnqueueBatch(ctx context.Context, recs ...Record) error {
 
 // wrapFull marks SQLite's "database or disk is full" as ErrDiskFull.
 func wrapFull(err error) error {
-	var se sqlite3.Error
-	if errors.As(err, &se) && se.Code == sqlite3.ErrFull {
+	if store.IsFull(err) {
 		return fmt.Errorf("%w: %v", ErrDiskFull, err)
 	}
 	return err
@@ -537,19 +532,6 @@ func deleteWhere(ctx context.Context, tx *sql.Tx, where string, args ...any) (in
 	return n, b, nil
 }
 
-// DropAlert is the payload of the alert raised when feedback is dropped.
-type DropAlert struct {
-	Schema       string    `json:"schema"`
-	Type         string    `json:"type"`
-	Device       string    `json:"device,omitempty"`
-	Dropped      int64     `json:"dropped"`
-	DroppedTotal int64     `json:"dropped_total"`
-	Time         time.Time `json:"time"`
-}
-
-// AlertSchema identifies alert payloads raised by this package.
-const AlertSchema = "scopewatch.alert/v1"
-
 // recordDrops counts drops and, at most once per DropAlertInterval, adds
 // an alert record (dropping more feedback if the alert itself would not
 // fit). It returns the records and bytes it changed the outbox by and the
@@ -569,7 +551,7 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 	var db int64
 	extra := 0
 	if o.cfg.AlertTopic != "" && (last < 0 || now-last >= o.cfg.DropAlertInterval.Nanoseconds()) {
-		payload, _ := json.Marshal(DropAlert{Schema: AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
+		payload, _ := json.Marshal(wire.DropAlert{Schema: wire.AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
 			Dropped: unreported, DroppedTotal: total, Time: time.Unix(0, now).UTC()})
 		size := int64(len(payload))
 		if records+1 > o.cfg.MaxRecords || bytes+size > o.cfg.MaxBytes {
@@ -580,7 +562,7 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 			dr, db, extra = -nr, -nb, nr
 			// The alert reports the drops made to fit it as well.
 			total += int64(nr)
-			payload, _ = json.Marshal(DropAlert{Schema: AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
+			payload, _ = json.Marshal(wire.DropAlert{Schema: wire.AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
 				Dropped: unreported + int64(nr), DroppedTotal: total, Time: time.Unix(0, now).UTC()})
 			size = int64(len(payload))
 		}

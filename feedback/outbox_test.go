@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
 	"github.com/scopewatch/scopewatch/internal/testutil"
@@ -133,14 +134,14 @@ func TestOutboxValidationIdempotenceStatus(t *testing.T) {
 		"wildcard":   {ID: "x", Kind: KindAlert, Topic: "a/+"},
 		"upper":      {ID: "x", Kind: KindAlert, Topic: "A/b"},
 		"qos":        {ID: "x", Kind: KindAlert, Topic: "a/b", QoS: 3},
-		"too large":  {ID: "x", Kind: KindAlert, Topic: "a/b", Payload: make([]byte, MaxPayload+1)},
+		"too large":  {ID: "x", Kind: KindAlert, Topic: "a/b", Payload: make([]byte, wire.MaxPayload+1)},
 		"too levels": {ID: "x", Kind: KindAlert, Topic: "a/b/c/d/e/f/g/h"},
 	} {
 		if err := ob.Enqueue(ctx, r); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if err := ob.Enqueue(ctx, Record{ID: "big", Kind: KindAlert, Topic: "a/b", Payload: make([]byte, MaxPayload)}); err != nil {
+	if err := ob.Enqueue(ctx, Record{ID: "big", Kind: KindAlert, Topic: "a/b", Payload: make([]byte, wire.MaxPayload)}); err != nil {
 		t.Fatalf("payload of exactly MaxPayload refused: %v", err)
 	}
 	r := rec(KindResult, "slide-1", 10)
@@ -171,7 +172,7 @@ func TestOutboxValidationIdempotenceStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n2, b2 := ob2.Depth(); n2 != 3 || b2 != int64(MaxPayload+10+1) {
+	if n2, b2 := ob2.Depth(); n2 != 3 || b2 != int64(wire.MaxPayload+10+1) {
 		t.Fatalf("reopened depth = %d, %d", n2, b2)
 	}
 }

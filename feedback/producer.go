@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/scopewatch/scopewatch/feedback/selection"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
@@ -15,7 +17,7 @@ import (
 type Producer struct {
 	cfg    ProducerConfig
 	topic  string
-	sel    *Selector
+	sel    *selection.Selector
 	outbox *Outbox
 	labels *Labels
 }
@@ -46,7 +48,7 @@ type Cell struct {
 }
 
 // NewProducer wires a selector, an outbox and the labels store.
-func NewProducer(cfg ProducerConfig, sel *Selector, outbox *Outbox, labels *Labels) (*Producer, error) {
+func NewProducer(cfg ProducerConfig, sel *selection.Selector, outbox *Outbox, labels *Labels) (*Producer, error) {
 	topic, err := cfg.Topics.Device(cfg.Site, cfg.Device, mqttconn.KindFeedback)
 	if err != nil {
 		return nil, fmt.Errorf("feedback producer: %w", err)
@@ -91,14 +93,14 @@ func (p *Producer) Offer(ctx context.Context, window int64, c Cell) (string, boo
 		p.sel.Charge(len(cleaned) - len(c.Crop))
 		c.Crop = cleaned
 	}
-	label := LabelUninfected
+	label := wire.LabelUninfected
 	if c.P >= p.cfg.Threshold {
-		label = LabelParasitized
+		label = wire.LabelParasitized
 	}
-	s := Sample{Device: p.cfg.Device, Site: p.cfg.Site, SlideHash: SlideHash(c.SlideID, p.cfg.DeviceSecret),
+	s := wire.Sample{Device: p.cfg.Device, Site: p.cfg.Site, SlideHash: wire.SlideHash(c.SlideID, p.cfg.DeviceSecret),
 		PParasitized: c.P, LabelPredicted: label, ModelVersion: p.cfg.ModelVersion, Time: p.cfg.Now().UTC(), Reason: reason}
-	s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(c.Crop), s.ModelVersion)
-	recs, err := s.Records(p.topic, c.Crop)
+	s.ID = wire.SampleID(s.Device, s.SlideHash, wire.SHA256Hex(c.Crop), s.ModelVersion)
+	recs, err := SampleRecords(p.topic, s, c.Crop)
 	if err != nil {
 		return "", false, fmt.Errorf("feedback sample: %w", err)
 	}
@@ -116,4 +118,19 @@ func (p *Producer) Offer(ctx context.Context, window int64, c Cell) (string, boo
 		return "", false, err
 	}
 	return s.ID, true, nil
+}
+
+// SampleRecords encodes s with the crop image (see wire.Sample.Encode) into
+// outbox records for topic: the sample and its chunks, if any, are feedback
+// records at QoS 1 in one drop group, so a full outbox drops a sample whole.
+func SampleRecords(topic string, s wire.Sample, crop []byte) ([]Record, error) {
+	msgs, err := s.Encode(crop)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]Record, len(msgs))
+	for i, m := range msgs {
+		recs[i] = Record{ID: m.ID, Kind: KindFeedback, Topic: topic, Payload: m.Payload, QoS: 1, Group: s.ID}
+	}
+	return recs, nil
 }

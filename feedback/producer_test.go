@@ -1,10 +1,14 @@
 package feedback
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/scopewatch/scopewatch/feedback/selection"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 )
 
 func TestProducerSelectsEncodesAndRemembers(t *testing.T) {
@@ -16,7 +20,7 @@ func TestProducerSelectsEncodesAndRemembers(t *testing.T) {
 	}
 	labels, _ := NewLabels(ctx, db.DB, LabelsConfig{})
 	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
-	sel := NewSelector(SelectorConfig{Threshold: 0.5, RandomRate: 1e-9, Now: clk.Now})
+	sel := selection.New(selection.Config{Threshold: 0.5, RandomRate: 1e-9, Now: clk.Now})
 	if _, err := NewProducer(ProducerConfig{Site: "lab", Device: "dev-1", DeviceSecret: []byte("short"), ModelVersion: "v"}, sel, ob, labels); err == nil {
 		t.Fatal("short secret accepted")
 	}
@@ -37,11 +41,11 @@ func TestProducerSelectsEncodesAndRemembers(t *testing.T) {
 	if len(pend) != 1 || pend[0].ID != id || pend[0].Topic != "scopewatch/v1/lab/dev-1/feedback" {
 		t.Fatalf("pending %+v", pend)
 	}
-	s, err := DecodeSample(pend[0].Payload)
+	s, err := wire.DecodeSample(pend[0].Payload)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.LabelPredicted != LabelParasitized || s.Reason != ReasonUncertainty || s.SlideHash != SlideHash("PATIENT-042-S-1", []byte("0123456789abcdef")) {
+	if s.LabelPredicted != wire.LabelParasitized || s.Reason != wire.ReasonUncertainty || s.SlideHash != wire.SlideHash("PATIENT-042-S-1", []byte("0123456789abcdef")) {
 		t.Fatalf("sample %+v", s)
 	}
 	for _, leak := range []string{"PATIENT", "042", "S-1"} {
@@ -50,7 +54,7 @@ func TestProducerSelectsEncodesAndRemembers(t *testing.T) {
 		}
 	}
 	// The label for it is accepted; the same cell offered again is one record.
-	if err := labels.Put(ctx, Label{FeedbackID: id, Label: LabelUninfected, Who: "t", Time: clk.Now()}); err != nil {
+	if err := labels.Put(ctx, wire.Label{FeedbackID: id, Label: wire.LabelUninfected, Who: "t", Time: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	p.Offer(ctx, 1, Cell{SlideID: "PATIENT-042-S-1", Crop: crop, P: 0.55})
@@ -99,7 +103,7 @@ func TestProducerCleansOnlySelectedCells(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
 	// The first two cleaned crops fill the day: the third is refused.
 	budget := len(cleanedPNG[0]) + len(cleanedPNG[1])
-	sel := NewSelector(SelectorConfig{Threshold: 0.5, RandomRate: 1e-9, DailyBytes: int64(budget), Now: clk.Now})
+	sel := selection.New(selection.Config{Threshold: 0.5, RandomRate: 1e-9, DailyBytes: int64(budget), Now: clk.Now})
 	p, err := NewProducer(ProducerConfig{Site: "lab", Device: "dev-1", DeviceSecret: []byte("0123456789abcdef"), ModelVersion: "2026.11.0", Now: clk.Now}, sel, ob, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -122,11 +126,11 @@ func TestProducerCleansOnlySelectedCells(t *testing.T) {
 		t.Fatalf("%d pending, want 2", len(pend))
 	}
 	for i, r := range pend {
-		s, err := DecodeSample(r.Payload)
+		s, err := wire.DecodeSample(r.Payload)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := SHA256Hex(cleanedPNG[byte(i)]); s.Crop.SHA256 != want || s.Crop.Bytes != len(cleanedPNG[byte(i)]) {
+		if want := wire.SHA256Hex(cleanedPNG[byte(i)]); s.Crop.SHA256 != want || s.Crop.Bytes != len(cleanedPNG[byte(i)]) {
 			t.Errorf("sample %d carries %s (%d bytes), want the cleaned crop %s", i, s.Crop.SHA256, s.Crop.Bytes, want)
 		}
 	}
@@ -134,5 +138,30 @@ func TestProducerCleansOnlySelectedCells(t *testing.T) {
 	boom := errors.New("not an image")
 	if _, ok, err := p.Offer(ctx, 1, Cell{SlideID: "S", Crop: []byte{0}, P: 0.5, Clean: func([]byte) ([]byte, error) { return nil, boom }}); ok || !errors.Is(err, boom) {
 		t.Fatalf("failed Clean: sent %v, err %v", ok, err)
+	}
+}
+
+// TestSampleRecordsOneDropGroup: a chunked sample becomes feedback records
+// at QoS 1 on the topic, all in the sample's drop group, in wire order.
+func TestSampleRecordsOneDropGroup(t *testing.T) {
+	crop := testPNG(t, 300, 300, 1)
+	s := testSample(1)
+	s.ID = wire.SampleID(s.Device, s.SlideHash, wire.SHA256Hex(crop), s.ModelVersion)
+	msgs, err := s.Encode(crop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := SampleRecords(topicFB, s, crop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) < 2 || len(recs) != len(msgs) {
+		t.Fatalf("%d records for %d messages, want a chunked sample", len(recs), len(msgs))
+	}
+	for i, r := range recs {
+		if r.ID != msgs[i].ID || !bytes.Equal(r.Payload, msgs[i].Payload) || r.Group != s.ID || r.Kind != KindFeedback ||
+			r.Topic != topicFB || r.QoS != 1 || r.Retain {
+			t.Fatalf("record %d: id %q group %q kind %q topic %q qos %d retain %v", i, r.ID, r.Group, r.Kind, r.Topic, r.QoS, r.Retain)
+		}
 	}
 }

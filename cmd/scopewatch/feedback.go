@@ -10,7 +10,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
@@ -38,7 +38,7 @@ func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	payload, err := feedback.Label{FeedbackID: *id, Label: *label, Who: *who, Time: time.Now().UTC()}.Encode()
+	payload, err := wire.Label{FeedbackID: *id, Label: *label, Who: *who, Time: time.Now().UTC()}.Encode()
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

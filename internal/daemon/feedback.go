@@ -20,6 +20,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/feedback/selection"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
@@ -38,7 +39,7 @@ type feedbackLink struct {
 	labels  *feedback.Labels
 	retuner *feedback.Retuner // nil when retune.enabled is false
 	topics  mqttconn.Topics
-	sel     *feedback.Selector
+	sel     *selection.Selector
 
 	mu       sync.Mutex
 	prod     *feedback.Producer
@@ -86,7 +87,7 @@ func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *
 	if t := d.model.threshold(); t > 0 {
 		thr = t
 	}
-	sel := feedback.NewSelector(feedback.SelectorConfig{Threshold: thr, Band: fc.Band, DriftRate: fc.DriftRate, RandomRate: fc.RandomRate,
+	sel := selection.New(selection.Config{Threshold: thr, Band: fc.Band, DriftRate: fc.DriftRate, RandomRate: fc.RandomRate,
 		MaxPerWindow: fc.MaxPerWindow, DailyBytes: fc.DailyBytes, Seed: uint64(d.boot), Now: d.now})
 	// The day's byte budget survives restarts.
 	if v, ok, err := d.db.meta(ctx, "feedback_day_bytes"); err != nil {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
@@ -55,10 +55,10 @@ func TestFeedbackThroughBroker(t *testing.T) {
 		t.Fatalf("upload named.png: %d", resp.StatusCode)
 	}
 	fbTopic := "scopewatch/v1/lab/scope1/feedback"
-	samples := func() []feedback.Sample {
-		var out []feedback.Sample
+	samples := func() []wire.Sample {
+		var out []wire.Sample
 		for _, m := range sub.messages(fbTopic) {
-			if s, err := feedback.DecodeSample(m); err == nil {
+			if s, err := wire.DecodeSample(m); err == nil {
 				out = append(out, s)
 			}
 		}
@@ -74,13 +74,13 @@ func TestFeedbackThroughBroker(t *testing.T) {
 		}
 	}
 	s := samples()[0]
-	if s.Reason != feedback.ReasonUncertainty || s.ModelVersion != "pix-1" || s.Device != "scope1" || s.Site != "lab" ||
+	if s.Reason != wire.ReasonUncertainty || s.ModelVersion != "pix-1" || s.Device != "scope1" || s.Site != "lab" ||
 		s.SlideHash == "" || strings.Contains(string(sub.messages(fbTopic)[0]), "fb-slide") {
 		t.Fatalf("sample %+v", s)
 	}
 
 	// A label for it comes back on the label topic and is stored.
-	lb, _ := json.Marshal(feedback.Label{Schema: feedback.LabelSchema, FeedbackID: s.ID, Label: feedback.LabelParasitized, Who: "tester", Time: time.Now().UTC()})
+	lb, _ := json.Marshal(wire.Label{Schema: wire.LabelSchema, FeedbackID: s.ID, Label: wire.LabelParasitized, Who: "tester", Time: time.Now().UTC()})
 	if tok := sub.client.Publish("scopewatch/v1/lab/scope1/label", 1, false, lb); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish label: %v", tok.Error())
 	}
@@ -102,11 +102,11 @@ func TestFeedbackThroughBroker(t *testing.T) {
 	}
 	retuneTopic := "scopewatch/v1/lab/retune/request"
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(sub.messages(retuneTopic)) > 0 }, "retune request on the broker")
-	var req feedback.RetuneRequest
+	var req wire.RetuneRequest
 	if err := json.Unmarshal(sub.messages(retuneTopic)[0], &req); err != nil {
 		t.Fatal(err)
 	}
-	if req.Schema != feedback.RetuneSchema || req.ModelVersion != "pix-1" || req.Device != "scope1" || len(req.FeedbackIDs) != 1 ||
+	if req.Schema != wire.RetuneSchema || req.ModelVersion != "pix-1" || req.Device != "scope1" || len(req.FeedbackIDs) != 1 ||
 		req.FeedbackIDs[0] != s.ID || req.Evidence["cells_since_reset"] == 0 {
 		t.Fatalf("retune request %+v", req)
 	}

@@ -322,3 +322,12 @@ func corruptErr(err error) error {
 	}
 	return err
 }
+
+// IsFull reports whether err is SQLite's "database or disk is full"
+// (SQLITE_FULL: the disk, or max_page_count, stopped the database from
+// growing), so callers can tell it from other failures without importing
+// the driver.
+func IsFull(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrFull
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -238,5 +239,38 @@ func TestOpenReadOnly(t *testing.T) {
 	}
 	if _, err := r.Exec(`INSERT INTO a_items(v) VALUES ('r')`); err == nil {
 		t.Fatal("read-only pool accepted a write")
+	}
+}
+
+// TestIsFull: a database that may not grow past max_page_count fails with
+// SQLITE_FULL, which IsFull recognises; other errors are not "full".
+func TestIsFull(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "f.db"), Options{}, schemaA(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var pages int
+	if err := db.QueryRow(`PRAGMA page_count`).Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(fmt.Sprintf(`PRAGMA max_page_count = %d`, pages+4)); err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 4000)
+	var full error
+	for i := 0; i < 100 && full == nil; i++ {
+		_, full = db.Exec(`INSERT INTO a_items(v) VALUES (?)`, big)
+	}
+	if !IsFull(full) {
+		t.Fatalf("insert into a capped database: %v, want IsFull", full)
+	}
+	if !IsFull(fmt.Errorf("enqueue: %w", full)) {
+		t.Fatal("IsFull does not look through wrapping")
+	}
+	_, other := db.Exec(`INSERT INTO no_such_table(v) VALUES (1)`)
+	if other == nil || IsFull(other) || IsFull(nil) || IsFull(errors.New("full")) {
+		t.Fatalf("IsFull true for an error that is not SQLITE_FULL: %v", other)
 	}
 }

@@ -1,15 +1,30 @@
-package feedback
+package selection
 
 import (
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/scopewatch/scopewatch/feedback/wire"
 )
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
 
 func TestSelectorReasonsAndLimits(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 11, 28, 23, 0, 0, 0, time.UTC)}
-	s := NewSelector(SelectorConfig{Threshold: 0.5, Band: 0.1, MaxPerWindow: 1000, RandomRate: 0.01, DriftRate: 0.1, DailyBytes: 1 << 30, Seed: 1, Now: clk.Now})
+	s := New(Config{Threshold: 0.5, Band: 0.1, MaxPerWindow: 1000, RandomRate: 0.01, DriftRate: 0.1, DailyBytes: 1 << 30, Seed: 1, Now: clk.Now})
 	r := rand.New(rand.NewPCG(7, 7))
 	counts := map[string]int{}
 	uncertainCells := 0
@@ -28,25 +43,25 @@ func TestSelectorReasonsAndLimits(t *testing.T) {
 		}
 		if reason, ok := s.Consider(p, 1000); ok {
 			counts[reason]++
-			if reason == ReasonUncertainty && math.Abs(p-0.5) > 0.1 && Entropy(p) < 0.95 {
+			if reason == wire.ReasonUncertainty && math.Abs(p-0.5) > 0.1 && Entropy(p) < 0.95 {
 				t.Fatalf("p=%.3f selected as uncertain", p)
 			}
 		}
 	}
-	if counts[ReasonUncertainty] != uncertainCells {
-		t.Errorf("uncertain selected %d, want all %d", counts[ReasonUncertainty], uncertainCells)
+	if counts[wire.ReasonUncertainty] != uncertainCells {
+		t.Errorf("uncertain selected %d, want all %d", counts[wire.ReasonUncertainty], uncertainCells)
 	}
 	// Drift only in the second half, at 10% of the non-uncertain cells.
 	nonUncertainDrifted := float64(n-uncertainCells) / 2
-	if got := float64(counts[ReasonDrift]); got < 0.07*nonUncertainDrifted || got > 0.13*nonUncertainDrifted {
+	if got := float64(counts[wire.ReasonDrift]); got < 0.07*nonUncertainDrifted || got > 0.13*nonUncertainDrifted {
 		t.Errorf("drift selected %v of about %v cells at rate 0.1", got, nonUncertainDrifted)
 	}
-	if counts[ReasonRandom] < 50 || counts[ReasonRandom] > 200 {
-		t.Errorf("random selected %d, want about 1%% of the rest", counts[ReasonRandom])
+	if counts[wire.ReasonRandom] < 50 || counts[wire.ReasonRandom] > 200 {
+		t.Errorf("random selected %d, want about 1%% of the rest", counts[wire.ReasonRandom])
 	}
 
 	// Window cap.
-	capped := NewSelector(SelectorConfig{MaxPerWindow: 5, Seed: 1})
+	capped := New(Config{MaxPerWindow: 5, Seed: 1})
 	capped.StartWindow(false)
 	got := 0
 	for i := 0; i < 100; i++ {
@@ -63,7 +78,7 @@ func TestSelectorReasonsAndLimits(t *testing.T) {
 	}
 
 	// Daily byte budget, reset at UTC midnight.
-	budget := NewSelector(SelectorConfig{MaxPerWindow: 1000, DailyBytes: 3000, Now: clk.Now})
+	budget := New(Config{MaxPerWindow: 1000, DailyBytes: 3000, Now: clk.Now})
 	budget.StartWindow(false)
 	got = 0
 	for i := 0; i < 10; i++ {
@@ -86,7 +101,7 @@ func TestSelectorReasonsAndLimits(t *testing.T) {
 
 func TestSelectorStratifiedAndReproducible(t *testing.T) {
 	run := func() []int {
-		s := NewSelector(SelectorConfig{RandomRate: 1, MaxPerWindow: 100, Strata: 10, Seed: 3})
+		s := New(Config{RandomRate: 1, MaxPerWindow: 100, Strata: 10, Seed: 3})
 		s.StartWindow(false)
 		perStratum := make([]int, 10)
 		// Mostly confident negatives: stratification still gives every
@@ -97,7 +112,7 @@ func TestSelectorStratifiedAndReproducible(t *testing.T) {
 			if i%50 == 0 {
 				p = r.Float64()
 			}
-			if reason, ok := s.Consider(p, 1); ok && reason == ReasonRandom {
+			if reason, ok := s.Consider(p, 1); ok && reason == wire.ReasonRandom {
 				perStratum[min(int(p*10), 9)]++
 			}
 		}
@@ -123,8 +138,8 @@ func TestSelectorStratifiedAndReproducible(t *testing.T) {
 // count against the same day's budget, and not against the next day's.
 func TestSelectorRestoresDayUsage(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
-	cfg := SelectorConfig{Threshold: 0.5, DailyBytes: 1000, Now: clk.Now}
-	before := NewSelector(cfg)
+	cfg := Config{Threshold: 0.5, DailyBytes: 1000, Now: clk.Now}
+	before := New(cfg)
 	before.StartWindow(false)
 	if _, ok := before.Consider(0.5, 900); !ok {
 		t.Fatal("first uncertain cell not selected")
@@ -133,7 +148,7 @@ func TestSelectorRestoresDayUsage(t *testing.T) {
 	if day != "2026-11-28" || n != 900 {
 		t.Fatalf("DayUsage = %q %d", day, n)
 	}
-	after := NewSelector(cfg)
+	after := New(cfg)
 	after.RestoreDayUsage(day, n)
 	after.StartWindow(false)
 	if _, ok := after.Consider(0.5, 200); ok {

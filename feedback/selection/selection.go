@@ -1,15 +1,17 @@
-package feedback
+package selection
 
 import (
 	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/scopewatch/scopewatch/feedback/wire"
 )
 
-// SelectorConfig tunes which cells become feedback samples. Zero values
-// take the defaults noted.
-type SelectorConfig struct {
+// Config tunes which cells become feedback samples. Zero values take the
+// defaults noted.
+type Config struct {
 	// Threshold is the model's decision threshold on p(parasitized);
 	// default 0.5.
 	Threshold float64
@@ -36,7 +38,7 @@ type SelectorConfig struct {
 	Now        func() time.Time
 }
 
-func (c *SelectorConfig) defaults() {
+func (c *Config) defaults() {
 	if c.Threshold <= 0 || c.Threshold >= 1 {
 		c.Threshold = 0.5
 	}
@@ -69,7 +71,7 @@ func (c *SelectorConfig) defaults() {
 // Selector decides, cell by cell, whether to send it as feedback and why.
 // It is safe for concurrent use.
 type Selector struct {
-	cfg SelectorConfig
+	cfg Config
 	mu  sync.Mutex
 	rng *rand.Rand
 
@@ -82,9 +84,8 @@ type Selector struct {
 	driftedOn bool
 }
 
-// NewSelector returns a selector; its random draws are reproducible from
-// cfg.Seed.
-func NewSelector(cfg SelectorConfig) *Selector {
+// New returns a selector; its random draws are reproducible from cfg.Seed.
+func New(cfg Config) *Selector {
 	cfg.defaults()
 	return &Selector{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x5eed)), perStrat: make([]int, cfg.Strata),
 		skipped: map[string]int{}, selected: map[string]int{}}
@@ -109,8 +110,8 @@ func Entropy(p float64) float64 {
 }
 
 // Consider decides for one cell with score p whose crop is cropBytes long.
-// It returns the reason (ReasonUncertainty, ReasonDrift, ReasonRandom) and
-// true when the cell should be sent.
+// It returns the reason (wire.ReasonUncertainty, ReasonDrift or
+// ReasonRandom) and true when the cell should be sent.
 func (s *Selector) Consider(p float64, cropBytes int) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -120,11 +121,11 @@ func (s *Selector) Consider(p float64, cropBytes int) (string, bool) {
 	reason := ""
 	switch {
 	case math.Abs(p-s.cfg.Threshold) <= s.cfg.Band || Entropy(p) >= s.cfg.MinEntropy:
-		reason = ReasonUncertainty
+		reason = wire.ReasonUncertainty
 	case s.driftedOn && uDrift < s.cfg.DriftRate:
-		reason = ReasonDrift
+		reason = wire.ReasonDrift
 	case uRandom < s.cfg.RandomRate:
-		reason = ReasonRandom
+		reason = wire.ReasonRandom
 	default:
 		return "", false
 	}
@@ -132,7 +133,7 @@ func (s *Selector) Consider(p float64, cropBytes int) (string, bool) {
 		s.skipped["window_cap"]++
 		return "", false
 	}
-	if reason == ReasonRandom {
+	if reason == wire.ReasonRandom {
 		st := min(int(p*float64(s.cfg.Strata)), s.cfg.Strata-1)
 		st = max(st, 0)
 		if s.perStrat[st] >= max(1, s.cfg.MaxPerWindow/s.cfg.Strata) {
@@ -195,5 +196,3 @@ func (s *Selector) Counts() (selected, skipped map[string]int) {
 	}
 	return selected, skipped
 }
-
-func nanValue() float64 { return math.NaN() }

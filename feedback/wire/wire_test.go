@@ -1,4 +1,4 @@
-package feedback
+package wire
 
 import (
 	"bytes"
@@ -52,20 +52,20 @@ func TestSampleRoundTripInlineAndChunked(t *testing.T) {
 			crop := testPNG(t, tc.w, tc.h, 1)
 			s := testSample(1)
 			s.ID = SampleID(s.Device, s.SlideHash, SHA256Hex(crop), s.ModelVersion)
-			recs, err := s.Records(topicFB, crop)
+			msgs, err := s.Encode(crop)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := 1 + tc.chunks; len(recs) != want {
-				t.Fatalf("%d records for a %d-byte crop, want %d", len(recs), len(crop), want)
+			if want := 1 + tc.chunks; len(msgs) != want {
+				t.Fatalf("%d messages for a %d-byte crop, want %d", len(msgs), len(crop), want)
 			}
 			var got []byte
-			for i, r := range recs {
+			for i, r := range msgs {
 				if len(r.Payload) > MaxPayload {
-					t.Fatalf("record %d is %d bytes", i, len(r.Payload))
+					t.Fatalf("message %d is %d bytes", i, len(r.Payload))
 				}
-				if r.Group != s.ID || r.Kind != KindFeedback {
-					t.Fatalf("record %d: group %q kind %q", i, r.Group, r.Kind)
+				if i == 0 && r.ID != s.ID {
+					t.Fatalf("message 0: id %q, want the sample's %q", r.ID, s.ID)
 				}
 				if i == 0 {
 					d, err := DecodeSample(r.Payload)
@@ -108,11 +108,11 @@ func validSampleJSON(t testing.TB) []byte {
 	crop := testPNG(t, 8, 8, 2)
 	s := testSample(0)
 	s.ID = "fb-1"
-	recs, err := s.Records(topicFB, crop)
+	msgs, err := s.Encode(crop)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return recs[0].Payload
+	return msgs[0].Payload
 }
 
 func mutate(t *testing.T, data []byte, f func(m map[string]any)) []byte {

@@ -1,4 +1,4 @@
-package feedback
+package wire
 
 import (
 	"bytes"
@@ -20,7 +20,15 @@ const (
 	SampleSchema = "scopewatch.feedback/v1"
 	ChunkSchema  = "scopewatch.feedback.chunk/v1"
 	LabelSchema  = "scopewatch.label/v1"
+	// RetuneSchema identifies retune request payloads.
+	RetuneSchema = "scopewatch.retune/v1"
+	// AlertSchema identifies alert payloads (DropAlert).
+	AlertSchema = "scopewatch.alert/v1"
 )
+
+// MaxPayload is the largest MQTT payload we publish (DESIGN.md §3): managed
+// brokers commonly refuse more. Larger blobs go in chunks (see Chunk).
+const MaxPayload = 128 << 10
 
 // Limits of the wire format.
 const (
@@ -47,12 +55,11 @@ const (
 
 // Sentinel errors of the decoders; receivers count rejects by them.
 var (
-	ErrBadJSON   = errors.New("malformed JSON")
-	ErrSchema    = errors.New("wrong or missing schema")
-	ErrOversize  = errors.New("message too large")
-	ErrBadHash   = errors.New("hash mismatch")
-	ErrInvalid   = errors.New("invalid field")
-	ErrUnknownID = errors.New("unknown feedback id")
+	ErrBadJSON  = errors.New("malformed JSON")
+	ErrSchema   = errors.New("wrong or missing schema")
+	ErrOversize = errors.New("message too large")
+	ErrBadHash  = errors.New("hash mismatch")
+	ErrInvalid  = errors.New("invalid field")
 )
 
 // Sample is one feedback sample: a cell crop and what the model said about
@@ -101,6 +108,29 @@ type Label struct {
 	Time       time.Time `json:"time"`
 }
 
+// RetuneRequest asks the tuning workers for a new model.
+type RetuneRequest struct {
+	Schema       string             `json:"schema"`
+	ID           string             `json:"id"`
+	Site         string             `json:"site"`
+	Device       string             `json:"device"`
+	ModelVersion string             `json:"model_version"`
+	Reason       string             `json:"reason"`
+	Evidence     map[string]float64 `json:"evidence"`
+	FeedbackIDs  []string           `json:"feedback_ids"`
+	Time         time.Time          `json:"time"`
+}
+
+// DropAlert is the payload of the alert raised when feedback is dropped.
+type DropAlert struct {
+	Schema       string    `json:"schema"`
+	Type         string    `json:"type"`
+	Device       string    `json:"device,omitempty"`
+	Dropped      int64     `json:"dropped"`
+	DroppedTotal int64     `json:"dropped_total"`
+	Time         time.Time `json:"time"`
+}
+
 // SlideHash is the only slide reference that leaves a device: an HMAC-SHA256
 // of the slide id under the device secret, so that samples of one slide can
 // be grouped (and kept in one split) while the slide id, which can lead to
@@ -136,11 +166,18 @@ func CropFormat(b []byte) (string, error) {
 	return "", fmt.Errorf("%w: crop is neither PNG nor JPEG", ErrInvalid)
 }
 
-// Records encodes s with the crop image into outbox records for topic: one
-// record when the sample fits in MaxPayload, otherwise the sample (with
-// Crop.Chunks set) plus its chunks, all in one drop group. s.Crop is filled
-// in from crop; the other fields must already be valid.
-func (s Sample) Records(topic string, crop []byte) ([]Record, error) {
+// Message is one payload to publish with its stable id, which receivers
+// deduplicate by (and the device's outbox stores it under).
+type Message struct {
+	ID      string
+	Payload []byte
+}
+
+// Encode encodes s with the crop image into messages: one message when the
+// sample fits in MaxPayload, otherwise the sample (with Crop.Chunks set)
+// followed by its chunks, which must be dropped or delivered together. s.Crop
+// is filled in from crop; the other fields must already be valid.
+func (s Sample) Encode(crop []byte) ([]Message, error) {
 	format, err := CropFormat(crop)
 	if err != nil {
 		return nil, err
@@ -153,11 +190,8 @@ func (s Sample) Records(topic string, crop []byte) ([]Record, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	mk := func(id string, p []byte) Record {
-		return Record{ID: id, Kind: KindFeedback, Topic: topic, Payload: p, QoS: 1, Group: s.ID}
-	}
 	if p, err := json.Marshal(s); err == nil && len(p) <= MaxPayload {
-		return []Record{mk(s.ID, p)}, nil
+		return []Message{{ID: s.ID, Payload: p}}, nil
 	}
 	n := (len(crop) + ChunkData - 1) / ChunkData
 	s.Crop.Data, s.Crop.Chunks = nil, n
@@ -165,19 +199,19 @@ func (s Sample) Records(topic string, crop []byte) ([]Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode sample %s: %w", s.ID, err)
 	}
-	recs := []Record{mk(s.ID, head)}
+	msgs := []Message{{ID: s.ID, Payload: head}}
 	for i := 0; i < n; i++ {
 		part := crop[i*ChunkData : min(len(crop), (i+1)*ChunkData)]
 		p, err := json.Marshal(Chunk{Schema: ChunkSchema, SampleID: s.ID, Index: i, Count: n, SHA256: s.Crop.SHA256, Data: part})
 		if err != nil {
 			return nil, fmt.Errorf("encode chunk: %w", err)
 		}
-		recs = append(recs, mk(ChunkID(s.ID, i), p))
+		msgs = append(msgs, Message{ID: ChunkID(s.ID, i), Payload: p})
 	}
-	return recs, nil
+	return msgs, nil
 }
 
-// ChunkID is the record id of chunk i of a sample.
+// ChunkID is the message id of chunk i of a sample.
 func ChunkID(sampleID string, i int) string { return fmt.Sprintf("%s.c%d", sampleID, i) }
 
 // PeekSchema returns the schema field of a JSON object without validating
