@@ -125,7 +125,7 @@ type OutboxConfig struct {
 	// AlertTopic, when set, receives an alert record when feedback is
 	// dropped, at most once per DropAlertInterval (default 1 h).
 	AlertTopic        string
-	Device            string
+	Site, Device      string
 	DropAlertInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now     func() time.Time
@@ -532,6 +532,18 @@ func deleteWhere(ctx context.Context, tx *sql.Tx, where string, args ...any) (in
 	return n, b, nil
 }
 
+// dropAlert is the alert payload reporting dropped feedback.
+func (o *Outbox) dropAlert(id string, dropped, total, now int64) []byte {
+	b, err := json.Marshal(wire.Alert{Schema: wire.AlertSchema, ID: id, Site: o.cfg.Site, Device: o.cfg.Device,
+		Kind: "outbox_feedback_dropped", Severity: wire.SeverityWarn,
+		Detail: fmt.Sprintf("outbox full: %d feedback records dropped (%d in all)", dropped, total),
+		Dropped: dropped, DroppedTotal: total, At: time.Unix(0, now).UTC()})
+	if err != nil { // strings, integers and a time: cannot fail
+		o.cfg.Log.Error("encoding the drop alert failed", "err", err)
+	}
+	return b
+}
+
 // recordDrops counts drops and, at most once per DropAlertInterval, adds
 // an alert record (dropping more feedback if the alert itself would not
 // fit). It returns the records and bytes it changed the outbox by and the
@@ -551,8 +563,8 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 	var db int64
 	extra := 0
 	if o.cfg.AlertTopic != "" && (last < 0 || now-last >= o.cfg.DropAlertInterval.Nanoseconds()) {
-		payload, _ := json.Marshal(wire.DropAlert{Schema: wire.AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
-			Dropped: unreported, DroppedTotal: total, Time: time.Unix(0, now).UTC()})
+		id := fmt.Sprintf("alert-outbox-drop-%s-%d", o.cfg.Device, now)
+		payload := o.dropAlert(id, unreported, total, now)
 		size := int64(len(payload))
 		if records+1 > o.cfg.MaxRecords || bytes+size > o.cfg.MaxBytes {
 			nr, nb, err := o.evict(ctx, tx, records+1-o.cfg.MaxRecords, bytes+size-o.cfg.MaxBytes)
@@ -562,11 +574,9 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 			dr, db, extra = -nr, -nb, nr
 			// The alert reports the drops made to fit it as well.
 			total += int64(nr)
-			payload, _ = json.Marshal(wire.DropAlert{Schema: wire.AlertSchema, Type: "outbox_feedback_dropped", Device: o.cfg.Device,
-				Dropped: unreported + int64(nr), DroppedTotal: total, Time: time.Unix(0, now).UTC()})
+			payload = o.dropAlert(id, unreported+int64(nr), total, now)
 			size = int64(len(payload))
 		}
-		id := fmt.Sprintf("alert-outbox-drop-%s-%d", o.cfg.Device, now)
 		if _, err := tx.ExecContext(ctx, `INSERT INTO feedback_outbox(id, grp, kind, priority, topic, payload, qos, retain, size, created_ns)
 			VALUES (?,?,?,?,?,?,1,0,?,?) ON CONFLICT(id) DO NOTHING`,
 			id, id, string(KindAlert), KindAlert.Priority(), o.cfg.AlertTopic, payload, size, now); err != nil {

@@ -2,10 +2,12 @@ package feedback
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -228,6 +230,15 @@ func TestOutboxBoundWhileBrokerGoneForAnHour(t *testing.T) {
 		byKind[p.Kind]++
 		if p.Kind == KindFeedback {
 			newestFB = p.ID
+		}
+		if strings.HasPrefix(p.ID, "alert-outbox-drop-") {
+			// The drop alert has the one alert shape.
+			var a wire.Alert
+			if err := json.Unmarshal(p.Payload, &a); err != nil || a.Schema != wire.AlertSchema || a.ID != p.ID ||
+				a.Kind != "outbox_feedback_dropped" || a.Severity != wire.SeverityWarn || a.Device != "dev" || a.Dropped < 1 ||
+				a.DroppedTotal < a.Dropped || a.At.IsZero() || a.Detail == "" {
+				t.Fatalf("drop alert %s: %+v (%v)", p.ID, a, err)
+			}
 		}
 	}
 	if byKind[KindResult] != results {

@@ -24,5 +24,5 @@
 //   - scopewatch/v1/{site}/retune/request, schema "scopewatch.retune/v1"
 //     (RetuneRequest).
 //   - the alert raised when the outbox drops feedback, schema
-//     "scopewatch.alert/v1" (DropAlert).
+//     "scopewatch.alert/v1" (Alert).
 package wire

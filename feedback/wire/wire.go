@@ -22,7 +22,7 @@ const (
 	LabelSchema  = "scopewatch.label/v1"
 	// RetuneSchema identifies retune request payloads.
 	RetuneSchema = "scopewatch.retune/v1"
-	// AlertSchema identifies alert payloads (DropAlert).
+	// AlertSchema identifies alert payloads (Alert).
 	AlertSchema = "scopewatch.alert/v1"
 )
 
@@ -121,14 +121,46 @@ type RetuneRequest struct {
 	Time         time.Time          `json:"time"`
 }
 
-// DropAlert is the payload of the alert raised when feedback is dropped.
-type DropAlert struct {
-	Schema       string    `json:"schema"`
-	Type         string    `json:"type"`
-	Device       string    `json:"device,omitempty"`
-	Dropped      int64     `json:"dropped"`
-	DroppedTotal int64     `json:"dropped_total"`
-	Time         time.Time `json:"time"`
+// Alert is every alert a device publishes on its alert topic
+// (AlertSchema), whatever raised it: one shape, so that alert routing reads
+// one set of fields. Kind says what happened (for example drift_alarm,
+// model_rejected, db_cap, outbox_feedback_dropped); the fields of a kind's
+// own detail are set for that kind only.
+type Alert struct {
+	Schema string `json:"schema"`
+	// ID is unique per alert; receivers deduplicate by it.
+	ID     string `json:"id"`
+	Site   string `json:"site,omitempty"`
+	Device string `json:"device,omitempty"`
+	Kind   string `json:"kind"`
+	// Severity is warn or error.
+	Severity     string    `json:"severity"`
+	Detail       string    `json:"detail"`
+	ModelVersion string    `json:"model_version,omitempty"`
+	Boot         int64     `json:"boot,omitempty"`
+	At           time.Time `json:"at"`
+	// Drift is the detector's evidence, for drift_warn and drift_alarm.
+	Drift *DriftEvidence `json:"drift,omitempty"`
+	// Dropped counts the feedback records dropped since the last such
+	// alert, DroppedTotal over the device's life (outbox_feedback_dropped).
+	Dropped      int64 `json:"dropped,omitempty"`
+	DroppedTotal int64 `json:"dropped_total,omitempty"`
+}
+
+// Alert severities.
+const (
+	SeverityWarn  = "warn"
+	SeverityError = "error"
+)
+
+// DriftEvidence is what a drift detector saw when it fired.
+type DriftEvidence struct {
+	Signal    string  `json:"signal"`
+	Level     string  `json:"level"` // warn or alarm
+	Statistic float64 `json:"statistic"`
+	Threshold float64 `json:"threshold"`
+	Window    int     `json:"window"`
+	Index     int64   `json:"index"`
 }
 
 // SlideHash is the only slide reference that leaves a device: an HMAC-SHA256

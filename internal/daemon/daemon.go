@@ -17,6 +17,7 @@ import (
 	systemd "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
@@ -172,7 +173,7 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		// failure here is the database's: the daemon does not start rather
 		// than count slides whose results it could not send.
 		outbox, err = feedback.NewOutbox(ctx, sqlDB, feedback.OutboxConfig{
-			AlertTopic: d.topic(mqttconn.KindAlert), Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
+			AlertTopic: d.topic(mqttconn.KindAlert), Site: cfg.Site, Device: cfg.Device, Now: d.now, Log: d.log, Metrics: d.metrics.outbox,
 		})
 		if err != nil {
 			sqlDB.Close()
@@ -578,10 +579,8 @@ func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 	var recs []feedback.Record // nothing to send without MQTT
 	if cfg.MQTT.Enabled {
 		id := fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli())
-		payload, err := json.Marshal(map[string]any{
-			"schema": "scopewatch.alert/v1", "id": id,
-			"site": cfg.Site, "device": cfg.Device, "kind": kind, "detail": detail, "at": now, "model_version": d.model.ModelVersion(),
-		})
+		payload, err := json.Marshal(wire.Alert{Schema: wire.AlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device,
+			Kind: kind, Severity: wire.SeverityWarn, Detail: detail, ModelVersion: d.model.ModelVersion(), Boot: d.boot, At: now})
 		if err != nil {
 			d.log.Error("encoding the alert failed; it is recorded as an event only", "kind", kind, "err", err)
 		} else {

@@ -15,13 +15,10 @@ import (
 
 	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
-
-// driftAlertSchema is the alert payload of a drift event (kind "drift" of
-// the scopewatch.alert family, with the detector's fields).
-const driftAlertSchema = "scopewatch.alert/v1"
 
 // calibrationBudget bounds the memory of an in-daemon recalibration: the
 // simulation keeps sims x horizon x tests float32 statistics (the
@@ -589,24 +586,6 @@ func (w *driftWatch) refreshGauges() {
 	}
 }
 
-// driftAlert is the alert topic's payload for a drift event.
-type driftAlert struct {
-	Schema       string    `json:"schema"`
-	ID           string    `json:"id"`
-	Site         string    `json:"site"`
-	Device       string    `json:"device"`
-	Kind         string    `json:"kind"`
-	Signal       string    `json:"signal"`
-	Level        string    `json:"level"`
-	Statistic    float64   `json:"statistic"`
-	Threshold    float64   `json:"threshold"`
-	Window       int       `json:"window"`
-	Index        int64     `json:"index"`
-	ModelVersion string    `json:"model_version"`
-	At           time.Time `json:"at"`
-	Boot         int64     `json:"boot"`
-}
-
 // driftEvent records a warn or alarm: an events row and the alert message
 // in one transaction, then the metrics.
 func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
@@ -615,9 +594,15 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	// Stable and unique: one event per signal, level and window at a
 	// stream position, within one boot and model.
 	id := fmt.Sprintf("%s-%d-drift-%s-%d-%s-%s-%d", cfg.Device, d.boot, model, ev.Index, ev.Signal, ev.Level, ev.Window)
-	a := driftAlert{Schema: driftAlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device, Kind: "drift",
-		Signal: ev.Signal, Level: ev.Level, Statistic: ev.Statistic, Threshold: ev.Threshold, Window: ev.Window, Index: ev.Index,
-		ModelVersion: model, At: now, Boot: d.boot}
+	level := wire.SeverityWarn
+	if ev.Level == drift.LevelAlarm {
+		level = wire.SeverityError
+	}
+	detail := fmt.Sprintf("%s %s: statistic %.4g > threshold %.4g on the last %d cells (cell %d, model %s)",
+		ev.Signal, ev.Level, ev.Statistic, ev.Threshold, ev.Window, ev.Index, model)
+	a := wire.Alert{Schema: wire.AlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device, Kind: "drift_" + ev.Level,
+		Severity: level, Detail: detail, ModelVersion: model, Boot: d.boot, At: now,
+		Drift: &wire.DriftEvidence{Signal: ev.Signal, Level: ev.Level, Statistic: ev.Statistic, Threshold: ev.Threshold, Window: ev.Window, Index: ev.Index}}
 	var recs []feedback.Record
 	if cfg.MQTT.Enabled {
 		payload, err := json.Marshal(a)
@@ -627,12 +612,6 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic(mqttconn.KindAlert), Payload: payload, QoS: 1})
 		}
 	}
-	level := "warn"
-	if ev.Level == drift.LevelAlarm {
-		level = "error"
-	}
-	detail := fmt.Sprintf("%s %s: statistic %.4g > threshold %.4g on the last %d cells (cell %d, model %s)",
-		ev.Signal, ev.Level, ev.Statistic, ev.Threshold, ev.Window, ev.Index, model)
 	if err := d.db.recordAlert(ctx, level, "drift_"+ev.Level, detail, recs...); err != nil {
 		d.log.Error("recording the drift event failed", "err", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/synth"
 	"github.com/scopewatch/scopewatch/internal/testutil"
@@ -63,14 +64,14 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 		}
 	}
 	alertTopic := "scopewatch/v1/lab/scope1/alert"
-	alerts := func() []driftAlert {
-		var out []driftAlert
+	alerts := func() []wire.Alert {
+		var out []wire.Alert
 		for _, m := range sub.messages(alertTopic) {
-			var a driftAlert
+			var a wire.Alert
 			if err := json.Unmarshal(m, &a); err != nil {
 				t.Fatalf("alert payload %s: %v", m, err)
 			}
-			if a.Kind == "drift" {
+			if a.Drift != nil {
 				out = append(out, a)
 			}
 		}
@@ -99,7 +100,7 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 	// The warn tier (ERT 200) may fire on 60 drift-free cells; the alarm
 	// tier should not.
 	for _, a := range alerts() {
-		if a.Level == "alarm" {
+		if a.Drift.Level == "alarm" {
 			t.Fatalf("drift-free stream raised an alarm: %+v", a)
 		}
 	}
@@ -110,13 +111,13 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 
 	// Shifted: prevalence 0.9 and stain 30 degrees towards blue.
 	k := synth.Knobs{Prevalence: 0.9, StainShift: 30}
-	var alarm *driftAlert
+	var alarm *wire.Alert
 	sent := 0
 	for ; sent < 300 && alarm == nil; sent++ {
 		send("shifted", synth.CellAt(7002, k, 5, sent), k)
 		if sent%10 == 9 {
 			for _, a := range alerts() {
-				if a.Level == "alarm" {
+				if a.Drift.Level == "alarm" {
 					alarm = &a
 					break
 				}
@@ -126,7 +127,7 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 	if alarm == nil {
 		testutil.Eventually(t, 10*time.Second, func() bool {
 			for _, a := range alerts() {
-				if a.Level == "alarm" {
+				if a.Drift.Level == "alarm" {
 					alarm = &a
 					return true
 				}
@@ -134,10 +135,10 @@ func TestDriftAlarmReachesBroker(t *testing.T) {
 			return false
 		}, "a drift alarm on the broker")
 	}
-	if alarm.Schema != driftAlertSchema || alarm.ID == "" || alarm.Site != "lab" || alarm.Device != "scope1" || alarm.ModelVersion != model.ModelVersion() ||
-		alarm.Statistic <= alarm.Threshold || alarm.Window == 0 || alarm.At.IsZero() || alarm.Index < nominal {
+	if alarm.Schema != wire.AlertSchema || alarm.ID == "" || alarm.Site != "lab" || alarm.Device != "scope1" || alarm.ModelVersion != model.ModelVersion() ||
+		alarm.Drift.Statistic <= alarm.Drift.Threshold || alarm.Drift.Window == 0 || alarm.At.IsZero() || alarm.Drift.Index < nominal {
 		t.Fatalf("alarm %+v", alarm)
 	}
 	t.Logf("alarm after %d shifted cells (ERT %d): %s window %d, statistic %.3g > %.3g; %d alerts in all",
-		alarm.Index-nominal+1, td.cfg.Drift.ERT, alarm.Signal, alarm.Window, alarm.Statistic, alarm.Threshold, len(alerts()))
+		alarm.Drift.Index-nominal+1, td.cfg.Drift.ERT, alarm.Drift.Signal, alarm.Drift.Window, alarm.Drift.Statistic, alarm.Drift.Threshold, len(alerts()))
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/feedback/wire"
 
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/testutil"
@@ -106,7 +107,7 @@ func TestDriftInServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var alerts []driftAlert
+	var alerts []wire.Alert
 	for rows.Next() {
 		var id, topic string
 		var payload []byte
@@ -114,19 +115,19 @@ func TestDriftInServe(t *testing.T) {
 		if err := rows.Scan(&id, &topic, &payload, &kind); err != nil {
 			t.Fatal(err)
 		}
-		var a driftAlert
+		var a wire.Alert
 		if err := json.Unmarshal(payload, &a); err != nil {
 			t.Fatalf("alert %s: %v", id, err)
 		}
 		// Tests fire above their threshold; the label-free estimates of
 		// accuracy, sensitivity and specificity below the baseline's bound.
-		beyond := a.Statistic > a.Threshold
-		switch a.Signal {
+		beyond := a.Drift.Statistic > a.Drift.Threshold
+		switch a.Drift.Signal {
 		case drift.SignalEstAccuracy, drift.SignalEstSensitivity, drift.SignalEstSpecificity:
-			beyond = a.Statistic < a.Threshold
+			beyond = a.Drift.Statistic < a.Drift.Threshold
 		}
-		if a.Schema != driftAlertSchema || "alert/"+a.ID != id || a.Kind != "drift" || a.ModelVersion != "pix-1" || kind != string(feedback.KindAlert) ||
-			!strings.HasSuffix(topic, "/alert") || !beyond || a.Window == 0 || a.At.IsZero() {
+		if a.Schema != wire.AlertSchema || "alert/"+a.ID != id || !strings.HasPrefix(a.Kind, "drift_") || a.Drift == nil || a.ModelVersion != "pix-1" || kind != string(feedback.KindAlert) ||
+			!strings.HasSuffix(topic, "/alert") || !beyond || a.Drift.Window == 0 || a.At.IsZero() {
 			t.Errorf("alert %s: %+v (topic %s)", id, a, topic)
 		}
 		alerts = append(alerts, a)
