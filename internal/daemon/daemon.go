@@ -191,19 +191,25 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 	}
 	d.metrics.modelInfo.WithLabelValues(d.model.ModelVersion()).Set(1)
 	if cfg.Inbox.Enabled {
-		d.inbox = newInbox(d)
+		d.inbox = newInbox(inboxDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics,
+			submit: d.submit, completeSlide: d.completeSlide, hasImage: db.hasImage})
 	}
 	if cfg.Drift.Enabled {
-		d.drift = newDriftWatch(d, cfg.Drift)
+		d.drift = newDriftWatch(driftDeps{log: d.log, config: d.config, metrics: d.metrics, store: db, serving: d.model, raise: d.driftEvent}, cfg.Drift)
 	}
 	if outbox != nil {
-		d.mq = newMQTTLink(d, outbox)
+		deps := mqttDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics, boot: d.boot, topic: d.topic,
+			modelVersion: d.model.ModelVersion, statusState: d.statusState, setDegraded: d.setDegraded}
 		if cfg.Feedback.Enabled {
-			if d.fb, err = newFeedbackLink(ctx, d, cfg, outbox); err != nil {
+			fd := feedbackDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics, boot: d.boot, db: sqlDB, store: db,
+				drift: d.drift, modelVersion: d.model.ModelVersion(), threshold: d.model.threshold()}
+			if d.fb, err = newFeedbackLink(ctx, fd, cfg, outbox); err != nil {
 				db.Close()
 				return nil, fmt.Errorf("feedback: %w", err)
 			}
+			deps.subscribe = d.fb.subscribe
 		}
+		d.mq = newMQTTLink(deps, outbox)
 	}
 	return d, nil
 }

@@ -3,11 +3,11 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"sync"
@@ -55,7 +55,7 @@ type baselineSource interface{ BaselinePath() string }
 // asks for other thresholds, restores the saved state, saves the state
 // periodically and at shutdown, and refreshes the gauges.
 type driftWatch struct {
-	d        *Daemon
+	driftDeps
 	cfg      config.Drift
 	mu       sync.Mutex
 	mon      *drift.Monitor // nil while no baseline is loaded
@@ -69,8 +69,40 @@ type driftWatch struct {
 	reloadCh chan struct{}
 }
 
-func newDriftWatch(d *Daemon, cfg config.Drift) *driftWatch {
-	return &driftWatch{d: d, cfg: cfg, loading: true, reloadCh: make(chan struct{}, 1)}
+// driftDeps is what the drift watch needs of the daemon, given at
+// construction.
+type driftDeps struct {
+	log     *slog.Logger
+	config  func() config.Config
+	metrics *serveMetrics
+	store   driftStore
+	serving servingModel
+	// raise records and publishes a drift event as an alert.
+	raise func(ctx context.Context, ev drift.Event, model string)
+}
+
+// driftStore is the part of the daemon's store the watch uses: its saved
+// state (drift_state) and events.
+type driftStore interface {
+	driftPut(ctx context.Context, key, model string, value []byte) error
+	driftGet(ctx context.Context, key string) ([]byte, bool, error)
+	driftGetModel(ctx context.Context, key string) ([]byte, string, bool, error)
+	event(ctx context.Context, level, kind, slide, detail string) error
+}
+
+// servingModel is what the watch asks of the model being served.
+type servingModel interface {
+	baseline() (version, path string)
+	measuresFocus() bool
+}
+
+var (
+	_ driftStore   = (*dbStore)(nil)
+	_ servingModel = (*swappableModel)(nil)
+)
+
+func newDriftWatch(deps driftDeps, cfg config.Drift) *driftWatch {
+	return &driftWatch{driftDeps: deps, cfg: cfg, loading: true, reloadCh: make(chan struct{}, 1)}
 }
 
 // modelChanged drops the monitor at once (cells of the new model must not
@@ -82,7 +114,7 @@ func (w *driftWatch) modelChanged() {
 	w.warnOn, w.alarmOn = false, false
 	w.loading, w.pending = true, nil
 	w.mu.Unlock()
-	w.d.metrics.driftActive.Set(0)
+	w.metrics.driftActive.Set(0)
 	select {
 	case w.reloadCh <- struct{}{}:
 	default:
@@ -121,12 +153,12 @@ func (w *driftWatch) observe(ctx context.Context, cells []cellResult) {
 		w.dirty = true
 	}
 	w.mu.Unlock()
-	w.d.metrics.driftCells.Add(float64(n))
+	w.metrics.driftCells.Add(float64(n))
 	if k := len(cells) - n; k > 0 {
-		w.d.metrics.driftSkipped.Add(float64(k))
+		w.metrics.driftSkipped.Add(float64(k))
 	}
 	for _, ev := range events {
-		w.d.driftEvent(ctx, ev, model)
+		w.raise(ctx, ev, model)
 	}
 	if len(events) > 0 {
 		w.refreshGauges()
@@ -215,9 +247,9 @@ func (w *driftWatch) ack(ctx context.Context, who string) (model string, since i
 	w.dirty = true
 	model = w.model
 	w.mu.Unlock()
-	w.d.metrics.driftResets.WithLabelValues("ack").Inc()
-	w.d.db.event(ctx, "info", "drift_ack", "", fmt.Sprintf("acknowledged by %s after %d cells; detection restarted (model %s)", who, since, model))
-	w.d.log.Info("drift acknowledged; detection restarted", "by", who, "cells_since_reset", since, "model", model)
+	w.metrics.driftResets.WithLabelValues("ack").Inc()
+	w.store.event(ctx, "info", "drift_ack", "", fmt.Sprintf("acknowledged by %s after %d cells; detection restarted (model %s)", who, since, model))
+	w.log.Info("drift acknowledged; detection restarted", "by", who, "cells_since_reset", since, "model", model)
 	w.save(ctx)
 	w.refreshGauges()
 	return model, since, true
@@ -249,7 +281,7 @@ func (w *driftWatch) run(ctx context.Context) {
 
 // load builds the monitor for the model serving now.
 func (w *driftWatch) load(ctx context.Context) {
-	version, path := w.d.model.baseline()
+	version, path := w.serving.baseline()
 	done := false
 	defer func() {
 		if !done {
@@ -259,7 +291,7 @@ func (w *driftWatch) load(ctx context.Context) {
 		}
 	}()
 	if path == "" {
-		w.d.log.Warn("the model bundle has no baseline.json; drift detection is off for this model", "model", version)
+		w.log.Warn("the model bundle has no baseline.json; drift detection is off for this model", "model", version)
 		return
 	}
 	start := time.Now()
@@ -271,19 +303,19 @@ func (w *driftWatch) load(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		w.d.log.Error("drift detection unavailable: baseline unusable", "path", path, "err", err)
-		w.d.db.event(ctx, "error", "drift_unavailable", "", fmt.Sprintf("%s: %v", path, err))
+		w.log.Error("drift detection unavailable: baseline unusable", "path", path, "err", err)
+		w.store.event(ctx, "error", "drift_unavailable", "", fmt.Sprintf("%s: %v", path, err))
 		return
 	}
 	mon, err := drift.NewMonitor(b)
 	if err != nil {
-		w.d.log.Error("drift detection unavailable", "path", path, "err", err)
+		w.log.Error("drift detection unavailable", "path", path, "err", err)
 		return
 	}
 	restored := w.restore(ctx, mon, version)
 	// Cells classified while the baseline loaded go in first, in order.
 	w.mu.Lock()
-	if v, _ := w.d.model.baseline(); v != version {
+	if v, _ := w.serving.baseline(); v != version {
 		// Swapped again meanwhile (modelChanged ran or is about to); the
 		// pending reload takes over.
 		w.mu.Unlock()
@@ -304,14 +336,14 @@ func (w *driftWatch) load(ctx context.Context) {
 	// Workers use mon from here on: read what the log needs first.
 	windows, features, since := mon.Windows(), mon.UsesFeatures(), mon.SinceReset()
 	w.mu.Unlock()
-	w.d.metrics.driftCells.Add(float64(fed))
+	w.metrics.driftCells.Add(float64(fed))
 	for _, ev := range events {
-		w.d.driftEvent(ctx, ev, version)
+		w.raise(ctx, ev, version)
 	}
 	if !restored {
-		w.d.metrics.driftResets.WithLabelValues("new_monitor").Inc()
+		w.metrics.driftResets.WithLabelValues("new_monitor").Inc()
 	}
-	w.d.metrics.driftActive.Set(1)
+	w.metrics.driftActive.Set(1)
 	w.refreshGauges()
 	cal := b.Detector
 	var signals []string
@@ -320,7 +352,7 @@ func (w *driftWatch) load(ctx context.Context) {
 			signals = append(signals, t.Signal)
 		}
 	}
-	w.d.log.Info("drift detection running", "model", version, "ert", cal.ERT, "warn_ert", cal.WarnERT, "windows", windows,
+	w.log.Info("drift detection running", "model", version, "ert", cal.ERT, "warn_ert", cal.WarnERT, "windows", windows,
 		"signals", signals, "features", features, "restored", restored, "cells_since_reset", since, "fed_while_loading", fed,
 		"ms", time.Since(start).Milliseconds())
 }
@@ -389,13 +421,10 @@ func driftCalibration(b *drift.Baseline, c config.Drift, focus bool) (drift.Cali
 // (measured on synth: field cells' focus exceeds crops' in about 70% of
 // pairs), and every field stream would look like drift.
 func (w *driftWatch) focusUsable() (bool, string) {
-	if kind := w.d.config().Images.Kind; kind != "crop" {
+	if kind := w.config().Images.Kind; kind != "crop" {
 		return false, fmt.Sprintf("images.kind is %s: the focus reference describes crops, and field cells' focus is on another scale", kind)
 	}
-	w.d.model.mu.RLock()
-	fs, ok := w.d.model.cur.(focusSource)
-	w.d.model.mu.RUnlock()
-	if !ok || !fs.MeasuresFocus() {
+	if !w.serving.measuresFocus() {
 		return false, "the model does not measure focus"
 	}
 	return true, ""
@@ -407,19 +436,19 @@ func (w *driftWatch) focusUsable() (bool, string) {
 func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.Baseline, error) {
 	focus, why := w.focusUsable()
 	if len(b.Focus) > 0 && !focus {
-		w.d.log.Warn("running drift detection without the focus signal", "reason", why)
+		w.log.Warn("running drift detection without the focus signal", "reason", why)
 	}
 	cc, change := driftCalibration(b, w.cfg, focus)
 	if !change {
 		return b, nil
 	}
 	if w.cfg.Embedding && b.Embedding == nil {
-		w.d.log.Warn("drift.embedding is on but the baseline has no embedding reference; running without it")
+		w.log.Warn("drift.embedding is on but the baseline has no embedding reference; running without it")
 	}
 	spec, _ := json.Marshal(cc)
 	h := sha256.Sum256(append([]byte(b.Fingerprint()+"\n"), spec...))
 	key := hex.EncodeToString(h[:])
-	if raw, ok, err := w.d.db.driftGet(ctx, "calibrated"); err == nil && ok {
+	if raw, ok, err := w.store.driftGet(ctx, "calibrated"); err == nil && ok {
 		var c cachedCalibration
 		if json.Unmarshal(raw, &c) == nil && c.Key == key {
 			if cb, err := drift.DecodeBaselineBytes(c.Baseline); err == nil {
@@ -427,24 +456,24 @@ func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.
 			}
 		}
 	}
-	w.d.log.Info("calibrating the drift thresholds for the configured settings", "ert", cc.ERT, "warn_ert", cc.WarnERT,
+	w.log.Info("calibrating the drift thresholds for the configured settings", "ert", cc.ERT, "warn_ert", cc.WarnERT,
 		"windows", cc.Windows, "sims", cc.Sims, "baseline_sims", b.Detector.Sims)
 	start := time.Now()
 	cb, err := b.Recalibrate(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("recalibrate: %w", err)
 	}
-	w.d.log.Info("drift thresholds calibrated", "seconds", time.Since(start).Seconds())
+	w.log.Info("drift thresholds calibrated", "seconds", time.Since(start).Seconds())
 	raw, err := json.Marshal(cb)
 	if err == nil {
 		// Only what decodes back is cached (a restart must get the same thresholds).
 		if _, derr := drift.DecodeBaselineBytes(raw); derr == nil {
 			val, _ := json.Marshal(cachedCalibration{Key: key, Baseline: raw})
-			if err := w.d.db.driftPut(ctx, "calibrated", "", val); err != nil {
-				w.d.log.Warn("caching the drift calibration failed", "err", err)
+			if err := w.store.driftPut(ctx, "calibrated", "", val); err != nil {
+				w.log.Warn("caching the drift calibration failed", "err", err)
 			}
 		} else {
-			w.d.log.Warn("the recalibrated baseline does not decode; not cached", "err", derr)
+			w.log.Warn("the recalibrated baseline does not decode; not cached", "err", derr)
 		}
 	}
 	return cb, nil
@@ -458,16 +487,16 @@ type cachedCalibration struct {
 // restore loads the saved state when it was saved for this model version
 // and baseline.
 func (w *driftWatch) restore(ctx context.Context, mon *drift.Monitor, version string) bool {
-	raw, model, ok, err := w.d.db.driftGetModel(ctx, "monitor")
+	raw, model, ok, err := w.store.driftGetModel(ctx, "monitor")
 	if err != nil {
-		w.d.log.Warn("reading the saved drift state failed; starting afresh", "err", err)
+		w.log.Warn("reading the saved drift state failed; starting afresh", "err", err)
 		return false
 	}
 	if !ok {
 		return false
 	}
 	if model != version {
-		w.d.log.Info("saved drift state belongs to another model; starting afresh", "saved_for", model, "model", version)
+		w.log.Info("saved drift state belongs to another model; starting afresh", "saved_for", model, "model", version)
 		return false
 	}
 	if err := mon.UnmarshalBinary(raw); err != nil {
@@ -475,7 +504,7 @@ func (w *driftWatch) restore(ctx context.Context, mon *drift.Monitor, version st
 		if errors.Is(err, drift.ErrStateMismatch) {
 			level = "info" // the calibration changed
 		}
-		w.d.log.Log(ctx, ParseLevel(level), "saved drift state not restored; starting afresh", "err", err)
+		w.log.Log(ctx, ParseLevel(level), "saved drift state not restored; starting afresh", "err", err)
 		return false
 	}
 	return true
@@ -493,16 +522,16 @@ func (w *driftWatch) save(ctx context.Context) {
 	w.dirty = false
 	w.mu.Unlock()
 	if err == nil {
-		err = w.d.db.driftPut(ctx, "monitor", model, raw)
+		err = w.store.driftPut(ctx, "monitor", model, raw)
 	}
 	if err != nil {
-		w.d.log.Warn("saving the drift state failed", "err", err)
+		w.log.Warn("saving the drift state failed", "err", err)
 		w.mu.Lock()
 		w.dirty = true
 		w.mu.Unlock()
 		return
 	}
-	w.d.metrics.driftSaves.Inc()
+	w.metrics.driftSaves.Inc()
 }
 
 // driftTest is one test's state for the API (NaN becomes null).
@@ -573,7 +602,7 @@ func (w *driftWatch) refreshGauges() {
 		tests = w.mon.Status()
 	}
 	w.mu.Unlock()
-	m := w.d.metrics
+	m := w.metrics
 	for _, t := range tests {
 		win := fmt.Sprint(t.Window)
 		s := t.Statistic
@@ -620,57 +649,4 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	d.metrics.driftLastThreshold.WithLabelValues(ev.Signal, ev.Level).Set(ev.Threshold)
 	d.log.Warn("drift "+ev.Level, "signal", ev.Signal, "statistic", ev.Statistic, "threshold", ev.Threshold,
 		"window", ev.Window, "index", ev.Index, "model", model)
-}
-
-// Drift state rows: "monitor" (the monitor's state, for one model version)
-// and "calibrated" (the last recalibrated baseline, keyed by baseline and
-// settings).
-func (s *dbStore) driftPut(ctx context.Context, key, model string, value []byte) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO drift_state(key, model_version, value, saved_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT(key) DO UPDATE SET model_version = excluded.model_version, value = excluded.value, saved_at = excluded.saved_at`,
-		key, model, value, s.now().UnixMilli())
-	if err != nil {
-		return fmt.Errorf("save drift %s: %w", key, err)
-	}
-	return nil
-}
-
-func (s *dbStore) driftGet(ctx context.Context, key string) ([]byte, bool, error) {
-	v, _, ok, err := s.driftGetModel(ctx, key)
-	return v, ok, err
-}
-
-func (s *dbStore) driftGetModel(ctx context.Context, key string) ([]byte, string, bool, error) {
-	var v []byte
-	var model string
-	err := s.db.QueryRowContext(ctx, `SELECT value, model_version FROM drift_state WHERE key = ?`, key).Scan(&v, &model)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, "", false, nil
-	}
-	if err != nil {
-		return nil, "", false, fmt.Errorf("read drift %s: %w", key, err)
-	}
-	return v, model, true, nil
-}
-
-// recordAlert writes an events row and the alert's outbox record (none
-// without MQTT) in one transaction.
-func (s *dbStore) recordAlert(ctx context.Context, level, kind, detail string, recs ...feedback.Record) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("record alert: %w", err)
-	}
-	defer tx.Rollback()
-	if err := s.eventTx(ctx, tx, level, kind, "", detail); err != nil {
-		return err
-	}
-	committed, err := s.enqueueTx(ctx, tx, recs...)
-	if err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("record alert: commit: %w", err)
-	}
-	committed()
-	return nil
 }

@@ -11,11 +11,13 @@ import (
 	_ "image/jpeg" // crops arrive as PNG or JPEG
 	"image/png"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
@@ -33,7 +35,7 @@ import (
 // it after an image is stored, outside any transaction (the store allows
 // one connection, and the outbox writes through it).
 type feedbackLink struct {
-	d       *Daemon
+	feedbackDeps
 	cfg     config.Feedback
 	outbox  *feedback.Outbox
 	labels  *feedback.Labels
@@ -52,13 +54,51 @@ type feedbackLink struct {
 // threshold (for the predicted label and the uncertainty band).
 type thresholded interface{ Threshold() float64 }
 
-func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *feedback.Outbox) (*feedbackLink, error) {
+// feedbackDeps is what the feedback link needs of the daemon, given at
+// construction.
+type feedbackDeps struct {
+	log     *slog.Logger
+	config  func() config.Config
+	now     func() time.Time
+	metrics *serveMetrics
+	boot    int64
+	// db is the daemon's database, where the labels and the retuner keep
+	// their own tables; store holds the link's counters and events.
+	db    *sql.DB
+	store feedbackStore
+	drift driftState
+	// model is the serving model's version and decision threshold.
+	modelVersion string
+	threshold    float64
+}
+
+// feedbackStore is the part of the daemon's store the link writes.
+type feedbackStore interface {
+	meta(ctx context.Context, key string) (string, bool, error)
+	setMeta(ctx context.Context, key, value string) error
+	event(ctx context.Context, level, kind, slide, detail string) error
+}
+
+// driftState is what the link asks of the drift monitor (a nil
+// *driftWatch, drift disabled, answers "no drift").
+type driftState interface {
+	flagged() bool
+	alarmed() bool
+	evidence() map[string]float64
+}
+
+var (
+	_ feedbackStore = (*dbStore)(nil)
+	_ driftState    = (*driftWatch)(nil)
+)
+
+func newFeedbackLink(ctx context.Context, d feedbackDeps, cfg config.Config, outbox *feedback.Outbox) (*feedbackLink, error) {
 	fc := cfg.Feedback
 	secret, err := deviceSecret(fc.SecretFile)
 	if err != nil {
 		return nil, err
 	}
-	labels, err := feedback.NewLabels(ctx, d.db.db, feedback.LabelsConfig{Now: d.now})
+	labels, err := feedback.NewLabels(ctx, d.db, feedback.LabelsConfig{Now: d.now})
 	if err != nil {
 		return nil, err
 	}
@@ -66,31 +106,31 @@ func newFeedbackLink(ctx context.Context, d *Daemon, cfg config.Config, outbox *
 	if err != nil {
 		return nil, fmt.Errorf("feedback: mqtt.topic_root: %w", err)
 	}
-	f := &feedbackLink{d: d, cfg: fc, outbox: outbox, labels: labels, model: d.model.ModelVersion(), topics: topics}
+	f := &feedbackLink{feedbackDeps: d, cfg: fc, outbox: outbox, labels: labels, model: d.modelVersion, topics: topics}
 	if fc.Retune.Enabled {
 		topic, err := topics.RetuneRequest(cfg.Site)
 		if err != nil {
 			return nil, fmt.Errorf("feedback: %w", err)
 		}
-		f.retuner, err = feedback.NewRetuner(d.db.db, labels, feedback.RetuneConfig{K: fc.Retune.K, M: fc.Retune.M,
+		f.retuner, err = feedback.NewRetuner(d.db, labels, feedback.RetuneConfig{K: fc.Retune.K, M: fc.Retune.M,
 			MinLabelled: fc.Retune.MinLabelled, Cooldown: fc.Retune.Cooldown, Topic: topic, Site: cfg.Site, Device: cfg.Device, Now: d.now})
 		if err != nil {
 			return nil, err
 		}
 	}
-	if v, ok, err := d.db.meta(ctx, "feedback_window"); err != nil {
+	if v, ok, err := d.store.meta(ctx, "feedback_window"); err != nil {
 		return nil, err
 	} else if ok {
 		f.window, _ = strconv.ParseInt(v, 10, 64)
 	}
 	thr := 0.5
-	if t := d.model.threshold(); t > 0 {
-		thr = t
+	if d.threshold > 0 {
+		thr = d.threshold
 	}
 	sel := selection.New(selection.Config{Threshold: thr, Band: fc.Band, DriftRate: fc.DriftRate, RandomRate: fc.RandomRate,
 		MaxPerWindow: fc.MaxPerWindow, DailyBytes: fc.DailyBytes, Seed: uint64(d.boot), Now: d.now})
 	// The day's byte budget survives restarts.
-	if v, ok, err := d.db.meta(ctx, "feedback_day_bytes"); err != nil {
+	if v, ok, err := d.store.meta(ctx, "feedback_day_bytes"); err != nil {
 		return nil, err
 	} else if ok {
 		if day, n, found := strings.Cut(v, " "); found {
@@ -159,16 +199,16 @@ func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an 
 		_, sent, err := f.prod.Offer(ctx, f.window, feedback.Cell{SlideID: slide, Crop: crop, P: c.P, Clean: cleanCrop})
 		switch {
 		case errors.Is(err, errNotCellCrop):
-			f.d.log.Debug("crop not offered as feedback", "slide", slide, "err", err)
-			f.d.metrics.errors.WithLabelValues("feedback_crop").Inc()
+			f.log.Debug("crop not offered as feedback", "slide", slide, "err", err)
+			f.metrics.errors.WithLabelValues("feedback_crop").Inc()
 		case err != nil:
-			f.d.log.Warn("offering feedback failed", "slide", slide, "err", err)
-			f.d.metrics.errors.WithLabelValues("feedback").Inc()
+			f.log.Warn("offering feedback failed", "slide", slide, "err", err)
+			f.metrics.errors.WithLabelValues("feedback").Inc()
 		case sent:
-			f.d.metrics.feedbackSamples.Inc()
+			f.metrics.feedbackSamples.Inc()
 			day, n := f.sel.DayUsage()
-			if err := f.d.db.setMeta(ctx, "feedback_day_bytes", day+" "+strconv.FormatInt(n, 10)); err != nil {
-				f.d.log.Warn("saving the feedback byte budget failed", "err", err)
+			if err := f.store.setMeta(ctx, "feedback_day_bytes", day+" "+strconv.FormatInt(n, 10)); err != nil {
+				f.log.Warn("saving the feedback byte budget failed", "err", err)
 			}
 		}
 	}
@@ -177,33 +217,33 @@ func (f *feedbackLink) offer(ctx context.Context, slide string, data []byte, an 
 // endWindow closes the current window (retune rule, agreement gauges) and
 // starts the next. Called with mu held.
 func (f *feedbackLink) endWindow(ctx context.Context) {
-	alarm := f.d.drift.alarmed()
+	alarm := f.drift.alarmed()
 	if f.retuner != nil {
-		evidence := f.d.drift.evidence()
+		evidence := f.drift.evidence()
 		rec, err := f.retuner.Window(ctx, alarm, f.model, "drift alarm persisted", evidence)
 		if err != nil {
-			f.d.log.Warn("retune rule failed", "err", err)
+			f.log.Warn("retune rule failed", "err", err)
 		} else if rec != nil {
 			if err := f.outbox.EnqueueBatch(ctx, *rec); err != nil {
-				f.d.log.Error("queueing the retune request failed", "err", err)
+				f.log.Error("queueing the retune request failed", "err", err)
 			} else {
-				f.d.metrics.retuneRequests.Inc()
-				f.d.log.Warn("retune requested", "id", rec.ID, "model", f.model)
-				f.d.db.event(ctx, "warn", "retune_request", "", fmt.Sprintf("%s for model %s", rec.ID, f.model))
+				f.metrics.retuneRequests.Inc()
+				f.log.Warn("retune requested", "id", rec.ID, "model", f.model)
+				f.store.event(ctx, "warn", "retune_request", "", fmt.Sprintf("%s for model %s", rec.ID, f.model))
 			}
 		}
 	}
 	if a, err := f.labels.AgreementSince(ctx, 0); err == nil {
-		f.d.metrics.feedbackLabelled.Set(float64(a.Labelled))
-		f.d.metrics.feedbackAgreement.Set(a.Accuracy())
+		f.metrics.feedbackLabelled.Set(float64(a.Labelled))
+		f.metrics.feedbackAgreement.Set(a.Accuracy())
 	}
 	f.window++
 	f.inWindow = 0
-	if err := f.d.db.setMeta(ctx, "feedback_window", strconv.FormatInt(f.window, 10)); err != nil {
-		f.d.log.Warn("saving the feedback window failed", "err", err)
+	if err := f.store.setMeta(ctx, "feedback_window", strconv.FormatInt(f.window, 10)); err != nil {
+		f.log.Warn("saving the feedback window failed", "err", err)
 	}
-	f.prod.StartWindow(f.d.drift.flagged())
-	f.d.metrics.feedbackWindows.Inc()
+	f.prod.StartWindow(f.drift.flagged())
+	f.metrics.feedbackWindows.Inc()
 }
 
 // maxCropPixels bounds what is re-encoded as a feedback crop (a crop of
@@ -246,35 +286,14 @@ func (f *feedbackLink) modelChanged(version string) {
 // subscribe takes labels from this device's label topic; called on every
 // (re)connect.
 func (f *feedbackLink) subscribe(ctx context.Context, c mqtt.Client) {
-	cfg := f.d.config()
+	cfg := f.config()
 	topic, err := f.topics.Device(cfg.Site, cfg.Device, mqttconn.KindLabel)
 	if err == nil {
-		err = f.labels.Subscribe(ctx, c, topic, f.d.log, func(reason string) {
-			f.d.metrics.labelsRejected.WithLabelValues(reason).Inc()
+		err = f.labels.Subscribe(ctx, c, topic, f.log, func(reason string) {
+			f.metrics.labelsRejected.WithLabelValues(reason).Inc()
 		})
 	}
 	if err != nil {
-		f.d.log.Warn("label subscription failed; retried on the next connect", "err", err)
+		f.log.Warn("label subscription failed; retried on the next connect", "err", err)
 	}
-}
-
-// meta and setMeta read and write serve_meta.
-func (s *dbStore) meta(ctx context.Context, key string) (string, bool, error) {
-	var v string
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM serve_meta WHERE key = ?`, key).Scan(&v)
-	if err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return "", false, nil
-		}
-		return "", false, fmt.Errorf("read %s: %w", key, err)
-	}
-	return v, true, nil
-}
-
-func (s *dbStore) setMeta(ctx context.Context, key, value string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO serve_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
-	if err != nil {
-		return fmt.Errorf("save %s: %w", key, err)
-	}
-	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -29,7 +30,7 @@ import (
 // the periodic rescan catches anything they missed (overflow, network
 // file systems).
 type inbox struct {
-	d        *Daemon
+	inboxDeps
 	mu       sync.Mutex
 	inFlight map[string]string // path -> slide
 	seen     map[string]fileSig
@@ -42,12 +43,26 @@ type fileSig struct {
 	since time.Time // first time this signature was seen
 }
 
-func newInbox(d *Daemon) *inbox {
-	return &inbox{d: d, inFlight: map[string]string{}, seen: map[string]fileSig{}, watched: map[string]bool{}}
+// inboxDeps is what the inbox needs of the daemon, given at construction.
+type inboxDeps struct {
+	log     *slog.Logger
+	config  func() config.Config
+	now     func() time.Time
+	metrics *serveMetrics
+	// submit queues an image for analysis; false when the queue is full.
+	submit func(job) bool
+	// completeSlide completes an open slide (a .complete marker).
+	completeSlide func(ctx context.Context, slide, reason string) (slideSummary, bool, error)
+	// hasImage reports whether slide/name is already stored.
+	hasImage func(ctx context.Context, slide, name string) (bool, error)
+}
+
+func newInbox(deps inboxDeps) *inbox {
+	return &inbox{inboxDeps: deps, inFlight: map[string]string{}, seen: map[string]fileSig{}, watched: map[string]bool{}}
 }
 
 func (in *inbox) prepare() error {
-	cfg := in.d.config()
+	cfg := in.config()
 	for _, dir := range []string{cfg.Inbox.Dir, cfg.Inbox.QuarantineDir} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return fmt.Errorf("inbox: %w", err)
@@ -74,10 +89,10 @@ func (in *inbox) busy(slide string) bool {
 }
 
 func (in *inbox) run(ctx context.Context) {
-	cfg := in.d.config()
+	cfg := in.config()
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		in.d.log.Warn("file notifications unavailable; relying on rescans", "err", err)
+		in.log.Warn("file notifications unavailable; relying on rescans", "err", err)
 	} else {
 		defer w.Close()
 		in.watch(w, cfg.Inbox.Dir)
@@ -117,7 +132,7 @@ func (in *inbox) run(ctx context.Context) {
 				errs = nil
 				continue
 			}
-			in.d.log.Warn("file notification error; rescanning", "err", err)
+			in.log.Warn("file notification error; rescanning", "err", err)
 		case <-rescan.C:
 		case <-soon.C:
 		}
@@ -142,7 +157,7 @@ func (in *inbox) watch(w *fsnotify.Watcher, dir string) {
 		return
 	}
 	if err := w.Add(dir); err != nil {
-		in.d.log.Warn("cannot watch folder; relying on rescans", "dir", dir, "err", err)
+		in.log.Warn("cannot watch folder; relying on rescans", "dir", dir, "err", err)
 		return
 	}
 	in.watched[dir] = true
@@ -151,12 +166,12 @@ func (in *inbox) watch(w *fsnotify.Watcher, dir string) {
 // scan takes every stable image, completes marked slides, and reports
 // whether some files are still settling.
 func (in *inbox) scan(ctx context.Context, w *fsnotify.Watcher) (pending bool) {
-	cfg := in.d.config()
+	cfg := in.config()
 	root := cfg.Inbox.Dir
 	entries, err := os.ReadDir(root)
 	if err != nil {
-		in.d.log.Error("reading inbox failed", "dir", root, "err", err)
-		in.d.metrics.errors.WithLabelValues("inbox").Inc()
+		in.log.Error("reading inbox failed", "dir", root, "err", err)
+		in.metrics.errors.WithLabelValues("inbox").Inc()
 		return false
 	}
 	live := map[string]bool{}
@@ -168,7 +183,7 @@ func (in *inbox) scan(ctx context.Context, w *fsnotify.Watcher) (pending bool) {
 				continue
 			}
 			if !config.ValidSlideID(name) {
-				in.d.log.Warn("inbox folder is not a valid slide id; ignored", "dir", p)
+				in.log.Warn("inbox folder is not a valid slide id; ignored", "dir", p)
 				continue
 			}
 			if w != nil {
@@ -198,11 +213,11 @@ type slideManifest struct {
 }
 
 func (in *inbox) scanSlide(ctx context.Context, dir, slide string, live map[string]bool) (pending bool) {
-	cfg := in.d.config()
+	cfg := in.config()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			in.d.log.Warn("reading slide folder failed", "dir", dir, "err", err)
+			in.log.Warn("reading slide folder failed", "dir", dir, "err", err)
 		}
 		return false
 	}
@@ -210,7 +225,7 @@ func (in *inbox) scanSlide(ctx context.Context, dir, slide string, live map[stri
 	if data, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err == nil {
 		var m slideManifest
 		if err := json.Unmarshal(data, &m); err != nil || (m.Kind != "" && !slices.Contains(config.ImageKinds, m.Kind)) {
-			in.d.log.Warn("slide manifest ignored: want {\"kind\": \"crop\"|\"field\"|\"auto\"}", "file", filepath.Join(dir, "manifest.json"), "err", err)
+			in.log.Warn("slide manifest ignored: want {\"kind\": \"crop\"|\"field\"|\"auto\"}", "file", filepath.Join(dir, "manifest.json"), "err", err)
 		} else {
 			kind = m.Kind
 		}
@@ -257,19 +272,19 @@ func isImageName(name string, exts []string) bool {
 
 // finishSlide completes a marked slide and clears its folder.
 func (in *inbox) finishSlide(ctx context.Context, dir, slide string) {
-	cfg := in.d.config()
-	_, ok, err := in.d.completeSlide(ctx, slide, "marker")
+	cfg := in.config()
+	_, ok, err := in.completeSlide(ctx, slide, "marker")
 	if err != nil {
-		in.d.log.Error("completing slide failed; retrying on next scan", "slide", slide, "err", err)
+		in.log.Error("completing slide failed; retrying on next scan", "slide", slide, "err", err)
 		return
 	}
 	if !ok {
-		in.d.log.Info("marker for a slide with nothing open; removed", "slide", slide)
+		in.log.Info("marker for a slide with nothing open; removed", "slide", slide)
 	}
 	// Only after the commit: a crash before this line finds the marker
 	// again and the completion is a no-op.
 	if err := os.Remove(filepath.Join(dir, cfg.Slides.Marker)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		in.d.log.Warn("removing marker failed", "dir", dir, "err", err)
+		in.log.Warn("removing marker failed", "dir", dir, "err", err)
 	}
 	os.Remove(filepath.Join(dir, "manifest.json"))
 	os.Remove(dir) // fails (and is kept) if something else is in it
@@ -277,7 +292,7 @@ func (in *inbox) finishSlide(ctx context.Context, dir, slide string) {
 
 // consider queues path when it is a stable image not already queued.
 func (in *inbox) consider(ctx context.Context, path, slide, kind string, live map[string]bool) (pending bool) {
-	cfg := in.d.config()
+	cfg := in.config()
 	name := filepath.Base(path)
 	if !isImageName(name, cfg.Inbox.Extensions) {
 		return false
@@ -293,7 +308,7 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 	if err != nil || !st.Mode().IsRegular() {
 		return false
 	}
-	now := in.d.now()
+	now := in.now()
 	in.mu.Lock()
 	sig, ok := in.seen[path]
 	if !ok || sig.size != st.Size() || !sig.mtime.Equal(st.ModTime()) {
@@ -306,21 +321,21 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 	}
 	// A file re-seen after a crash between commit and move is already
 	// stored: move it along without counting it again.
-	if done, err := in.d.db.hasImage(ctx, slide, name); err == nil && done {
-		in.d.log.Info("image already stored; moving it on", "slide", slide, "image", name)
+	if done, err := in.hasImage(ctx, slide, name); err == nil && done {
+		in.log.Info("image already stored; moving it on", "slide", slide, "image", name)
 		in.afterOK(path, slide)
 		return false
 	}
 	if st.Size() > cfg.Images.MaxBytes {
 		in.quarantine(path, slide, fmt.Sprintf("file is %d bytes, above images.max_bytes=%d", st.Size(), cfg.Images.MaxBytes))
-		in.d.metrics.errors.WithLabelValues("too_large").Inc()
-		in.d.metrics.images.WithLabelValues("inbox", "rejected").Inc()
+		in.metrics.errors.WithLabelValues("too_large").Inc()
+		in.metrics.images.WithLabelValues("inbox", "rejected").Inc()
 		return false
 	}
 	in.mu.Lock()
 	in.inFlight[path] = slide
 	in.mu.Unlock()
-	ok = in.d.submit(job{
+	ok = in.submit(job{
 		slide: slide, name: name, source: "inbox", kind: kind, path: path,
 		done: func(r jobResult) { in.after(path, slide, r) },
 	})
@@ -347,42 +362,42 @@ func (in *inbox) after(path, slide string, r jobResult) {
 	case r.err == nil:
 		in.afterOK(path, slide)
 	case errors.As(r.err, &bad):
-		in.d.log.Warn("image quarantined", "path", path, "slide", slide, "reason", bad.Reason, "err", r.err)
+		in.log.Warn("image quarantined", "path", path, "slide", slide, "reason", bad.Reason, "err", r.err)
 		in.quarantine(path, slide, r.err.Error())
 	case errors.Is(r.err, errSlideComplete):
-		in.d.log.Warn("image for a completed slide not counted", "path", path, "slide", slide)
+		in.log.Warn("image for a completed slide not counted", "path", path, "slide", slide)
 		in.quarantine(path, slide, r.err.Error()+": the slide's count is final; use a new slide id")
 	case errors.Is(r.err, errDuplicateImage):
 		in.afterOK(path, slide)
 	default:
 		// Storage failed: leave the file where it is for the next scan.
-		in.d.log.Error("image not stored; will retry", "path", path, "err", r.err)
+		in.log.Error("image not stored; will retry", "path", path, "err", r.err)
 	}
 }
 
 func (in *inbox) afterOK(path, slide string) {
-	cfg := in.d.config()
+	cfg := in.config()
 	if cfg.Inbox.AfterProcess == "delete" {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			in.d.log.Error("deleting processed image failed", "path", path, "err", err)
+			in.log.Error("deleting processed image failed", "path", path, "err", err)
 		}
 		return
 	}
 	if _, err := moveInto(path, filepath.Join(cfg.Inbox.DoneDir, slide)); err != nil {
-		in.d.log.Error("moving processed image failed", "path", path, "err", err)
+		in.log.Error("moving processed image failed", "path", path, "err", err)
 	}
 }
 
 func (in *inbox) quarantine(path, slide, reason string) {
-	cfg := in.d.config()
+	cfg := in.config()
 	dst, err := moveInto(path, filepath.Join(cfg.Inbox.QuarantineDir, slide))
 	if err != nil {
-		in.d.log.Error("quarantining image failed", "path", path, "err", err)
+		in.log.Error("quarantining image failed", "path", path, "err", err)
 		return
 	}
-	note := fmt.Sprintf("%s\nfile: %s\nslide: %s\ntime: %s\n", reason, path, slide, in.d.now().UTC().Format(time.RFC3339))
+	note := fmt.Sprintf("%s\nfile: %s\nslide: %s\ntime: %s\n", reason, path, slide, in.now().UTC().Format(time.RFC3339))
 	if err := os.WriteFile(dst+".reason", []byte(note), 0o640); err != nil {
-		in.d.log.Error("writing quarantine reason failed", "path", dst, "err", err)
+		in.log.Error("writing quarantine reason failed", "path", dst, "err", err)
 	}
 }
 

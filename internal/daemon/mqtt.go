@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
@@ -21,7 +23,7 @@ import (
 // SQLite first, so what is produced while the broker is away waits on disk,
 // not in memory.
 type mqttLink struct {
-	d      *Daemon
+	mqttDeps
 	outbox *feedback.Outbox
 	mu     sync.Mutex
 	client mqtt.Client
@@ -41,18 +43,36 @@ type statusPayload struct {
 	At           time.Time `json:"at"`
 }
 
-func newMQTTLink(d *Daemon, outbox *feedback.Outbox) *mqttLink {
-	return &mqttLink{d: d, outbox: outbox, up: make(chan struct{}, 1), since: d.now().UTC()}
+// mqttDeps is what the link needs of the daemon, given at construction.
+type mqttDeps struct {
+	log     *slog.Logger
+	config  func() config.Config
+	now     func() time.Time
+	metrics *serveMetrics
+	boot    int64
+	topic   func(mqttconn.Kind) string
+	// modelVersion and statusState describe the daemon in its status;
+	// setDegraded records a reason it is degraded.
+	modelVersion func() string
+	statusState  func() (string, []string)
+	setDegraded  func(reason, detail string, on bool)
+	// subscribe, when set, takes the device's inbound topics on every
+	// connect (labels); their messages are acknowledged once stored.
+	subscribe func(ctx context.Context, c mqtt.Client)
+}
+
+func newMQTTLink(deps mqttDeps, outbox *feedback.Outbox) *mqttLink {
+	return &mqttLink{mqttDeps: deps, outbox: outbox, up: make(chan struct{}, 1), since: deps.now().UTC()}
 }
 
 func (m *mqttLink) status(state string, reasons []string) []byte {
-	cfg := m.d.config()
+	cfg := m.config()
 	b, err := json.Marshal(statusPayload{Schema: "scopewatch.status/v1", Site: cfg.Site, Device: cfg.Device, State: state, Reasons: reasons,
-		ModelVersion: m.d.model.ModelVersion(), Boot: m.d.boot, Since: m.since, At: m.d.now().UTC()})
+		ModelVersion: m.modelVersion(), Boot: m.boot, Since: m.since, At: m.now().UTC()})
 	if err != nil {
 		// Strings and times only: cannot fail; an empty status is still a
 		// retained message the fleet can see.
-		m.d.log.Error("encoding the status failed", "err", err)
+		m.log.Error("encoding the status failed", "err", err)
 	}
 	return b
 }
@@ -67,18 +87,18 @@ func (m *mqttLink) connected() bool {
 // publishStatus queues the current retained status in the outbox, which
 // keeps only the latest pending one; it is queued again on every connect.
 func (m *mqttLink) publishStatus() {
-	state, reasons := m.d.statusState()
-	cfg := m.d.config()
-	id := fmt.Sprintf("status/%s-%d-%d", cfg.Device, m.d.boot, m.d.now().UnixNano())
-	err := m.outbox.Enqueue(context.Background(), feedback.Record{ID: id, Kind: feedback.KindStatus, Topic: m.d.topic(mqttconn.KindStatus),
+	state, reasons := m.statusState()
+	cfg := m.config()
+	id := fmt.Sprintf("status/%s-%d-%d", cfg.Device, m.boot, m.now().UnixNano())
+	err := m.outbox.Enqueue(context.Background(), feedback.Record{ID: id, Kind: feedback.KindStatus, Topic: m.topic(mqttconn.KindStatus),
 		Payload: m.status(state, reasons), QoS: 1, Retain: true})
 	if err != nil && !errors.Is(err, feedback.ErrClosed) {
-		m.d.log.Warn("queueing the status failed", "err", err)
+		m.log.Warn("queueing the status failed", "err", err)
 	}
 }
 
 func (m *mqttLink) run(ctx context.Context) {
-	cfg := m.d.config()
+	cfg := m.config()
 	outbox := m.outbox
 	clientID := cfg.MQTT.ClientID
 	if clientID == "" {
@@ -91,14 +111,14 @@ func (m *mqttLink) run(ctx context.Context) {
 		ConnectRetryInterval: time.Second,
 		// Labels are acknowledged once stored (or rejected), so a crash
 		// between delivery and storage gets them redelivered.
-		AutoAckDisabled: m.d.fb != nil,
-		Will:            mqttconn.Will{Topic: m.d.topic(mqttconn.KindStatus), Payload: m.status("offline", nil), QoS: 1, Retain: true},
+		AutoAckDisabled: m.subscribe != nil,
+		Will:            mqttconn.Will{Topic: m.topic(mqttconn.KindStatus), Payload: m.status("offline", nil), QoS: 1, Retain: true},
 	}
-	client, err := mqttconn.New(mc, m.d.log, mqttconn.Hooks{
+	client, err := mqttconn.New(mc, m.log, mqttconn.Hooks{
 		OnConnect: func(c mqtt.Client) {
-			m.d.metrics.mqttConnected.Set(1)
-			if m.d.fb != nil {
-				m.d.fb.subscribe(ctx, c)
+			m.metrics.mqttConnected.Set(1)
+			if m.subscribe != nil {
+				m.subscribe(ctx, c)
 			}
 			select {
 			case m.up <- struct{}{}:
@@ -106,17 +126,17 @@ func (m *mqttLink) run(ctx context.Context) {
 			}
 		},
 		OnConnectionLost: func(mqtt.Client, error) {
-			m.d.metrics.mqttConnected.Set(0)
-			m.d.metrics.mqttDisconnects.Inc()
+			m.metrics.mqttConnected.Set(0)
+			m.metrics.mqttDisconnects.Inc()
 		},
 	})
 	if err != nil {
-		m.d.log.Error("mqtt disabled: bad configuration", "err", err)
-		m.d.setDegraded("mqtt_config", err.Error(), true)
+		m.log.Error("mqtt disabled: bad configuration", "err", err)
+		m.setDegraded("mqtt_config", err.Error(), true)
 		return
 	}
 	if err := outbox.Start(client); err != nil {
-		m.d.log.Error("mqtt outbox sender failed to start", "err", err)
+		m.log.Error("mqtt outbox sender failed to start", "err", err)
 	}
 	m.mu.Lock()
 	m.client = client
@@ -125,12 +145,12 @@ func (m *mqttLink) run(ctx context.Context) {
 		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := outbox.Close(closeCtx); err != nil {
-			m.d.log.Warn("closing the outbox", "err", err)
+			m.log.Warn("closing the outbox", "err", err)
 		}
 		// A clean goodbye: offline retained, then disconnect (the will is
 		// only for crashes).
 		if client.IsConnectionOpen() {
-			t := client.Publish(m.d.topic(mqttconn.KindStatus), 1, true, m.status("offline", nil))
+			t := client.Publish(m.topic(mqttconn.KindStatus), 1, true, m.status("offline", nil))
 			t.WaitTimeout(2 * time.Second)
 		}
 		client.Disconnect(500)

@@ -464,3 +464,77 @@ func (s *dbStore) shedOldest(ctx context.Context, n int) (int64, error) {
 	}
 	return res.RowsAffected()
 }
+
+// Drift state rows: "monitor" (the monitor's state, for one model version)
+// and "calibrated" (the last recalibrated baseline, keyed by baseline and
+// settings).
+func (s *dbStore) driftPut(ctx context.Context, key, model string, value []byte) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO drift_state(key, model_version, value, saved_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT(key) DO UPDATE SET model_version = excluded.model_version, value = excluded.value, saved_at = excluded.saved_at`,
+		key, model, value, s.now().UnixMilli())
+	if err != nil {
+		return fmt.Errorf("save drift %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *dbStore) driftGet(ctx context.Context, key string) ([]byte, bool, error) {
+	v, _, ok, err := s.driftGetModel(ctx, key)
+	return v, ok, err
+}
+
+func (s *dbStore) driftGetModel(ctx context.Context, key string) ([]byte, string, bool, error) {
+	var v []byte
+	var model string
+	err := s.db.QueryRowContext(ctx, `SELECT value, model_version FROM drift_state WHERE key = ?`, key).Scan(&v, &model)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", false, nil
+	}
+	if err != nil {
+		return nil, "", false, fmt.Errorf("read drift %s: %w", key, err)
+	}
+	return v, model, true, nil
+}
+
+// recordAlert writes an events row and the alert's outbox record (none
+// without MQTT) in one transaction.
+func (s *dbStore) recordAlert(ctx context.Context, level, kind, detail string, recs ...feedback.Record) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("record alert: %w", err)
+	}
+	defer tx.Rollback()
+	if err := s.eventTx(ctx, tx, level, kind, "", detail); err != nil {
+		return err
+	}
+	committed, err := s.enqueueTx(ctx, tx, recs...)
+	if err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("record alert: commit: %w", err)
+	}
+	committed()
+	return nil
+}
+
+// meta and setMeta read and write serve_meta.
+func (s *dbStore) meta(ctx context.Context, key string) (string, bool, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM serve_meta WHERE key = ?`, key).Scan(&v)
+	if err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("read %s: %w", key, err)
+	}
+	return v, true, nil
+}
+
+func (s *dbStore) setMeta(ctx context.Context, key, value string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO serve_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", key, err)
+	}
+	return nil
+}

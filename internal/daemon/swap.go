@@ -66,6 +66,15 @@ func (s *swappableModel) threshold() float64 {
 	return 0
 }
 
+// measuresFocus reports whether the serving model measures each crop's
+// focus (the drift monitor's focus detector needs it).
+func (s *swappableModel) measuresFocus() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fs, ok := s.cur.(focusSource)
+	return ok && fs.MeasuresFocus()
+}
+
 func (s *swappableModel) identity() string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
