@@ -536,7 +536,7 @@ func deleteWhere(ctx context.Context, tx *sql.Tx, where string, args ...any) (in
 func (o *Outbox) dropAlert(id string, dropped, total, now int64) []byte {
 	b, err := json.Marshal(wire.Alert{Schema: wire.AlertSchema, ID: id, Site: o.cfg.Site, Device: o.cfg.Device,
 		Kind: "outbox_feedback_dropped", Severity: wire.SeverityWarn,
-		Detail: fmt.Sprintf("outbox full: %d feedback records dropped (%d in all)", dropped, total),
+		Detail:  fmt.Sprintf("outbox full: %d feedback records dropped (%d in all)", dropped, total),
 		Dropped: dropped, DroppedTotal: total, At: time.Unix(0, now).UTC()})
 	if err != nil { // strings, integers and a time: cannot fail
 		o.cfg.Log.Error("encoding the drop alert failed", "err", err)
