@@ -61,13 +61,18 @@ type CalibrationConfig struct {
 	Workers int // 0 means min(2, GOMAXPROCS)
 }
 
+// DefaultWarnERT is the warn tier's expected run time for an alarm tier of
+// ert: ten times as many warnings as alarms, so a warning is an early look
+// rather than a second alarm.
+func DefaultWarnERT(ert int) int { return max(1, ert/10) }
+
 func (c *CalibrationConfig) withDefaults(haveEmbedding, haveFocus bool) (CalibrationConfig, error) {
 	o := *c
 	if o.ERT == 0 {
 		o.ERT = 5000
 	}
 	if o.WarnERT == 0 {
-		o.WarnERT = max(1, o.ERT/10)
+		o.WarnERT = DefaultWarnERT(o.ERT)
 	}
 	if len(o.Windows) == 0 {
 		o.Windows = []int{50, 200, 1000}

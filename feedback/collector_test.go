@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"github.com/scopewatch/scopewatch/internal/testutil"
 	"os"
 	"path/filepath"
 	"slices"
@@ -236,7 +237,7 @@ func FuzzCollectorHandle(f *testing.F) {
 
 func TestCollectorPrunesOrphanChunks(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{t: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
 	c, err := OpenCollector(ctx, CollectorConfig{Dir: t.TempDir(), Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -301,7 +302,7 @@ func TestCollectorTopicRoot(t *testing.T) {
 // and is pruned after its maximum age; the pending set is bounded.
 func TestCollectorPendingLabels(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC))
 	m := newCountMetrics()
 	c, err := OpenCollector(ctx, CollectorConfig{Dir: t.TempDir(), Now: clk.Now, Metrics: m})
 	if err != nil {
@@ -339,7 +340,7 @@ func TestCollectorPendingLabels(t *testing.T) {
 	if err := c.DB().QueryRow(`SELECT label FROM collect_labels WHERE feedback_id=?`, s.ID).Scan(&got); err != nil || got != wire.LabelParasitized {
 		t.Fatalf("applied label %q, %v", got, err)
 	}
-	clk.t = clk.t.Add(PendingLabelMaxAge + time.Hour)
+	clk.Add(PendingLabelMaxAge + time.Hour)
 	if n, err := c.PrunePendingLabels(ctx, PendingLabelMaxAge); err != nil || n != 1 {
 		t.Fatalf("pruned %d, %v; want the one whose sample never came", n, err)
 	}

@@ -76,7 +76,7 @@ func TestRetuneKofMWithCooldown(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, "")
 	l, _ := NewLabels(ctx, db.DB, LabelsConfig{})
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC))
 	r, err := NewRetuner(db.DB, l, RetuneConfig{K: 2, M: 3, MinLabelled: 3, Cooldown: time.Hour, Topic: "scopewatch/v1/lab/retune/request", Site: "lab", Device: "dev-1", Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)

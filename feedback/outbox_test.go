@@ -16,7 +16,7 @@ import (
 
 	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
-	"github.com/scopewatch/scopewatch/internal/store"
+	"github.com/scopewatch/scopewatch/internal/store/storetest"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
 
@@ -60,24 +60,7 @@ func openDB(t testing.TB, path string) *storeDB {
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "outbox.db")
 	}
-	db, err := store.Open(context.Background(), path, store.Options{}, Schema())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return &storeDB{DB: db, path: path}
-}
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+	return &storeDB{DB: storetest.Open(t, path, Schema()), path: path}
 }
 
 const topicFB = "scopewatch/v1/lab/dev/feedback"
@@ -186,7 +169,7 @@ func TestOutboxValidationIdempotenceStatus(t *testing.T) {
 func TestOutboxBoundWhileBrokerGoneForAnHour(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, "")
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC))
 	cfg := OutboxConfig{MaxRecords: 500, MaxBytes: 400 << 10, Now: clk.Now, AlertTopic: "scopewatch/v1/lab/dev/alert",
 		Device: "dev", DropAlertInterval: 15 * time.Minute}
 	ob, err := NewOutbox(ctx, db.DB, cfg)

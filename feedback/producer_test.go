@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/scopewatch/scopewatch/internal/testutil"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ func TestProducerSelectsEncodesAndRemembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	labels, _ := NewLabels(ctx, db.DB, LabelsConfig{})
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC))
 	sel := selection.New(selection.Config{Threshold: 0.5, RandomRate: 1e-9, Now: clk.Now})
 	if _, err := NewProducer(ProducerConfig{Site: "lab", Device: "dev-1", DeviceSecret: []byte("short"), ModelVersion: "v"}, sel, ob, labels); err == nil {
 		t.Fatal("short secret accepted")
@@ -100,7 +101,7 @@ func TestProducerCleansOnlySelectedCells(t *testing.T) {
 		cleaned++
 		return cleanedPNG[b[0]], nil
 	}
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC))
 	// The first two cleaned crops fill the day: the third is refused.
 	budget := len(cleanedPNG[0]) + len(cleanedPNG[1])
 	sel := selection.New(selection.Config{Threshold: 0.5, RandomRate: 1e-9, DailyBytes: int64(budget), Now: clk.Now})
@@ -134,7 +135,7 @@ func TestProducerCleansOnlySelectedCells(t *testing.T) {
 			t.Errorf("sample %d carries %s (%d bytes), want the cleaned crop %s", i, s.Crop.SHA256, s.Crop.Bytes, want)
 		}
 	}
-	clk.t = clk.t.Add(24 * time.Hour)
+	clk.Add(24 * time.Hour)
 	boom := errors.New("not an image")
 	if _, ok, err := p.Offer(ctx, 1, Cell{SlideID: "S", Crop: []byte{0}, P: 0.5, Clean: func([]byte) ([]byte, error) { return nil, boom }}); ok || !errors.Is(err, boom) {
 		t.Fatalf("failed Clean: sent %v, err %v", ok, err)

@@ -68,7 +68,7 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	}
 	if c.ert != 0 {
 		cfg.ERT = c.ert
-		cfg.WarnERT = c.ert / 10
+		cfg.WarnERT = drift.DefaultWarnERT(c.ert)
 	}
 	if c.warnERT != 0 {
 		cfg.WarnERT = c.warnERT
@@ -452,7 +452,7 @@ func warnTarget(b *drift.Baseline, _ string, alarmERT int) int {
 	if b.Detector.ERT == alarmERT {
 		return b.Detector.WarnERT
 	}
-	return max(1, alarmERT/10)
+	return drift.DefaultWarnERT(alarmERT)
 }
 
 // driftSignals are the calibrated signals in table order.

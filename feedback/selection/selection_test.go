@@ -1,29 +1,17 @@
 package selection
 
 import (
+	"github.com/scopewatch/scopewatch/internal/testutil"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/scopewatch/scopewatch/feedback/wire"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestSelectorReasonsAndLimits(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 23, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 23, 0, 0, 0, time.UTC))
 	s := New(Config{Threshold: 0.5, Band: 0.1, MaxPerWindow: 1000, RandomRate: 0.01, DriftRate: 0.1, DailyBytes: 1 << 30, Seed: 1, Now: clk.Now})
 	r := rand.New(rand.NewPCG(7, 7))
 	counts := map[string]int{}
@@ -137,7 +125,7 @@ func TestSelectorStratifiedAndReproducible(t *testing.T) {
 // TestSelectorRestoresDayUsage: bytes selected before a restart still
 // count against the same day's budget, and not against the next day's.
 func TestSelectorRestoresDayUsage(t *testing.T) {
-	clk := &fakeClock{t: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC))
 	cfg := Config{Threshold: 0.5, DailyBytes: 1000, Now: clk.Now}
 	before := New(cfg)
 	before.StartWindow(false)
@@ -154,7 +142,7 @@ func TestSelectorRestoresDayUsage(t *testing.T) {
 	if _, ok := after.Consider(0.5, 200); ok {
 		t.Fatal("restored budget ignored: 900 + 200 bytes selected on a 1000-byte day")
 	}
-	clk.t = clk.t.Add(24 * time.Hour)
+	clk.Add(24 * time.Hour)
 	if _, ok := after.Consider(0.5, 200); !ok {
 		t.Fatal("the next day started with the previous day's bytes")
 	}

@@ -93,7 +93,7 @@ func TestAcceptanceSIGKILL(t *testing.T) {
 	for i := 0; i < slides; i++ {
 		dropCropSlide(t, inbox, 9200, i, crops)
 	}
-	db := readOnlyDB(t, p.dbPath())
+	db := openDB(t, p.dbPath())
 	testutil.Eventually(t, 120*time.Second, func() bool {
 		var n int
 		db.QueryRow(`SELECT COUNT(*) FROM slides WHERE state = 'complete'`).Scan(&n)
@@ -174,7 +174,7 @@ func TestAcceptanceParasitemia(t *testing.T) {
 			writeAtomically(t, filepath.Join(inbox, slide, ".done"), nil)
 		}
 	}
-	db := readOnlyDB(t, p.dbPath())
+	db := openDB(t, p.dbPath())
 	testutil.Eventually(t, 10*time.Minute, func() bool {
 		var n int
 		db.QueryRow(`SELECT COUNT(*) FROM slides WHERE state = 'complete'`).Scan(&n)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/store/storetest"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
 
@@ -164,6 +165,8 @@ func startTestDaemonWith(t *testing.T, dir string, model analyzer, mutate func(*
 	testutil.Eventually(t, 5*time.Second, func() bool { return d.ready.Load() }, "daemon ready")
 	t.Cleanup(func() {
 		td.stop(t)
+		// Whatever the test did, the daemon must leave a sound database.
+		storetest.Check(t, openDB(t, td.cfg.Database))
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", logs.String())
 		}
@@ -206,14 +209,8 @@ func mustYAML(t testing.TB, c config.Config) string {
 	return string(out)
 }
 
-func openDB(t *testing.T, path string) *sql.DB {
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=5000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
+// openDB opens the daemon's database read-only, as a second process would.
+func openDB(t testing.TB, path string) *sql.DB { return storetest.OpenReadOnly(t, path) }
 
 func slideState(t *testing.T, td *testDaemon, slide string) (state string, cells, infected int, reason string) {
 	var r sql.NullString
@@ -597,20 +594,8 @@ func TestSlideManifestKindAndDelete(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, func() bool { _, err := os.Stat(dir); return os.IsNotExist(err) }, "slide folder removed")
 }
 
-type stepClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *stepClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *stepClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestRetentionPrunesOldRows(t *testing.T) {
-	clock := &stepClock{t: time.Now()}
+	clock := testutil.NewClock(time.Now())
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.StateDir = dir

@@ -373,7 +373,7 @@ func driftCalibration(b *drift.Baseline, c config.Drift, focus bool) (drift.Cali
 	slices.Sort(cc.Windows)
 	change := false
 	if c.ERT != 0 && c.ERT != d.ERT {
-		cc.ERT, cc.WarnERT, change = c.ERT, max(1, c.ERT/10), true
+		cc.ERT, cc.WarnERT, change = c.ERT, drift.DefaultWarnERT(c.ERT), true
 	}
 	if c.WarnERT != 0 && c.WarnERT != cc.WarnERT {
 		cc.WarnERT, change = c.WarnERT, true

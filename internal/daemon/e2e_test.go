@@ -3,7 +3,6 @@ package daemon
 import (
 	"bufio"
 	"bytes"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -233,15 +232,6 @@ func (p *serveProc) kill() {
 
 func (p *serveProc) dbPath() string { return filepath.Join(p.stateDir, "scopewatch.db") }
 
-func readOnlyDB(t testing.TB, path string) *sql.DB {
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=10000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
 // writeCrops writes crops [from, from+n) of a synthetic run into dir,
 // renamed into place, and returns how many are parasitized.
 func writeCrops(t testing.TB, dir string, seed int64, from, n int) (parasitized int) {
@@ -355,7 +345,7 @@ func TestServeEndToEnd(t *testing.T) {
 	for _, r := range ids {
 		bySlide[r.Slide] = r
 	}
-	db := readOnlyDB(t, p.dbPath())
+	db := openDB(t, p.dbPath())
 	for slide, want := range map[string]int{"slide-a": 40, "slide-b": 3} {
 		r := bySlide[slide]
 		if r.Cells != want || r.StoppingReason != "marker" {

@@ -4,24 +4,25 @@ import (
 	"context"
 
 	"github.com/scopewatch/scopewatch/inference"
-	"github.com/scopewatch/scopewatch/internal/config"
 )
 
 // segmentedFields runs inference.AnalyzeField: decode, segment into red
-// cells (white cells excluded), classify every cell.
+// cells (white cells excluded), classify every cell. The segmentation runs
+// with inference's defaults: the configuration has no segmentation settings,
+// because the shipped model's operating point was chosen on cells cut with
+// exactly those.
 type segmentedFields struct {
-	clf  *inference.Classifier
-	opts inference.SegmentOptions
+	clf *inference.Classifier
 }
 
 var _ fieldAnalyzer = (*segmentedFields)(nil)
 
-func newFieldAnalyzer(clf *inference.Classifier, cfg config.Config) fieldAnalyzer {
+func newFieldAnalyzer(clf *inference.Classifier) fieldAnalyzer {
 	return &segmentedFields{clf: clf}
 }
 
 func (f *segmentedFields) AnalyzeField(ctx context.Context, data []byte) (int, int, []fieldCell, error) {
-	an, err := inference.AnalyzeField(ctx, f.clf, data, f.opts)
+	an, err := inference.AnalyzeField(ctx, f.clf, data, inference.SegmentOptions{})
 	if err != nil {
 		return 0, 0, nil, err
 	}

@@ -107,7 +107,7 @@ mqtt:
 		}
 		writeAtomically(t, filepath.Join(inbox, s.Name(), ".done"), nil)
 	}
-	db := readOnlyDB(t, p.dbPath())
+	db := openDB(t, p.dbPath())
 	testutil.Eventually(t, 10*time.Minute, func() bool {
 		var n int
 		db.QueryRow(`SELECT COUNT(*) FROM slides WHERE state = 'complete'`).Scan(&n)

@@ -84,7 +84,7 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	}
 	a := &modelAnalyzer{bundle: b, clf: clf, fieldMinSide: cfg.Images.FieldMinSide, manifestThr: clf.Threshold(), focus: focus}
 	a.SetThreshold(cfg.Model.Threshold)
-	a.fields = newFieldAnalyzer(clf, cfg)
+	a.fields = newFieldAnalyzer(clf)
 	releaseStartPages(cfg, log, "model load")
 	log.Info("model loaded", "version", clf.Version(), "path", cfg.Model.Path, "threshold", a.currentThreshold(),
 		"signed_by", signerName(b), "fields", a.fields != nil)
