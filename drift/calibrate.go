@@ -48,6 +48,22 @@ type Calibration struct {
 	Alarm [][]float64 `json:"alarm"`
 }
 
+// Config is the configuration this calibration was made with (its ERTs,
+// simulations, null model, seed, signals with their shares and windows,
+// smallest first): the starting point for calibrating it again with a few
+// settings changed.
+func (c *Calibration) Config() CalibrationConfig {
+	cc := CalibrationConfig{ERT: c.ERT, WarnERT: c.WarnERT, Sims: c.Sims, Null: c.Null, Seed: c.Seed, Signals: map[string]float64{}}
+	for _, t := range c.Tests {
+		cc.Signals[t.Signal] = c.Weights[t.Signal]
+		if !slices.Contains(cc.Windows, t.Window) {
+			cc.Windows = append(cc.Windows, t.Window)
+		}
+	}
+	slices.Sort(cc.Windows)
+	return cc
+}
+
 // CalibrationConfig says what to calibrate.
 type CalibrationConfig struct {
 	ERT     int                // alarm tier expected run time without drift, in scores

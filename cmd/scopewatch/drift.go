@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -58,14 +57,7 @@ func (c *calibrationFlags) changed() bool {
 
 // config returns the baseline's calibration settings with the overrides.
 func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, error) {
-	d := b.Detector
-	cfg := drift.CalibrationConfig{ERT: d.ERT, WarnERT: d.WarnERT, Sims: d.Sims, Null: d.Null, Seed: d.Seed, Signals: map[string]float64{}}
-	for _, t := range d.Tests {
-		cfg.Signals[t.Signal] = d.Weights[t.Signal]
-		if !slices.Contains(cfg.Windows, t.Window) {
-			cfg.Windows = append(cfg.Windows, t.Window)
-		}
-	}
+	cfg := b.Detector.Config()
 	if c.ert != 0 {
 		cfg.ERT = c.ert
 		cfg.WarnERT = drift.DefaultWarnERT(c.ert)

@@ -1,41 +1,11 @@
 package selection
 
 import (
-	"os"
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/scopewatch/scopewatch/internal/testutil"
 )
 
-// TestImportsNoCgo keeps this package usable by the fleet side without cgo:
-// no package it depends on, directly or indirectly, may be SQLite, OpenCV
-// or ONNX Runtime, or use cgo outside the standard library.
-func TestImportsNoCgo(t *testing.T) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go command not found:", err)
-	}
-	cmd := exec.Command(goTool, "list", "-deps", "-f", "{{.ImportPath}} {{.Standard}} {{len .CgoFiles}}", ".")
-	// With cgo enabled, so that files importing "C" count.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list -deps: %v", err)
-	}
-	refused := []string{"github.com/mattn/go-sqlite3", "gocv.io/", "github.com/yalue/onnxruntime_go"}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 {
-			t.Fatalf("go list: unexpected line %q", line)
-		}
-		path, std, cgoFiles := f[0], f[1] == "true", f[2] != "0"
-		for _, r := range refused {
-			if strings.HasPrefix(path, r) {
-				t.Errorf("depends on %s", path)
-			}
-		}
-		if path == "C" || (!std && cgoFiles) {
-			t.Errorf("depends on cgo package %s", path)
-		}
-	}
-}
+// TestImportsNoCgo keeps this package usable without cgo: on the fleet side
+// and in the pure-Go tests (make test-short).
+func TestImportsNoCgo(t *testing.T) { testutil.RequireNoCgo(t) }

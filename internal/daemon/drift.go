@@ -363,14 +363,7 @@ func (w *driftWatch) load(ctx context.Context) {
 // reference.
 func driftCalibration(b *drift.Baseline, c config.Drift, focus bool) (drift.CalibrationConfig, bool) {
 	d := b.Detector
-	cc := drift.CalibrationConfig{ERT: d.ERT, WarnERT: d.WarnERT, Sims: d.Sims, Null: d.Null, Seed: d.Seed, Signals: map[string]float64{}}
-	for _, t := range d.Tests {
-		cc.Signals[t.Signal] = d.Weights[t.Signal]
-		if !slices.Contains(cc.Windows, t.Window) {
-			cc.Windows = append(cc.Windows, t.Window)
-		}
-	}
-	slices.Sort(cc.Windows)
+	cc := d.Config()
 	change := false
 	if c.ERT != 0 && c.ERT != d.ERT {
 		cc.ERT, cc.WarnERT, change = c.ERT, drift.DefaultWarnERT(c.ERT), true
