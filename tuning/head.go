@@ -382,7 +382,17 @@ type batchStats struct {
 }
 
 func (b batchStats) meanLoss() float64 { return b.loss / float64(b.n) }
-func (b batchStats) acc() float64      { return float64(b.correct) / float64(b.n) }
+
+// add counts one sample's cross-entropy and whether its logits z got label
+// y right.
+func (b *batchStats) add(z []float64, y int) {
+	b.loss += softmaxCE(z, y)
+	b.n++
+	if argmax(z) == y {
+		b.correct++
+	}
+}
+func (b batchStats) acc() float64 { return float64(b.correct) / float64(b.n) }
 
 // step runs forward and backward on rows idx (already loaded into s.x) and
 // leaves the mean gradient, weight decay included, in s.grad. dropout > 0
@@ -409,11 +419,7 @@ func (m *headModel) step(s *headScratch, f *Features, idx []int, dropout, l2 flo
 		}
 		m.logits(a, s.z)
 		y := f.Label[row]
-		st.loss += softmaxCE(s.z, y)
-		st.n++
-		if argmax(s.z) == y {
-			st.correct++
-		}
+		st.add(s.z, y)
 		// dL/dz = p - onehot(y), averaged over the batch.
 		s.z[y]--
 		dh := s.dh[r*H : (r+1)*H]
@@ -503,12 +509,7 @@ func (m *headModel) evaluate(s *headScratch, f *Features, idx []int, batch int) 
 				a[j] = max(v, 0)
 			}
 			m.logits(a, s.z)
-			y := f.Label[row]
-			st.loss += softmaxCE(s.z, y)
-			st.n++
-			if argmax(s.z) == y {
-				st.correct++
-			}
+			st.add(s.z, f.Label[row])
 		}
 	}
 	return st

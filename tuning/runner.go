@@ -132,6 +132,14 @@ func (st *run) doneCh(n int) chan struct{} {
 	return ch
 }
 
+// isTold reports whether trial n has its outcome.
+func (st *run) isTold(n int) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	_, ok := st.told[n]
+	return ok
+}
+
 // waitTold blocks until search trials 1..k are told.
 func (st *run) waitTold(ctx context.Context, k int) error {
 	for m := 1; m <= k; m++ {
@@ -234,19 +242,23 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 		}()
 	}
 
-	for n := 1; n <= s.Budget.Trials && runCtx.Err() == nil; n++ {
-		st.mu.Lock()
-		_, done := st.told[n]
-		ask, asked := st.asked[n]
-		st.mu.Unlock()
-		if done {
-			continue
-		}
+	// acquire waits for a free slot; false when the run is being cancelled.
+	acquire := func() bool {
 		select {
 		case slots <- struct{}{}:
+			return true
 		case <-runCtx.Done():
+			return false
+		}
+	}
+
+	for n := 1; n <= s.Budget.Trials && runCtx.Err() == nil; n++ {
+		if st.isTold(n) || !acquire() {
 			continue
 		}
+		st.mu.Lock()
+		ask, asked := st.asked[n]
+		st.mu.Unlock()
 		if !asked {
 			ask, err = st.ask(runCtx, n)
 			if err != nil {
@@ -273,15 +285,7 @@ func (r *Runner) Run(ctx context.Context) (Summary, error) {
 			if runCtx.Err() != nil {
 				break
 			}
-			st.mu.Lock()
-			_, done := st.told[ask.Trial]
-			st.mu.Unlock()
-			if done {
-				continue
-			}
-			select {
-			case slots <- struct{}{}:
-			case <-runCtx.Done():
+			if st.isTold(ask.Trial) || !acquire() {
 				continue
 			}
 			start(ask, nil)
