@@ -424,25 +424,24 @@ func (c *Collector) storeLabel(ctx context.Context, l wire.Label) error {
 // PrunePendingLabels deletes labels that waited longer than maxAge for
 // their sample. It returns how many were deleted.
 func (c *Collector) PrunePendingLabels(ctx context.Context, maxAge time.Duration) (int64, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	res, err := c.db.ExecContext(ctx, `DELETE FROM collect_pending_labels WHERE received_ns < ?`, c.cfg.Now().Add(-maxAge).UnixNano())
-	if err != nil {
-		return 0, fmt.Errorf("prune pending labels: %w", err)
-	}
-	n, _ := res.RowsAffected()
-	return n, nil
+	return c.pruneOlder(ctx, "collect_pending_labels", maxAge, "prune pending labels")
 }
 
 // PruneChunks deletes chunks that waited longer than maxAge for the rest of
 // their sample (the device dropped the sample, or its other chunks went to
 // another worker of the shared group). It returns how many were deleted.
 func (c *Collector) PruneChunks(ctx context.Context, maxAge time.Duration) (int64, error) {
+	return c.pruneOlder(ctx, "collect_chunks", maxAge, "prune chunks")
+}
+
+// pruneOlder deletes the rows of table (one of the collector's own, with a
+// received_ns column) received more than maxAge ago.
+func (c *Collector) pruneOlder(ctx context.Context, table string, maxAge time.Duration, what string) (int64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	res, err := c.db.ExecContext(ctx, `DELETE FROM collect_chunks WHERE received_ns < ?`, c.cfg.Now().Add(-maxAge).UnixNano())
+	res, err := c.db.ExecContext(ctx, `DELETE FROM `+table+` WHERE received_ns < ?`, c.cfg.Now().Add(-maxAge).UnixNano())
 	if err != nil {
-		return 0, fmt.Errorf("prune chunks: %w", err)
+		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	n, _ := res.RowsAffected()
 	return n, nil

@@ -56,7 +56,7 @@ func faultSample(i, chunkEvery int) (wire.Sample, []byte) {
 	if chunkEvery > 0 && i%chunkEvery == chunkEvery-1 {
 		w = 200 // ~160 KB of noise: two chunks
 	}
-	crop := noisePNG(w, w, uint64(i)+1)
+	crop := testutil.NoisePNG(w, w, uint64(i)+1)
 	s := wire.Sample{Device: "dev-1", Site: "lab", SlideHash: wire.SlideHash(fmt.Sprintf("slide-%d", i/100), []byte("secret")),
 		PParasitized: float64(i%100) / 100, LabelPredicted: wire.LabelUninfected, ModelVersion: "2026.11.0",
 		Time: time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Second), Reason: wire.ReasonRandom}

@@ -1,13 +1,9 @@
 package feedback
 
 import (
-	"bytes"
 	"database/sql"
 	"encoding/hex"
-	"image"
-	"image/color"
-	"image/png"
-	"math/rand/v2"
+	"github.com/scopewatch/scopewatch/internal/testutil"
 	"testing"
 	"time"
 
@@ -19,25 +15,10 @@ type storeDB struct {
 	path string
 }
 
-// testPNG makes a w x h PNG of seeded noise (noise does not compress, so
-// the size is predictable: about 4*w*h bytes).
+// testPNG makes a w x h PNG of seeded noise (testutil.NoisePNG).
 func testPNG(t testing.TB, w, h int, seed uint64) []byte {
 	t.Helper()
-	return noisePNG(w, h, seed)
-}
-
-func noisePNG(w, h int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 1))
-	img := image.NewNRGBA(image.Rect(0, 0, w, h))
-	for i := range img.Pix {
-		img.Pix[i] = uint8(r.UintN(256))
-	}
-	img.Set(0, 0, color.NRGBA{A: 255})
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		panic(err)
-	}
-	return buf.Bytes()
+	return testutil.NoisePNG(w, h, seed)
 }
 
 func testSample(i int) wire.Sample {
