@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -119,6 +121,8 @@ type daemonDeps struct {
 	Level *slog.LevelVar
 	Now   func() time.Time
 	Model analyzer
+	// Random makes the database's instance id; nil: crypto/rand.
+	Random io.Reader
 	// OpenModel loads a model for a reload (SIGHUP); nil disables model
 	// reloading.
 	OpenModel func(config.Config, *slog.Logger) (analyzer, error)
@@ -180,9 +184,18 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 			return nil, err
 		}
 	}
-	db := &dbStore{db: sqlDB, now: deps.Now}
+	var out txOutbox
 	if outbox != nil {
-		db.out = outbox
+		out = outbox
+	}
+	random := deps.Random
+	if random == nil {
+		random = cryptorand.Reader
+	}
+	db, err := newDBStore(ctx, sqlDB, deps.Now, out, random)
+	if err != nil {
+		sqlDB.Close()
+		return nil, err
 	}
 	d.db = db
 	if d.boot, err = db.nextBoot(ctx); err != nil {
@@ -198,7 +211,7 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 		d.drift = newDriftWatch(driftDeps{log: d.log, config: d.config, metrics: d.metrics, store: db, serving: d.model, raise: d.driftEvent}, cfg.Drift)
 	}
 	if outbox != nil {
-		deps := mqttDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics, boot: d.boot, topic: d.topic,
+		deps := mqttDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics, instance: db.instance, boot: d.boot, topic: d.topic,
 			modelVersion: d.model.ModelVersion, statusState: d.statusState, setDegraded: d.setDegraded}
 		if cfg.Feedback.Enabled {
 			fd := feedbackDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics, boot: d.boot, db: sqlDB, store: db,
@@ -584,7 +597,7 @@ func (d *Daemon) alert(ctx context.Context, kind, detail string) {
 	now := d.now().UTC()
 	var recs []feedback.Record // nothing to send without MQTT
 	if cfg.MQTT.Enabled {
-		id := fmt.Sprintf("%s-%d-%s-%d", cfg.Device, d.boot, kind, now.UnixMilli())
+		id := fmt.Sprintf("%s-%s-%d-%s-%d", cfg.Device, d.db.instance, d.boot, kind, now.UnixMilli())
 		payload, err := json.Marshal(wire.Alert{Schema: wire.AlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device,
 			Kind: kind, Severity: wire.SeverityWarn, Detail: detail, ModelVersion: d.model.ModelVersion(), Boot: d.boot, At: now})
 		if err != nil {

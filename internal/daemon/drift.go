@@ -614,8 +614,8 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	cfg := d.config()
 	now := d.now().UTC()
 	// Stable and unique: one event per signal, level and window at a
-	// stream position, within one boot and model.
-	id := fmt.Sprintf("%s-%d-drift-%s-%d-%s-%s-%d", cfg.Device, d.boot, model, ev.Index, ev.Signal, ev.Level, ev.Window)
+	// stream position, within one database instance, boot and model.
+	id := fmt.Sprintf("%s-%s-%d-drift-%s-%d-%s-%s-%d", cfg.Device, d.db.instance, d.boot, model, ev.Index, ev.Signal, ev.Level, ev.Window)
 	level := wire.SeverityWarn
 	if ev.Level == drift.LevelAlarm {
 		level = wire.SeverityError

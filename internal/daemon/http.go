@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -148,7 +150,10 @@ func (d *Daemon) handleUpload(w http.ResponseWriter, r *http.Request) {
 		name = filename
 	}
 	if name == "" {
-		name = fmt.Sprintf("upload-%d", d.now().UnixNano())
+		// Named by content, so that a client retrying an upload it never
+		// saw answered is told "duplicate" rather than counted twice.
+		sum := sha256.Sum256(data)
+		name = "upload-" + hex.EncodeToString(sum[:8])
 	}
 	name = path.Base(strings.ReplaceAll(name, "\\", "/"))
 	if name == "." || name == "/" || len(name) > 200 {

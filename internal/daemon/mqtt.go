@@ -27,30 +27,36 @@ type mqttLink struct {
 	outbox *feedback.Outbox
 	mu     sync.Mutex
 	client mqtt.Client
-	up     chan struct{} // signalled on every (re)connect
+	others map[string]bool // other processes seen with this identity
+	up     chan struct{}   // signalled on every (re)connect
 	since  time.Time
 }
 
 type statusPayload struct {
-	Schema       string    `json:"schema"`
-	Site         string    `json:"site"`
-	Device       string    `json:"device"`
-	State        string    `json:"state"`
-	Reasons      []string  `json:"reasons,omitempty"`
-	ModelVersion string    `json:"model_version"`
-	Boot         int64     `json:"boot"`
-	Since        time.Time `json:"since"`
-	At           time.Time `json:"at"`
+	Schema       string   `json:"schema"`
+	Site         string   `json:"site"`
+	Device       string   `json:"device"`
+	State        string   `json:"state"`
+	Reasons      []string `json:"reasons,omitempty"`
+	ModelVersion string   `json:"model_version"`
+	// Instance and Boot say which database and start of the device sent
+	// it: a status with another pair, after this one started, means a
+	// second process uses the same device identity.
+	Instance string    `json:"instance"`
+	Boot     int64     `json:"boot"`
+	Since    time.Time `json:"since"`
+	At       time.Time `json:"at"`
 }
 
 // mqttDeps is what the link needs of the daemon, given at construction.
 type mqttDeps struct {
-	log     *slog.Logger
-	config  func() config.Config
-	now     func() time.Time
-	metrics *serveMetrics
-	boot    int64
-	topic   func(mqttconn.Kind) string
+	log      *slog.Logger
+	config   func() config.Config
+	now      func() time.Time
+	metrics  *serveMetrics
+	instance string
+	boot     int64
+	topic    func(mqttconn.Kind) string
 	// modelVersion and statusState describe the daemon in its status;
 	// setDegraded records a reason it is degraded.
 	modelVersion func() string
@@ -68,13 +74,43 @@ func newMQTTLink(deps mqttDeps, outbox *feedback.Outbox) *mqttLink {
 func (m *mqttLink) status(state string, reasons []string) []byte {
 	cfg := m.config()
 	b, err := json.Marshal(statusPayload{Schema: "scopewatch.status/v1", Site: cfg.Site, Device: cfg.Device, State: state, Reasons: reasons,
-		ModelVersion: m.modelVersion(), Boot: m.boot, Since: m.since, At: m.now().UTC()})
+		ModelVersion: m.modelVersion(), Instance: m.instance, Boot: m.boot, Since: m.since, At: m.now().UTC()})
 	if err != nil {
 		// Strings and times only: cannot fail; an empty status is still a
 		// retained message the fleet can see.
 		m.log.Error("encoding the status failed", "err", err)
 	}
 	return b
+}
+
+// onStatus warns once per other process seen publishing this device's
+// status, and marks the daemon degraded: its results may be mixed with
+// another's, and the broker connection will keep flapping.
+func (m *mqttLink) onStatus(_ mqtt.Client, msg mqtt.Message) {
+	defer msg.Ack() // manual acks are on when labels are taken
+	var p statusPayload
+	if err := json.Unmarshal(msg.Payload(), &p); err != nil {
+		return
+	}
+	if (p.Instance == m.instance && p.Boot == m.boot) || p.State == "offline" || p.At.Before(m.since) {
+		return // ours, gone, or from before this start (a retained leftover)
+	}
+	other := fmt.Sprintf("instance %s boot %d", p.Instance, p.Boot)
+	m.mu.Lock()
+	seen := m.others[other]
+	if m.others == nil {
+		m.others = map[string]bool{}
+	}
+	m.others[other] = true
+	m.mu.Unlock()
+	if seen {
+		return
+	}
+	detail := fmt.Sprintf("another process publishes as site %s device %s (%s; this one is instance %s boot %d): give each microscope its own device name",
+		p.Site, p.Device, other, m.instance, m.boot)
+	m.log.Warn("duplicate device identity on the broker", "other_instance", p.Instance, "other_boot", p.Boot, "detail", detail)
+	m.metrics.duplicateIdentity.Inc()
+	m.setDegraded("duplicate_identity", detail, true)
 }
 
 func (m *mqttLink) connected() bool {
@@ -89,7 +125,7 @@ func (m *mqttLink) connected() bool {
 func (m *mqttLink) publishStatus() {
 	state, reasons := m.statusState()
 	cfg := m.config()
-	id := fmt.Sprintf("status/%s-%d-%d", cfg.Device, m.boot, m.now().UnixNano())
+	id := fmt.Sprintf("status/%s-%s-%d-%d", cfg.Device, m.instance, m.boot, m.now().UnixNano())
 	err := m.outbox.Enqueue(context.Background(), feedback.Record{ID: id, Kind: feedback.KindStatus, Topic: m.topic(mqttconn.KindStatus),
 		Payload: m.status(state, reasons), QoS: 1, Retain: true})
 	if err != nil && !errors.Is(err, feedback.ErrClosed) {
@@ -117,6 +153,10 @@ func (m *mqttLink) run(ctx context.Context) {
 	client, err := mqttconn.New(mc, m.log, mqttconn.Hooks{
 		OnConnect: func(c mqtt.Client) {
 			m.metrics.mqttConnected.Set(1)
+			// Our own status topic, to notice another process that
+			// publishes as this device (it would take the broker
+			// connection from us, and we from it, again and again).
+			c.Subscribe(m.topic(mqttconn.KindStatus), 1, m.onStatus)
 			if m.subscribe != nil {
 				m.subscribe(ctx, c)
 			}

@@ -3,8 +3,10 @@ package daemon
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -164,6 +166,31 @@ type dbStore struct {
 	db  *sql.DB
 	now func() time.Time
 	out txOutbox
+	// instance is this database's random id, made once: result ids carry
+	// it, so a wiped or reinstalled database never repeats one.
+	instance string
+}
+
+// newDBStore reads the database's instance id, making it from random on
+// first use.
+func newDBStore(ctx context.Context, db *sql.DB, now func() time.Time, out txOutbox, random io.Reader) (*dbStore, error) {
+	s := &dbStore{db: db, now: now, out: out}
+	inst, ok, err := s.meta(ctx, "instance")
+	if err != nil {
+		return nil, fmt.Errorf("instance id: %w", err)
+	}
+	if !ok {
+		b := make([]byte, 6)
+		if _, err := io.ReadFull(random, b); err != nil {
+			return nil, fmt.Errorf("instance id: %w", err)
+		}
+		inst = hex.EncodeToString(b)
+		if err := s.setMeta(ctx, "instance", inst); err != nil {
+			return nil, fmt.Errorf("instance id: %w", err)
+		}
+	}
+	s.instance = inst
+	return s, nil
 }
 
 // openServeDB opens the daemon's database with its tables and the outbox's
@@ -375,7 +402,9 @@ func (s *dbStore) completeSlide(ctx context.Context, slide, reason string, summa
 
 func (s *dbStore) completeTx(ctx context.Context, tx *sql.Tx, sl slideRow, reason string, summarise func(slideRow, string) (slideSummary, []feedback.Record)) (slideSummary, func(), error) {
 	sl.CompletedAt = s.now().UTC()
-	sl.ResultID = fmt.Sprintf("%s-%d", sl.Slide, sl.ID)
+	// Unique across devices (with the slide id and instance) and across a
+	// wiped or reinstalled database (the instance is new then).
+	sl.ResultID = fmt.Sprintf("%s-%s-%d", sl.Slide, s.instance, sl.ID)
 	sum, recs := summarise(sl, reason)
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET state = 'complete', completed_at = ?, stopping_reason = ?,
 		parasitemia_pct = ?, ci_low_pct = ?, ci_high_pct = ?, ci_method = ?, result_id = ? WHERE id = ?`,
