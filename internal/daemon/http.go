@@ -300,6 +300,12 @@ func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request) {
 	state, reasons := d.statusState()
 	body := map[string]any{"ready": d.ready.Load(), "status": state, "degraded": reasons, "model_version": d.model.ModelVersion(),
 		"queue": len(d.queue), "mqtt_connected": d.mq != nil && d.mq.connected()}
+	// The broker link is reported, not made a condition of readiness: a
+	// device without its broker still classifies, and its results wait in
+	// the outbox.
+	if v, ok := d.degraded.Load("mqtt_link"); ok {
+		body["mqtt_link"] = v
+	}
 	if err := d.db.db.PingContext(r.Context()); err != nil {
 		body["ready"] = false
 		body["database"] = err.Error()

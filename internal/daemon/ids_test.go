@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,5 +110,34 @@ func TestDuplicateDeviceIdentityWarns(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if degraded(solo) {
 		t.Fatal("a device alone on the broker was warned about a duplicate")
+	}
+}
+
+// A wrong broker password is visible within 5 s where operators look: the
+// log names the cause, /readyz and the status report the link down.
+func TestBrokerAuthFailureVisible(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "passwd")
+	if out, err := exec.Command("/usr/bin/mosquitto_passwd", "-b", "-c", pw, "scope", "right").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	os.Chmod(pw, 0o644)
+	b := testutil.StartMosquitto(t, testutil.WithConfig("allow_anonymous false", "password_file "+pw))
+	td := startTestDaemon(t, func(c *config.Config) {
+		c.MQTT.Broker, c.MQTT.Username, c.MQTT.Password = b.URL(), "scope", "wrong"
+	})
+	var body map[string]any
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		resp, err := http.Get(td.url + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body = nil
+		json.NewDecoder(resp.Body).Decode(&body)
+		link, _ := body["mqtt_link"].(string)
+		return body["mqtt_connected"] == false && strings.HasPrefix(link, "auth:")
+	}, "/readyz does not show the refused credentials: %v", body)
+	if state, reasons := td.d.statusState(); state != "degraded" || !strings.Contains(strings.Join(reasons, ","), "mqtt_link") {
+		t.Fatalf("status %s %v", state, reasons)
 	}
 }

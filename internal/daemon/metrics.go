@@ -10,24 +10,25 @@ import (
 // serveMetrics are the daemon's Prometheus series (own registry, so that a
 // test can run several daemons in one process).
 type serveMetrics struct {
-	reg               *prometheus.Registry
-	images            *prometheus.CounterVec
-	cells             *prometheus.CounterVec
-	slides            *prometheus.CounterVec
-	errors            *prometheus.CounterVec
-	httpErrors        *prometheus.CounterVec
-	alerts            *prometheus.CounterVec
-	analyzeSeconds    *prometheus.HistogramVec
-	processSeconds    *prometheus.HistogramVec
-	queueWait         prometheus.Histogram
-	queueDepth        prometheus.Gauge
-	mqttConnected     prometheus.Gauge
-	mqttDisconnects   prometheus.Counter
-	duplicateIdentity prometheus.Counter
-	modelInfo         *prometheus.GaugeVec
-	dbBytes           prometheus.Gauge
-	diskFree          prometheus.Gauge
-	outbox            *feedback.PromMetrics
+	reg                 *prometheus.Registry
+	images              *prometheus.CounterVec
+	cells               *prometheus.CounterVec
+	slides              *prometheus.CounterVec
+	errors              *prometheus.CounterVec
+	httpErrors          *prometheus.CounterVec
+	alerts              *prometheus.CounterVec
+	analyzeSeconds      *prometheus.HistogramVec
+	processSeconds      *prometheus.HistogramVec
+	queueWait           prometheus.Histogram
+	queueDepth          prometheus.Gauge
+	mqttConnected       prometheus.Gauge
+	mqttDisconnects     prometheus.Counter
+	duplicateIdentity   prometheus.Counter
+	mqttConnectFailures *prometheus.CounterVec
+	modelInfo           *prometheus.GaugeVec
+	dbBytes             prometheus.Gauge
+	diskFree            prometheus.Gauge
+	outbox              *feedback.PromMetrics
 
 	driftEvents        *prometheus.CounterVec
 	driftLastStatistic *prometheus.GaugeVec
@@ -78,6 +79,8 @@ func newServeMetrics() *serveMetrics {
 			Help: "Broker connections lost."}),
 		duplicateIdentity: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_mqtt_duplicate_identity_total",
 			Help: "Other processes seen publishing this device's status (same site and device names)."}),
+		mqttConnectFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_mqtt_connect_failures_total",
+			Help: "Failed broker connection attempts, by cause (auth, tls, network, protocol)."}, []string{"cause"}),
 		modelInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_model_info",
 			Help: "The model version serving (value 1)."}, []string{"version"}),
 		dbBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_db_used_bytes",
@@ -118,7 +121,7 @@ func newServeMetrics() *serveMetrics {
 			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.images, m.cells, m.slides, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
-		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttDisconnects, m.modelInfo,
+		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttConnectFailures, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,
 		m.driftCells, m.driftSkipped, m.driftResets, m.driftSaves, m.driftActive,

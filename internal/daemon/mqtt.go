@@ -153,6 +153,7 @@ func (m *mqttLink) run(ctx context.Context) {
 	client, err := mqttconn.New(mc, m.log, mqttconn.Hooks{
 		OnConnect: func(c mqtt.Client) {
 			m.metrics.mqttConnected.Set(1)
+			m.setDegraded("mqtt_link", "", false)
 			// Our own status topic, to notice another process that
 			// publishes as this device (it would take the broker
 			// connection from us, and we from it, again and again).
@@ -168,6 +169,10 @@ func (m *mqttLink) run(ctx context.Context) {
 		OnConnectionLost: func(mqtt.Client, error) {
 			m.metrics.mqttConnected.Set(0)
 			m.metrics.mqttDisconnects.Inc()
+		},
+		OnConnectFailed: func(cause string, err error) {
+			m.metrics.mqttConnectFailures.WithLabelValues(cause).Inc()
+			m.setDegraded("mqtt_link", fmt.Sprintf("%s: %v", cause, err), true)
 		},
 	})
 	if err != nil {

@@ -15,11 +15,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // Environment variables that override Config.Username and Config.Password,
@@ -161,6 +165,45 @@ func (c Config) TLSConfig() (*tls.Config, error) {
 type Hooks struct {
 	OnConnect        func(mqtt.Client)
 	OnConnectionLost func(mqtt.Client, error)
+	// OnConnectFailed is told every failed connection attempt with its
+	// cause (see Cause).
+	OnConnectFailed func(cause string, err error)
+}
+
+// Causes of a failed connection attempt, as Cause names them.
+const (
+	CauseAuth     = "auth"     // the broker refused the credentials or the client id
+	CauseTLS      = "tls"      // certificate or handshake: wrong CA, missing client certificate
+	CauseNetwork  = "network"  // no route, refused, timed out, reset
+	CauseProtocol = "protocol" // anything else the broker answered
+)
+
+// Cause says why a connection attempt failed, in the words an operator
+// acts on: the credentials (auth), the certificates (tls), the network.
+func Cause(err error) string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		record    tls.RecordHeaderError
+		alert     tls.AlertError
+	)
+	switch {
+	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised),
+		errors.Is(err, packets.ErrorRefusedIDRejected):
+		return CauseAuth
+	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid), errors.As(err, &verify),
+		errors.As(err, &record), errors.As(err, &alert), err != nil && strings.Contains(err.Error(), "tls: "):
+		return CauseTLS
+	case errors.Is(err, packets.ErrorNetworkError):
+		return CauseNetwork
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return CauseNetwork
+	}
+	return CauseProtocol
 }
 
 // Options translates cfg into paho client options: auto-reconnect with
@@ -219,6 +262,61 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 	})
 	o.SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
 		log.Debug("mqtt reconnecting", "broker", broker)
+	})
+	// Every failed attempt is reported with its cause; the log says it at
+	// warn when the cause changes and then once a minute with a count, so a
+	// wrong password is visible at once without a line every second.
+	var (
+		failMu    sync.Mutex
+		lastCause string
+		lastLog   time.Time
+		failures  int
+		// dialFailed: this attempt's failure was already told.
+		dialFailed bool
+	)
+	failed := func(err error) {
+		cause := Cause(err)
+		failMu.Lock()
+		failures++
+		n := failures
+		logNow := cause != lastCause || time.Since(lastLog) >= time.Minute
+		if logNow {
+			lastCause, lastLog, failures = cause, time.Now(), 0
+		}
+		failMu.Unlock()
+		if logNow {
+			log.Warn("mqtt connection failed", "broker", broker, "cause", cause, "err", err, "failures_since_last_line", n)
+		}
+		if hooks.OnConnectFailed != nil {
+			hooks.OnConnectFailed(cause, err)
+		}
+	}
+	o.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+		switch n := n.(type) {
+		case mqtt.ConnectionNotificationConnecting:
+			failMu.Lock()
+			dialFailed = false
+			failMu.Unlock()
+		case mqtt.ConnectionNotificationBrokerFailed:
+			failMu.Lock()
+			dialFailed = true
+			failMu.Unlock()
+			failed(n.Reason)
+		case mqtt.ConnectionNotificationFailed:
+			// A dial failure of this attempt was told as BrokerFailed;
+			// what failed after the dial (TLS alerts, CONNACK refusals)
+			// is told here.
+			failMu.Lock()
+			told := dialFailed
+			failMu.Unlock()
+			if !told {
+				failed(n.Reason)
+			}
+		case mqtt.ConnectionNotificationConnected:
+			failMu.Lock()
+			lastCause, failures = "", 0
+			failMu.Unlock()
+		}
 	})
 	return o, nil
 }

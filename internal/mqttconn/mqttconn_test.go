@@ -2,6 +2,12 @@ package mqttconn
 
 import (
 	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -176,4 +182,77 @@ func TestTLSWithClientCertificate(t *testing.T) {
 	if err := try(Config{ClientID: "tls-wrongca", CAFile: other.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey}); err == nil {
 		t.Fatal("client trusted a broker certificate from another CA")
 	}
+}
+
+// A wrong password, a wrong CA and a missing client certificate are each
+// reported with their cause within 5 s, in the log and to the hook, while
+// the client keeps retrying.
+func TestConnectFailuresNameTheirCause(t *testing.T) {
+	tlsBroker, files := testutil.StartMosquittoTLS(t)
+	other := testutil.NewTLSFiles(t, t.TempDir())
+	pwDir := t.TempDir()
+	pwFile := filepath.Join(pwDir, "passwd")
+	if out, err := exec.Command("/usr/bin/mosquitto_passwd", "-b", "-c", pwFile, "scope", "right").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	os.Chmod(pwFile, 0o644)
+	authBroker := testutil.StartMosquitto(t, testutil.WithConfig("allow_anonymous false", "password_file "+pwFile))
+
+	cases := []struct {
+		name  string
+		cfg   Config
+		cause string
+	}{
+		{"wrong password", Config{Broker: authBroker.URL(), Username: "scope", Password: "wrong"}, CauseAuth},
+		{"wrong CA", Config{Broker: tlsBroker.TLSURL(), CAFile: other.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey}, CauseTLS},
+		{"missing client certificate", Config{Broker: tlsBroker.TLSURL(), CAFile: files.CA}, CauseTLS},
+		{"nobody listening", Config{Broker: "tcp://127.0.0.1:1"}, CauseNetwork},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var logs syncBuf
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			got := make(chan string, 100)
+			c.cfg.ClientID = "cause-" + strings.ReplaceAll(c.name, " ", "-")
+			c.cfg.ConnectTimeout, c.cfg.ConnectRetryInterval = 2*time.Second, 200*time.Millisecond
+			client, err := New(c.cfg, log, Hooks{OnConnectFailed: func(cause string, err error) {
+				select {
+				case got <- cause:
+				default:
+				}
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Disconnect(50)
+			select {
+			case cause := <-got:
+				if cause != c.cause {
+					t.Fatalf("cause %q, want %q (log: %s)", cause, c.cause, logs.String())
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("no failure reported within 5 s (log: %s)", logs.String())
+			}
+			testutil.Eventually(t, 2*time.Second, func() bool {
+				return strings.Contains(logs.String(), "mqtt connection failed") && strings.Contains(logs.String(), "cause="+c.cause)
+			}, "the log names the cause: %s", logs.String())
+		})
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
