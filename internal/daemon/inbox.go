@@ -25,8 +25,9 @@ import (
 // inbox/SLIDE/manifest.json {"kind": "crop"|"field"} overrides images.kind.
 //
 // A file is taken when its size and mtime stayed the same for
-// inbox.stable_for (a file renamed into place is complete at once, but a
-// file still being written is not). Notifications trigger scans early;
+// inbox.stable_for: a file renamed into place is complete at once, but the
+// inbox cannot tell it from one still being written, so it waits too.
+// Notifications trigger scans early (and cannot be starved by steady writes);
 // the periodic rescan catches anything they missed (overflow, network
 // file systems).
 type inbox struct {
@@ -108,9 +109,13 @@ func (in *inbox) run(ctx context.Context) {
 	if w != nil {
 		events, errs = w.Events, w.Errors
 	}
-	// soon fires while files are waiting to become stable.
+	// soon fires while files are waiting to become stable, and shortly
+	// after the first file event of a burst. Later events of the burst do
+	// not push it back: under steady writes a debounce that restarts on
+	// every event would never scan.
 	soon := time.NewTimer(0)
 	defer soon.Stop()
+	armed := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -125,7 +130,10 @@ func (in *inbox) run(ctx context.Context) {
 					in.watch(w, ev.Name)
 				}
 			}
-			resetTimer(soon, settle/2)
+			if !armed {
+				resetTimer(soon, settle/2)
+				armed = true
+			}
 			continue
 		case err, ok := <-errs:
 			if !ok {
@@ -135,9 +143,11 @@ func (in *inbox) run(ctx context.Context) {
 			in.log.Warn("file notification error; rescanning", "err", err)
 		case <-rescan.C:
 		case <-soon.C:
+			armed = false
 		}
 		if pending := in.scan(ctx, w); pending {
 			resetTimer(soon, settle)
+			armed = true
 		}
 	}
 }

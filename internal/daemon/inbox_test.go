@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/testutil"
+)
+
+// A microscope that writes continuously: an image renamed into the inbox
+// every 0.2 s, with the shipped stable_for (2 s) and a rescan too slow to
+// help. Images must be taken while the writes go on, not when they stop.
+func TestInboxTakesFilesUnderSteadyWrites(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) {
+		c.Inbox.StableFor = 2 * time.Second
+		c.Inbox.RescanInterval = time.Minute
+	})
+	slide := filepath.Join(td.cfg.Inbox.Dir, "steady")
+	if err := os.MkdirAll(slide, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	staging := t.TempDir()
+	img := pngBytes(t, 40, 40, 250)
+	const n = 40
+	arrived := map[string]time.Time{}
+	var firstStoredWhileWriting bool
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("f%03d.png", i)
+		tmp := filepath.Join(staging, name)
+		if err := os.WriteFile(tmp, img, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(slide, name)); err != nil {
+			t.Fatal(err)
+		}
+		arrived[name] = time.Now()
+		if !firstStoredWhileWriting {
+			var stored int
+			td.d.db.db.QueryRow(`SELECT COUNT(*) FROM images`).Scan(&stored)
+			firstStoredWhileWriting = stored > 0
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !firstStoredWhileWriting {
+		t.Fatalf("no image was taken during %d steady writes (%.0f s): the inbox starves", n, float64(n)*0.2)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		var stored int
+		td.d.db.db.QueryRow(`SELECT COUNT(*) FROM images`).Scan(&stored)
+		return stored == n
+	}, "not every image was taken")
+	rows, err := td.d.db.db.Query(`SELECT name, created_at FROM images`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waits []time.Duration
+	for rows.Next() {
+		var name string
+		var at int64
+		rows.Scan(&name, &at)
+		waits = append(waits, time.UnixMilli(at).Sub(arrived[name]))
+	}
+	rows.Close()
+	slices.Sort(waits)
+	t.Logf("rename to stored, %d images every 0.2 s, stable_for 2 s: median %v, max %v",
+		len(waits), waits[len(waits)/2].Round(time.Millisecond), waits[len(waits)-1].Round(time.Millisecond))
+}
