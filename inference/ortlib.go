@@ -121,6 +121,21 @@ func InitORT(explicit string) (string, error) {
 	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
 		return "", fmt.Errorf("initialise ONNX Runtime from %s: %w", lib, err)
 	}
+	// A lab device reports to nobody.
+	if err := ort.DisableTelemetry(); err != nil {
+		return "", fmt.Errorf("ONNX Runtime from %s: %w", lib, err)
+	}
+	// Creating the environment leaves an empty mat-debug-PID.log in
+	// $TMPDIR, whatever the telemetry setting; one per process piles up.
+	removeEmptyDebugLog(filepath.Join(os.TempDir(), fmt.Sprintf("mat-debug-%d.log", os.Getpid())))
 	ortEnv.path = lib
 	return lib, nil
+}
+
+// removeEmptyDebugLog removes path if it is an empty regular file: the
+// library's, by its pid in the name; a log with something in it is kept.
+func removeEmptyDebugLog(path string) {
+	if st, err := os.Lstat(path); err == nil && st.Mode().IsRegular() && st.Size() == 0 {
+		os.Remove(path)
+	}
 }
