@@ -131,6 +131,7 @@ type daemonDeps struct {
 // New opens the configured model and builds the daemon of cfg; Run starts
 // it. log and level are the caller's (level follows log.level on Reload).
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, level *slog.LevelVar) (*Daemon, error) {
+	applyMallocLimits(log)
 	// Library pages only the start needed go back to the kernel: those of
 	// the dynamic loader and constructors now, those of building the ONNX
 	// Runtime session when the model is loaded (openAnalyzer).

@@ -160,8 +160,12 @@ func startServe(t testing.TB, stateDir, cfgYAML string, port int) *serveProc {
 		url: fmt.Sprintf("http://127.0.0.1:%d", port), notes: newNotifyListener(t)}
 	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
 	p.cmd.Dir = repoRoot(t)
-	// The malloc settings of systemd/scopewatch.service.
-	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+p.notes.path, "WATCHDOG_USEC=2000000", "MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=131072")
+	// The malloc settings of systemd/scopewatch.service, unless the test
+	// measures what the binary applies itself (SCOPEWATCH_TEST_NO_MALLOC_ENV).
+	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+p.notes.path, "WATCHDOG_USEC=2000000")
+	if os.Getenv("SCOPEWATCH_TEST_NO_MALLOC_ENV") == "" {
+		p.cmd.Env = append(p.cmd.Env, "MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=131072")
+	}
 	p.cmd.Stderr = p.logs
 	p.cmd.Stdout = p.logs
 	if err := p.cmd.Start(); err != nil {
