@@ -5,9 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/daemon"
 	"gopkg.in/yaml.v3"
 )
 
@@ -17,7 +19,7 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	switch args[0] {
 	case "-h", "--help", "help":
-		fmt.Fprintln(stderr, "usage: scopewatch config check [--print] FILE | scopewatch config default")
+		fmt.Fprintln(stderr, "usage: scopewatch config check [--print] [--no-load] FILE | scopewatch config default")
 		return flag.ErrHelp
 	case "default":
 		fs := newFlagSet("config default", stderr)
@@ -29,20 +31,32 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case "check":
 		fs := newFlagSet("config check", stderr)
 		show := fs.Bool("print", false, "print the effective configuration (password redacted)")
-		if err := fs.Parse(args[1:]); err != nil {
+		noLoad := fs.Bool("no-load", false, "check the file only; do not open the model bundle and ONNX Runtime it names")
+		pos, err := parseInterleaved(fs, args[1:])
+		if err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return fmt.Errorf("%w: scopewatch config check [--print] FILE", errUsage)
+		if len(pos) != 1 {
+			return fmt.Errorf("%w: scopewatch config check [--print] [--no-load] FILE", errUsage)
 		}
-		c, err := config.Load(fs.Arg(0), os.LookupEnv)
+		c, err := config.Load(pos[0], os.LookupEnv)
 		if err != nil {
 			return err
 		}
 		if *show {
 			return printConfig(stdout, c.Redacted())
 		}
-		fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(0))
+		if *noLoad {
+			fmt.Fprintf(stdout, "%s: ok (model not loaded)\n", pos[0])
+			return nil
+		}
+		// Load the model as serve would: a missing bundle, a refused
+		// signature or a missing ONNX Runtime fails here, not at start.
+		version, err := daemon.CheckModel(c, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return fmt.Errorf("%s: %w", pos[0], err)
+		}
+		fmt.Fprintf(stdout, "%s: ok (model %s loads from %s)\n", pos[0], version, c.Model.Path)
 		return nil
 	default:
 		return fmt.Errorf("%w: unknown config action %q (want check or default)", errUsage, args[0])

@@ -42,6 +42,18 @@ var (
 	_ thresholded    = (*modelAnalyzer)(nil)
 )
 
+// CheckModel loads the configured model as serve would (bundle, signature,
+// ONNX Runtime, a session) and closes it again: what `config check` runs, so
+// that a wrong path or a refused bundle shows before a failed start.
+func CheckModel(cfg config.Config, log *slog.Logger) (version string, err error) {
+	a, err := openAnalyzer(cfg, log)
+	if err != nil {
+		return "", fmt.Errorf("model %s: %w", cfg.Model.Path, err)
+	}
+	defer a.Close()
+	return a.ModelVersion(), nil
+}
+
 // openAnalyzer loads and verifies the configured model bundle.
 func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	keysPath := cfg.Model.Keys
