@@ -193,7 +193,7 @@ func (in *inbox) scan(ctx context.Context, w *fsnotify.Watcher) (pending bool) {
 				continue
 			}
 			if !config.ValidSlideID(name) {
-				in.log.Warn("inbox folder is not a valid slide id; ignored", "dir", p)
+				in.quarantineFolder(p, name)
 				continue
 			}
 			if w != nil {
@@ -406,6 +406,30 @@ func (in *inbox) quarantine(path, slide, reason string) {
 		return
 	}
 	note := fmt.Sprintf("%s\nfile: %s\nslide: %s\ntime: %s\n", reason, path, slide, in.now().UTC().Format(time.RFC3339))
+	if err := os.WriteFile(dst+".reason", []byte(note), 0o640); err != nil {
+		in.log.Error("writing quarantine reason failed", "path", dst, "err", err)
+	}
+}
+
+// invalidSlides is the quarantine folder of inbox folders whose name is not
+// a slide id; starting with "." it can never be one.
+const invalidSlides = ".invalid-slide-ids"
+
+// quarantineFolder moves a slide folder whose name cannot be a slide id,
+// with everything in it, to the quarantine with the reason beside it: left
+// in the inbox it would never be counted and never be told about again.
+func (in *inbox) quarantineFolder(path, name string) {
+	cfg := in.config()
+	dst, err := moveInto(path, filepath.Join(cfg.Inbox.QuarantineDir, invalidSlides))
+	if err != nil {
+		in.log.Error("quarantining a folder that is not a slide id failed; it stays in the inbox", "dir", path, "err", err)
+		in.metrics.errors.WithLabelValues("inbox").Inc()
+		return
+	}
+	reason := fmt.Sprintf("folder name %q is not a slide id: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'; rename it and move it back into the inbox", name)
+	in.log.Warn("inbox folder quarantined: not a slide id", "dir", path, "to", dst, "reason", reason)
+	in.metrics.images.WithLabelValues("inbox", "quarantined_folder").Inc()
+	note := fmt.Sprintf("%s\nfolder: %s\ntime: %s\n", reason, path, in.now().UTC().Format(time.RFC3339))
 	if err := os.WriteFile(dst+".reason", []byte(note), 0o640); err != nil {
 		in.log.Error("writing quarantine reason failed", "path", dst, "err", err)
 	}

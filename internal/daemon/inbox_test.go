@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,4 +70,33 @@ func TestInboxTakesFilesUnderSteadyWrites(t *testing.T) {
 	slices.Sort(waits)
 	t.Logf("rename to stored, %d images every 0.2 s, stable_for 2 s: median %v, max %v",
 		len(waits), waits[len(waits)/2].Round(time.Millisecond), waits[len(waits)-1].Round(time.Millisecond))
+}
+
+// A slide folder whose name cannot be a slide id (a space, Cyrillic) is not
+// left in the inbox for good: it is quarantined whole, with the reason.
+func TestInboxQuarantinesFolderThatIsNoSlideID(t *testing.T) {
+	td := startTestDaemon(t, nil)
+	for _, name := range []string{"slide 17", "мазок-3"} {
+		dir := filepath.Join(td.cfg.Inbox.Dir, name)
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "a.png"), pngBytes(t, 40, 40, 250), 0o644)
+	}
+	q := filepath.Join(td.cfg.Inbox.QuarantineDir, invalidSlides)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		a, _ := os.Stat(filepath.Join(q, "slide 17", "a.png"))
+		b, _ := os.Stat(filepath.Join(q, "мазок-3", "a.png"))
+		return a != nil && b != nil
+	}, "folders not quarantined")
+	reason, err := os.ReadFile(filepath.Join(q, "slide 17.reason"))
+	if err != nil || !strings.Contains(string(reason), "not a slide id") {
+		t.Fatalf("reason %q, %v", reason, err)
+	}
+	if _, err := os.Stat(filepath.Join(td.cfg.Inbox.Dir, "slide 17")); err == nil {
+		t.Fatal("the folder is still in the inbox")
+	}
+	var stored int
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM images`).Scan(&stored)
+	if stored != 0 {
+		t.Fatalf("%d images of an unnamed slide counted", stored)
+	}
 }
