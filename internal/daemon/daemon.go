@@ -206,7 +206,7 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 	d.metrics.modelInfo.WithLabelValues(d.model.ModelVersion()).Set(1)
 	if cfg.Inbox.Enabled {
 		d.inbox = newInbox(inboxDeps{log: d.log, config: d.config, now: d.now, metrics: d.metrics,
-			submit: d.submit, completeSlide: d.completeSlide, hasImage: db.hasImage})
+			submit: d.submit, completeSlide: d.completeSlide, hasImage: db.hasImage, attempts: db})
 	}
 	if cfg.Drift.Enabled {
 		d.drift = newDriftWatch(driftDeps{log: d.log, config: d.config, metrics: d.metrics, store: db, serving: d.model, raise: d.driftEvent}, cfg.Drift)

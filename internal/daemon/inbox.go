@@ -56,7 +56,22 @@ type inboxDeps struct {
 	completeSlide func(ctx context.Context, slide, reason string) (slideSummary, bool, error)
 	// hasImage reports whether slide/name is already stored.
 	hasImage func(ctx context.Context, slide, name string) (bool, error)
+	// attempts counts, across restarts, how often a file was taken without
+	// being handled (see maxAttempts).
+	attempts attemptStore
 }
+
+// attemptStore is the part of the daemon's store that remembers files
+// being analysed.
+type attemptStore interface {
+	beginAttempt(ctx context.Context, path string) (int, error)
+	endAttempt(ctx context.Context, path string) error
+}
+
+// maxAttempts is how many times a file may be taken without being handled
+// (the daemon died or the store failed each time) before it is quarantined:
+// a file that crashes the daemon must not crash it forever.
+const maxAttempts = 3
 
 func newInbox(deps inboxDeps) *inbox {
 	return &inbox{inboxDeps: deps, inFlight: map[string]string{}, seen: map[string]fileSig{}, watched: map[string]bool{}}
@@ -342,6 +357,17 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 		in.metrics.images.WithLabelValues("inbox", "rejected").Inc()
 		return false
 	}
+	n, err := in.attempts.beginAttempt(ctx, path)
+	if err != nil {
+		in.log.Error("recording the attempt failed; will retry", "path", path, "err", err)
+		return true
+	}
+	if n > maxAttempts {
+		in.quarantine(path, slide, fmt.Sprintf("taken %d times without being handled (the daemon stopped or the store failed while analysing it); quarantined so that it cannot stop the daemon again", n-1))
+		in.metrics.images.WithLabelValues("inbox", "poison").Inc()
+		in.endAttempt(path)
+		return false
+	}
 	in.mu.Lock()
 	in.inFlight[path] = slide
 	in.mu.Unlock()
@@ -353,9 +379,16 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 		in.mu.Lock()
 		delete(in.inFlight, path)
 		in.mu.Unlock()
-		return true // queue full: try again soon
+		in.endAttempt(path) // not analysed: a full queue is no attempt
+		return true         // queue full: try again soon
 	}
 	return false
+}
+
+func (in *inbox) endAttempt(path string) {
+	if err := in.attempts.endAttempt(context.Background(), path); err != nil {
+		in.log.Warn("clearing the attempt failed; a later restart may count it", "path", path, "err", err)
+	}
 }
 
 // after moves a processed file on: done (or deleted) when stored or
@@ -368,6 +401,12 @@ func (in *inbox) after(path, slide string, r jobResult) {
 		in.mu.Unlock()
 	}()
 	var bad *badImageError
+	handled := true
+	defer func() {
+		if handled {
+			in.endAttempt(path)
+		}
+	}()
 	switch {
 	case r.err == nil:
 		in.afterOK(path, slide)
@@ -380,7 +419,9 @@ func (in *inbox) after(path, slide string, r jobResult) {
 	case errors.Is(r.err, errDuplicateImage):
 		in.afterOK(path, slide)
 	default:
-		// Storage failed: leave the file where it is for the next scan.
+		// Storage failed: leave the file where it is for the next scan,
+		// and its attempt counted.
+		handled = false
 		in.log.Error("image not stored; will retry", "path", path, "err", r.err)
 	}
 }

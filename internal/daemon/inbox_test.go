@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -98,5 +101,57 @@ func TestInboxQuarantinesFolderThatIsNoSlideID(t *testing.T) {
 	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM images`).Scan(&stored)
 	if stored != 0 {
 		t.Fatalf("%d images of an unnamed slide counted", stored)
+	}
+}
+
+// failingAnalyzer fails on one file name the way a crash inside the model
+// would leave it: not analysed, nothing stored.
+type failingAnalyzer struct {
+	pixelAnalyzer
+	fail []byte
+}
+
+func (a *failingAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (analysis, error) {
+	if bytes.Equal(data, a.fail) {
+		return analysis{}, errors.New("the model stopped on this file")
+	}
+	return a.pixelAnalyzer.Analyze(ctx, data, kind)
+}
+
+// A file that is taken and never handled, across restarts, is quarantined
+// after maxAttempts: it must not stop the daemon (or a slide) forever.
+func TestInboxQuarantinesPoisonFile(t *testing.T) {
+	dir := t.TempDir()
+	poison := pngBytes(t, 41, 41, 250)
+	model := &failingAnalyzer{fail: poison}
+	fast := func(c *config.Config) { c.Inbox.RescanInterval = time.Hour }
+	td := startTestDaemonWith(t, dir, model, fast)
+	slide := filepath.Join(td.cfg.Inbox.Dir, "p1")
+	os.MkdirAll(slide, 0o755)
+	os.WriteFile(filepath.Join(slide, "poison.png"), poison, 0o644)
+	os.WriteFile(filepath.Join(slide, "good.png"), pngBytes(t, 40, 40, 250), 0o644)
+	attempts := func(d *Daemon) int {
+		var n int
+		d.db.db.QueryRow(`SELECT COALESCE(MAX(attempts), 0) FROM serve_attempts`).Scan(&n)
+		return n
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return attempts(td.d) >= 1 }, "the attempt was not recorded")
+	td.stop(t)
+	// The count survives the restart, and the file keeps failing until the
+	// guard takes it out.
+	td = startTestDaemonWith(t, dir, model, func(c *config.Config) { c.Inbox.RescanInterval = 200 * time.Millisecond })
+	reason := filepath.Join(td.cfg.Inbox.QuarantineDir, "p1", "poison.png.reason")
+	testutil.Eventually(t, 20*time.Second, func() bool { _, err := os.Stat(reason); return err == nil }, "the poison file was not quarantined")
+	note, _ := os.ReadFile(reason)
+	if !strings.Contains(string(note), fmt.Sprintf("taken %d times", maxAttempts)) {
+		t.Fatalf("reason %q", note)
+	}
+	if n := attempts(td.d); n != 0 {
+		t.Fatalf("attempt left behind after the quarantine: %d", n)
+	}
+	var stored int
+	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM images WHERE name = 'good.png'`).Scan(&stored)
+	if stored != 1 {
+		t.Fatal("the good file of the same slide was not counted")
 	}
 }

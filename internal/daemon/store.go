@@ -103,7 +103,13 @@ CREATE TABLE drift_state (
 	value         BLOB NOT NULL,
 	saved_at      INTEGER NOT NULL
 );
-`}, {Func: moveServeOutbox}},
+`}, {Func: moveServeOutbox}, {SQL: `
+CREATE TABLE serve_attempts (
+	path     TEXT PRIMARY KEY,
+	attempts INTEGER NOT NULL,
+	last_at  INTEGER NOT NULL
+);
+`}},
 }
 
 // moveServeOutbox hands the rows serve_outbox had not relayed to the one
@@ -564,6 +570,30 @@ func (s *dbStore) setMeta(ctx context.Context, key, value string) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO serve_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
 	if err != nil {
 		return fmt.Errorf("save %s: %w", key, err)
+	}
+	return nil
+}
+
+// beginAttempt records that the inbox file at path is about to be analysed
+// and returns how many times that has been recorded, this time included.
+// The count survives a crash: a file that kills the daemon is recognised
+// on the next start by a count that nothing cleared.
+func (s *dbStore) beginAttempt(ctx context.Context, path string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `INSERT INTO serve_attempts(path, attempts, last_at) VALUES (?, 1, ?)
+		ON CONFLICT(path) DO UPDATE SET attempts = attempts + 1, last_at = excluded.last_at RETURNING attempts`,
+		path, s.now().UnixMilli()).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("record attempt: %w", err)
+	}
+	return n, nil
+}
+
+// endAttempt forgets path's attempts: it was handled (stored, skipped or
+// quarantined).
+func (s *dbStore) endAttempt(ctx context.Context, path string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM serve_attempts WHERE path = ?`, path); err != nil {
+		return fmt.Errorf("clear attempt: %w", err)
 	}
 	return nil
 }
