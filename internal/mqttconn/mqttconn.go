@@ -274,8 +274,16 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 		// dialFailed: this attempt's failure was already told.
 		dialFailed bool
 	)
-	failed := func(err error) {
+	tlsBroker := tc != nil
+	failed := func(err error, afterDial bool) {
 		cause := Cause(err)
+		if cause == CauseNetwork && afterDial && tlsBroker {
+			// With TLS 1.3 the broker checks the client certificate after
+			// the client's side of the handshake is done; its refusal then
+			// shows as a reset or an alert, whichever comes first.
+			cause = CauseTLS
+			err = fmt.Errorf("the broker closed the connection after the TLS handshake (does it accept this client certificate?): %w", err)
+		}
 		failMu.Lock()
 		failures++
 		n := failures
@@ -301,7 +309,7 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 			failMu.Lock()
 			dialFailed = true
 			failMu.Unlock()
-			failed(n.Reason)
+			failed(n.Reason, false)
 		case mqtt.ConnectionNotificationFailed:
 			// A dial failure of this attempt was told as BrokerFailed;
 			// what failed after the dial (TLS alerts, CONNACK refusals)
@@ -310,7 +318,7 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 			told := dialFailed
 			failMu.Unlock()
 			if !told {
-				failed(n.Reason)
+				failed(n.Reason, true)
 			}
 		case mqtt.ConnectionNotificationConnected:
 			failMu.Lock()
