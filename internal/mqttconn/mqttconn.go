@@ -275,6 +275,12 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 		dialFailed bool
 	)
 	tlsBroker := tc != nil
+	if u, err := url.Parse(cfg.Broker); err == nil {
+		switch u.Scheme {
+		case "ssl", "tls", "mqtts", "tcps", "wss":
+			tlsBroker = true
+		}
+	}
 	failed := func(err error, afterDial bool) {
 		cause := Cause(err)
 		if cause == CauseNetwork && afterDial && tlsBroker {
