@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -74,9 +75,9 @@ type Config struct {
 
 	KeepAlive      time.Duration // default 30 s
 	ConnectTimeout time.Duration // default 10 s
-	// MaxReconnectInterval caps paho's exponential reconnect backoff;
-	// default 30 s. ConnectRetryInterval is the first-connection retry
-	// period; default 2 s.
+	// MaxReconnectInterval caps the exponential backoff of reconnects and
+	// of the first connection; default 30 s. ConnectRetryInterval is the
+	// first-connection backoff's first step; default 2 s.
 	MaxReconnectInterval time.Duration
 	ConnectRetryInterval time.Duration
 	// CleanSession false (the default) keeps the session on the broker so
@@ -235,6 +236,9 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 		SetConnectRetry(true).
 		SetConnectRetryInterval(orDefault(cfg.ConnectRetryInterval, 2*time.Second)).
 		SetResumeSubs(true).
+		// 3.1.1 only: a refused attempt is not tried again as 3.1, which
+		// doubled every failure (and its log line).
+		SetProtocolVersion(4).
 		SetOrderMatters(cfg.AutoAckDisabled).
 		SetAutoAckDisabled(cfg.AutoAckDisabled)
 	if cfg.Username != "" {
@@ -338,14 +342,62 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 // New builds the client and starts connecting in the background; with
 // ConnectRetry it keeps trying until Disconnect, so a broker that is down
 // at boot is not an error. It does not wait for the connection.
+//
+// Until the first connection, attempts back off exponentially from
+// ConnectRetryInterval to MaxReconnectInterval with ±20% jitter, so that a
+// fleet refused by its broker (a wrong password after a rotation, a broker
+// restart) does not hammer it in step; after it, paho's reconnect backoff
+// takes over. Disconnect stops the attempts.
 func New(cfg Config, log *slog.Logger, hooks Hooks) (mqtt.Client, error) {
 	o, err := Options(cfg, log, hooks)
 	if err != nil {
 		return nil, err
 	}
-	c := mqtt.NewClient(o)
-	c.Connect() // with ConnectRetry the token completes only once connected
+	o.SetConnectRetry(false)
+	c := &client{Client: mqtt.NewClient(o), stop: make(chan struct{})}
+	first := orDefault(cfg.ConnectRetryInterval, 2*time.Second)
+	limit := orDefault(cfg.MaxReconnectInterval, 30*time.Second)
+	go c.connect(first, limit, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(len(cfg.ClientID)))))
 	return c, nil
+}
+
+// client is a paho client whose first connection is retried with backoff
+// until it succeeds or Disconnect is called.
+type client struct {
+	mqtt.Client
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+func (c *client) connect(wait, limit time.Duration, rng *rand.Rand) {
+	for {
+		tok := c.Client.Connect()
+		tok.Wait()
+		select {
+		case <-c.stop:
+			if tok.Error() == nil {
+				c.Client.Disconnect(0) // connected after Disconnect was asked
+			}
+			return
+		default:
+		}
+		if tok.Error() == nil {
+			return
+		}
+		jittered := time.Duration(float64(wait) * (0.8 + 0.4*rng.Float64()))
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(jittered):
+		}
+		wait = min(2*wait, limit)
+	}
+}
+
+// Disconnect stops the first-connection attempts and disconnects.
+func (c *client) Disconnect(quiesce uint) {
+	c.stopOnce.Do(func() { close(c.stop) })
+	c.Client.Disconnect(quiesce)
 }
 
 func orDefault(d, def time.Duration) time.Duration {

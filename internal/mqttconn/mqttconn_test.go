@@ -256,3 +256,41 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Refused first connections back off exponentially (not one attempt per
+// interval forever), and Disconnect stops them.
+func TestFirstConnectionBacksOff(t *testing.T) {
+	var mu sync.Mutex
+	var at []time.Time
+	c, err := New(Config{Broker: "tcp://127.0.0.1:1", ClientID: "backoff", ConnectRetryInterval: 100 * time.Millisecond,
+		MaxReconnectInterval: 5 * time.Second}, nil, Hooks{OnConnectFailed: func(string, error) {
+		mu.Lock()
+		at = append(at, time.Now())
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	c.Disconnect(0)
+	mu.Lock()
+	n := len(at)
+	gaps := make([]time.Duration, 0, n)
+	for i := 1; i < n; i++ {
+		gaps = append(gaps, at[i].Sub(at[i-1]))
+	}
+	mu.Unlock()
+	// 100 ms doubling: about 5 attempts in 2.5 s; a fixed 100 ms would be 25.
+	if n < 3 || n > 8 {
+		t.Fatalf("%d attempts in 2.5 s (gaps %v), want an exponential backoff", n, gaps)
+	}
+	if gaps[len(gaps)-1] < 2*gaps[0] {
+		t.Fatalf("gaps %v do not grow", gaps)
+	}
+	time.Sleep(time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(at) != n {
+		t.Fatalf("attempts went on after Disconnect: %d then %d", n, len(at))
+	}
+}
