@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/synth"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
 
@@ -153,5 +155,33 @@ func TestInboxQuarantinesPoisonFile(t *testing.T) {
 	td.d.db.db.QueryRow(`SELECT COUNT(*) FROM images WHERE name = 'good.png'`).Scan(&stored)
 	if stored != 1 {
 		t.Fatal("the good file of the same slide was not counted")
+	}
+}
+
+// The shipped model refuses crops too small to be a cell at its scale (a
+// 1x1 or 8x8 image used to be classified, as parasitized with p = 1) and
+// still classifies a real-sized crop.
+func TestModelRefusesThumbnailCrops(t *testing.T) {
+	cfg := config.Default()
+	cfg.Model.Path = requireDefaultModel(t)
+	cfg.Model.Keys = filepath.Join(repoRoot(t), "models", "keys")
+	a, err := openAnalyzer(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, side := range []int{1, 8, 31} {
+		_, err := a.Analyze(context.Background(), pngBytes(t, side, side, 200), "crop")
+		var bad *badImageError
+		if !errors.As(err, &bad) || bad.Reason != "implausible" {
+			t.Fatalf("%d px crop: %v, want refused as implausible", side, err)
+		}
+	}
+	var crop bytes.Buffer
+	if err := synth.Encode(&crop, synth.CellAt(7001, synth.Knobs{}, 1, 0).Image, synth.Knobs{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Analyze(context.Background(), crop.Bytes(), "crop"); err != nil {
+		t.Fatalf("a real crop refused: %v", err)
 	}
 }

@@ -178,6 +178,12 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 		}
 		return an, nil
 	}
+	if w < minCropSide || h < minCropSide {
+		// The model sees crops at 128 px; a thumbnail of a few pixels
+		// scaled up is not a cell it can judge, and must not get a class.
+		return analysis{}, &badImageError{Reason: "implausible",
+			Err: fmt.Errorf("crop %dx%d px: a red blood cell crop is at least %d px across; refused, not classified", w, h, minCropSide)}
+	}
 	res, err := a.clf.Classify(ctx, []inference.Input{{Data: data}})
 	if err != nil {
 		return analysis{}, err
@@ -193,6 +199,11 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 
 // asBadImage marks the decoder's refusals as bad input (quarantine, 4xx),
 // with a short reason for the metrics; other errors pass unchanged.
+// minCropSide is the smallest crop side the daemon classifies. The shipped
+// model's crops (synthetic and NIH-style) are 100-200 px; 32 px leaves room
+// for smaller cameras without letting a thumbnail through.
+const minCropSide = 32
+
 func asBadImage(err error) error {
 	for _, r := range []struct {
 		sentinel error
