@@ -350,25 +350,13 @@ func (o *Outbox) enqueue(ctx context.Context, recs []Record) error {
 			}
 			o.cfg.Log.Warn("outbox over its bound: keeping a record that may not be dropped", "kind", r.Kind, "id", r.ID, "records", records+1, "bytes", bytes+size)
 		}
-		if r.Kind == KindStatus {
-			// Status is retained and latest-value-only: older pending
-			// status on the same topic is obsolete.
-			nr, nb, err := deleteWhere(ctx, tx, `kind='status' AND topic=?`, r.Topic)
-			if err != nil {
-				return err
-			}
-			records -= nr
-			bytes -= nb
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO feedback_outbox(id, grp, kind, priority, topic, payload, qos, retain, size, created_ns)
-			VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING`,
-			r.ID, r.Group, string(r.Kind), r.Kind.Priority(), r.Topic, r.Payload, r.QoS, r.Retain, size, now)
+		nr, nb, ok, err := insertOne(ctx, tx, r, now)
 		if err != nil {
-			return fmt.Errorf("enqueue %s: %w", r.ID, err)
+			return err
 		}
-		if n, _ := res.RowsAffected(); n == 1 {
-			records++
-			bytes += size
+		records += nr
+		bytes += nb
+		if ok {
 			added = append(added, r)
 		}
 	}
@@ -461,35 +449,52 @@ func InsertTx(ctx context.Context, tx *sql.Tx, now time.Time, recs ...Record) er
 	return err
 }
 
-// insertTx inserts records, a newer status superseding a pending one on the
-// same topic, and returns how the outbox's depth changed and what was new.
+// insertTx inserts records and returns how the outbox's depth changed and
+// what was new.
 func insertTx(ctx context.Context, tx *sql.Tx, now time.Time, recs []Record) (int, int64, []Record, error) {
 	var records int
 	var bytes int64
 	var added []Record
 	for _, r := range recs {
-		if r.Kind == KindStatus {
-			nr, nb, err := deleteWhere(ctx, tx, `kind='status' AND topic=?`, r.Topic)
-			if err != nil {
-				return 0, 0, nil, err
-			}
-			records -= nr
-			bytes -= nb
-		}
-		size := int64(len(r.Payload))
-		res, err := tx.ExecContext(ctx, `INSERT INTO feedback_outbox(id, grp, kind, priority, topic, payload, qos, retain, size, created_ns)
-			VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING`,
-			r.ID, r.Group, string(r.Kind), r.Kind.Priority(), r.Topic, r.Payload, r.QoS, r.Retain, size, now.UnixNano())
+		nr, nb, ok, err := insertOne(ctx, tx, r, now.UnixNano())
 		if err != nil {
-			return 0, 0, nil, fmt.Errorf("enqueue %s: %w", r.ID, err)
+			return 0, 0, nil, err
 		}
-		if n, _ := res.RowsAffected(); n == 1 {
-			records++
-			bytes += size
+		records += nr
+		bytes += nb
+		if ok {
 			added = append(added, r)
 		}
 	}
 	return records, bytes, added, nil
+}
+
+// insertOne inserts one validated record unless its id is pending, and
+// returns how the outbox's depth changed and whether it was new. Status is
+// retained and latest-value-only: a newer one supersedes what is pending on
+// the same topic.
+func insertOne(ctx context.Context, tx *sql.Tx, r Record, nowNS int64) (int, int64, bool, error) {
+	var records int
+	var bytes int64
+	if r.Kind == KindStatus {
+		nr, nb, err := deleteWhere(ctx, tx, `kind='status' AND topic=?`, r.Topic)
+		if err != nil {
+			return 0, 0, false, err
+		}
+		records -= nr
+		bytes -= nb
+	}
+	size := int64(len(r.Payload))
+	res, err := tx.ExecContext(ctx, `INSERT INTO feedback_outbox(id, grp, kind, priority, topic, payload, qos, retain, size, created_ns)
+		VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING`,
+		r.ID, r.Group, string(r.Kind), r.Kind.Priority(), r.Topic, r.Payload, r.QoS, r.Retain, size, nowNS)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("enqueue %s: %w", r.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return records, bytes, false, nil
+	}
+	return records + 1, bytes + size, true, nil
 }
 
 // evict drops the oldest feedback groups until at least needRecords
@@ -577,13 +582,12 @@ func (o *Outbox) recordDrops(ctx context.Context, tx *sql.Tx, n int, now int64, 
 			payload = o.dropAlert(id, unreported+int64(nr), total, now)
 			size = int64(len(payload))
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO feedback_outbox(id, grp, kind, priority, topic, payload, qos, retain, size, created_ns)
-			VALUES (?,?,?,?,?,?,1,0,?,?) ON CONFLICT(id) DO NOTHING`,
-			id, id, string(KindAlert), KindAlert.Priority(), o.cfg.AlertTopic, payload, size, now); err != nil {
-			return 0, 0, 0, fmt.Errorf("enqueue: drop alert: %w", err)
+		nr, nb, _, err := insertOne(ctx, tx, Record{ID: id, Group: id, Kind: KindAlert, Topic: o.cfg.AlertTopic, Payload: payload, QoS: 1}, now)
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("drop alert: %w", err)
 		}
-		dr++
-		db += size
+		dr += nr
+		db += nb
 		last, unreported = now, 0
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO feedback_meta(key, value) VALUES ('drop_alert_ns', ?), ('dropped_unreported', ?), ('dropped_total', ?)
