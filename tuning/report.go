@@ -192,20 +192,8 @@ type Analysis struct {
 	Notes []string `json:"notes,omitempty"`
 }
 
-// Better reports whether value a beats b in the study's direction; NaN never
-// beats anything.
-func (a *Analysis) Better(x, y float64) bool {
-	if math.IsNaN(x) {
-		return false
-	}
-	if math.IsNaN(y) {
-		return true
-	}
-	if a.Study.Objective.Direction == "maximize" {
-		return x > y
-	}
-	return x < y
-}
+// Better reports whether value x beats y in the study's direction.
+func (a *Analysis) Better(x, y float64) bool { return a.Study.Better(x, y) }
 
 // Analyze folds a study's journal into an Analysis: trials paired by number,
 // the best trial and the top three, the isolation rows of each scientific

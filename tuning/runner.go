@@ -451,13 +451,7 @@ func finalists(s *Study, asked map[int]Record, told map[int]Outcome) []int {
 			cand = append(cand, n)
 		}
 	}
-	better := func(a, b float64) bool {
-		if s.Objective.Direction == "maximize" {
-			return a > b
-		}
-		return a < b
-	}
-	sort.SliceStable(cand, func(i, j int) bool { return better(told[cand[i]].Value, told[cand[j]].Value) })
+	sort.SliceStable(cand, func(i, j int) bool { return s.Better(told[cand[i]].Value, told[cand[j]].Value) })
 	var out []int
 	for _, n := range cand {
 		dup := false
@@ -573,8 +567,7 @@ func currentBest(s *Study, asked map[int]Record, told map[int]Outcome) *Trial {
 		if !ok || o.State != StateComplete || math.IsNaN(o.Value) {
 			continue
 		}
-		if best == nil || (s.Objective.Direction == "minimize" && o.Value < best.Value) ||
-			(s.Objective.Direction == "maximize" && o.Value > best.Value) {
+		if best == nil || s.Better(o.Value, best.Value) {
 			best = &Trial{Trial: n, Value: o.Value, Params: asked[n].Params}
 		}
 	}

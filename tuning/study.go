@@ -404,6 +404,21 @@ func validateParameter(p Parameter, bad func(sub, format string, args ...any) er
 	return nil
 }
 
+// Better reports whether metric value x beats y in the objective's
+// direction; NaN (no value) never beats anything.
+func (s *Study) Better(x, y float64) bool {
+	if math.IsNaN(x) {
+		return false
+	}
+	if math.IsNaN(y) {
+		return true
+	}
+	if s.Objective.Direction == "maximize" {
+		return x > y
+	}
+	return x < y
+}
+
 // Searched returns the parameters the study searches, in file order.
 func (s *Study) Searched() []Parameter {
 	var out []Parameter

@@ -168,7 +168,8 @@ func studyObjective(s *tuning.Study, dir string, log io.Writer) (tuning.TrialFun
 	}
 	// Check the parameters' names and values before anything is written: a
 	// name the trainer does not know would fail every trial the same way.
-	sample := tuning.NewSpace(s).Params(make([]float64, tuning.NewSpace(s).Dim()))
+	space := tuning.NewSpace(s)
+	sample := space.Params(make([]float64, space.Dim()))
 	if _, err := tuning.ParseHeadParams(sample); err != nil {
 		return nil, fmt.Errorf("study: builtin head: %w", err)
 	}
