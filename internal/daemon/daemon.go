@@ -484,7 +484,7 @@ func (d *Daemon) process(j job) (r jobResult) {
 	d.metrics.analyzeSeconds.WithLabelValues(an.Kind).Observe(analysed.Sub(start).Seconds())
 	stored, err := d.db.recordImage(ctx, imageRecord{
 		Slide: j.slide, Name: j.name, Source: j.source, Kind: an.Kind,
-		Width: an.Width, Height: an.Height, Cells: an.Cells, ModelVersion: d.model.ModelVersion(),
+		Width: an.Width, Height: an.Height, Cells: an.Cells, ModelVersion: d.model.ModelVersion(), Path: j.path,
 	}, cfg.Slides.TargetCells, d.summarise)
 	switch {
 	case errors.Is(err, errSlideComplete), errors.Is(err, errDuplicateImage):

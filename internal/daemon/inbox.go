@@ -401,14 +401,17 @@ func (in *inbox) after(path, slide string, r jobResult) {
 		in.mu.Unlock()
 	}()
 	var bad *badImageError
-	handled := true
+	// clearAttempt: the file is handled and its attempt must be forgotten
+	// here (a stored image's was forgotten by the storing transaction).
+	clearAttempt := true
 	defer func() {
-		if handled {
+		if clearAttempt {
 			in.endAttempt(path)
 		}
 	}()
 	switch {
 	case r.err == nil:
+		clearAttempt = false
 		in.afterOK(path, slide)
 	case errors.As(r.err, &bad):
 		in.log.Warn("image quarantined", "path", path, "slide", slide, "reason", bad.Reason, "err", r.err)
@@ -421,7 +424,7 @@ func (in *inbox) after(path, slide string, r jobResult) {
 	default:
 		// Storage failed: leave the file where it is for the next scan,
 		// and its attempt counted.
-		handled = false
+		clearAttempt = false
 		in.log.Error("image not stored; will retry", "path", path, "err", r.err)
 	}
 }

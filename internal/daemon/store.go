@@ -291,6 +291,9 @@ type imageRecord struct {
 	Width, Height             int
 	Cells                     []cellResult
 	ModelVersion              string
+	// Path, for an inbox file, is the attempt (beginAttempt) this image
+	// ends: cleared in the same transaction that stores it.
+	Path string
 }
 
 // storedImage is what recordImage reports back.
@@ -358,6 +361,11 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET images = images + 1, cells = cells + ?, infected = infected + ?,
 		last_image_at = ?, model_version = ? WHERE id = ?`, len(rec.Cells), infected, now, rec.ModelVersion, sl.ID); err != nil {
 		return storedImage{}, fmt.Errorf("store image: update slide: %w", err)
+	}
+	if rec.Path != "" {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM serve_attempts WHERE path = ?`, rec.Path); err != nil {
+			return storedImage{}, fmt.Errorf("store image: clear attempt: %w", err)
+		}
 	}
 	sl.Images++
 	sl.Cells += len(rec.Cells)
