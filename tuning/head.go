@@ -192,19 +192,35 @@ func ParseHeadParams(ps Params) (HeadConfig, error) {
 // The error is non-nil when the trial cannot run at all (bad parameters,
 // wrapping ErrHeadParams; a folder it cannot write) or ctx is cancelled.
 func HeadObjective(f *Features, metric string) (TrialFunc, error) {
-	return headObjective(f, metric, time.Now)
+	return headObjective(f, nil, nil, metric, time.Now)
 }
 
-func headObjective(f *Features, metric string, clock func() time.Time) (TrialFunc, error) {
+// HeadObjectiveOn is HeadObjective on a split the caller made: the trials
+// train on the rows train and are judged on the rows val; other rows of f
+// are never read. The retune worker uses it to keep its sealed test rows
+// out of every trial. Both sets must be non-empty and must not share a
+// row.
+func HeadObjectiveOn(f *Features, train, val []int, metric string) (TrialFunc, error) {
+	if len(train) == 0 || len(val) == 0 {
+		return nil, fmt.Errorf("head: %w: %d training and %d validation rows; both must be non-empty", ErrBadFeatures, len(train), len(val))
+	}
+	return headObjective(f, train, val, metric, time.Now)
+}
+
+func headObjective(f *Features, train, val []int, metric string, clock func() time.Time) (TrialFunc, error) {
 	if !slices.Contains(headMetrics, metric) {
 		return nil, fmt.Errorf("head: metric %q: accepted %s", metric, strings.Join(headMetrics, ", "))
 	}
 	if err := f.Validate(); err != nil {
 		return nil, fmt.Errorf("head: %w", err)
 	}
-	train, val := SplitBySlide(f, headValFraction, headSplitSeed)
-	if len(train) == 0 || len(val) == 0 {
-		return nil, fmt.Errorf("head: %w: the features hold %d slide(s); a slide-disjoint validation split needs at least 2", ErrBadFeatures, len(distinct(f.Slide)))
+	if train == nil {
+		train, val = SplitBySlide(f, headValFraction, headSplitSeed)
+		if len(train) == 0 || len(val) == 0 {
+			return nil, fmt.Errorf("head: %w: the features hold %d slide(s); a slide-disjoint validation split needs at least 2", ErrBadFeatures, len(distinct(f.Slide)))
+		}
+	} else if err := checkSplit(f, train, val); err != nil {
+		return nil, fmt.Errorf("head: %w", err)
 	}
 	var (
 		once  sync.Once
@@ -227,12 +243,108 @@ func headObjective(f *Features, metric string, clock func() time.Time) (TrialFun
 				return Outcome{}, fmt.Errorf("trial %d: %w", in.Trial, err)
 			}
 		}
-		o, err := trainHead(ctx, f, train, val, cfg, in, metric, keep)
+		_, o, err := trainHead(ctx, f, train, val, cfg, in, metric, keep)
 		if err != nil {
 			return Outcome{}, fmt.Errorf("trial %d: %w", in.Trial, err)
 		}
 		return o, nil
 	}, nil
+}
+
+// checkSplit refuses row sets that index outside f or share a row: a row
+// on both sides would validate on what was trained.
+func checkSplit(f *Features, train, val []int) error {
+	seen := make([]bool, f.N())
+	for _, set := range [][]int{train, val} {
+		for _, i := range set {
+			if i < 0 || i >= f.N() {
+				return fmt.Errorf("%w: split row %d: the features hold %d rows", ErrBadFeatures, i, f.N())
+			}
+			if seen[i] {
+				return fmt.Errorf("%w: split row %d is listed twice (training and validation must be disjoint)", ErrBadFeatures, i)
+			}
+			seen[i] = true
+		}
+	}
+	return nil
+}
+
+// HeadWeights is a trained head in inference.Head's PyTorch layout: W1
+// [Hidden][In], B1 [Hidden], W2 [Classes][Hidden], B2 [Classes], rounded
+// to float32 as head.safetensors stores them.
+type HeadWeights struct {
+	In, Hidden, Classes int
+	W1, B1, W2, B2      []float32
+}
+
+// TrainHead trains one head exactly as a trial of HeadObjectiveOn with the
+// same parameters, seed and epochs does (a trial's result is reproduced,
+// not approximated), and returns the weights it keeps: the best epoch's
+// with early stopping, the last epoch's without. cfg.BatchSize must be
+// set (ProbeBatchSize, or the batch size the study's trials used).
+func TrainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfig, seed int64, epochs int, metric string) (HeadWeights, Outcome, error) {
+	if !slices.Contains(headMetrics, metric) {
+		return HeadWeights{}, Outcome{}, fmt.Errorf("head: metric %q: accepted %s", metric, strings.Join(headMetrics, ", "))
+	}
+	if err := f.Validate(); err != nil {
+		return HeadWeights{}, Outcome{}, fmt.Errorf("head: %w", err)
+	}
+	if len(train) == 0 || len(val) == 0 {
+		return HeadWeights{}, Outcome{}, fmt.Errorf("head: %w: %d training and %d validation rows; both must be non-empty", ErrBadFeatures, len(train), len(val))
+	}
+	if err := checkSplit(f, train, val); err != nil {
+		return HeadWeights{}, Outcome{}, fmt.Errorf("head: %w", err)
+	}
+	if cfg.BatchSize < 1 || epochs < 1 {
+		return HeadWeights{}, Outcome{}, fmt.Errorf("head: %w: batch size %d and epochs %d must be at least 1", ErrHeadParams, cfg.BatchSize, epochs)
+	}
+	m, o, err := trainHead(ctx, f, train, val, cfg, TrialInput{Seed: seed, MaxEpochs: epochs}, metric, nil)
+	if err != nil {
+		return HeadWeights{}, Outcome{}, err
+	}
+	w1, b1, w2, b2 := m.split(m.p)
+	return HeadWeights{In: m.in, Hidden: m.hidden, Classes: m.classes,
+		W1: narrow(w1), B1: narrow(b1), W2: narrow(w2), B2: narrow(b2)}, o, nil
+}
+
+func narrow(v []float64) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = float32(x)
+	}
+	return out
+}
+
+// Probabilities computes the class probabilities of one feature row as
+// inference.Head does (float64 sums over the float32 weights), so that
+// a head can be judged in pure Go before it is exported.
+func (w HeadWeights) Probabilities(x []float32, out []float64) {
+	h := make([]float64, w.Hidden)
+	for j := range w.Hidden {
+		s := float64(w.B1[j])
+		row := w.W1[j*w.In : (j+1)*w.In]
+		for i, v := range row {
+			s += float64(v) * float64(x[i])
+		}
+		h[j] = max(s, 0)
+	}
+	for k := range w.Classes {
+		s := float64(w.B2[k])
+		row := w.W2[k*w.Hidden : (k+1)*w.Hidden]
+		for j, v := range row {
+			s += float64(v) * h[j]
+		}
+		out[k] = s
+	}
+	mx := slices.Max(out[:w.Classes])
+	var sum float64
+	for k := range w.Classes {
+		out[k] = math.Exp(out[k] - mx)
+		sum += out[k]
+	}
+	for k := range w.Classes {
+		out[k] /= sum
+	}
 }
 
 func distinct(ss []string) map[string]bool {
@@ -606,7 +718,7 @@ func cosineLR(lr0 float64, e, E int) float64 {
 
 // trainHead runs one trial. The split and batch size are settled by the
 // caller.
-func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfig, in TrialInput, metric string, keep func(int, float64) bool) (Outcome, error) {
+func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfig, in TrialInput, metric string, keep func(int, float64) bool) (*headModel, Outcome, error) {
 	seed := uint64(in.Seed)
 	initRNG := rand.New(rand.NewPCG(seed, 1))
 	shuffleRNG := rand.New(rand.NewPCG(seed, 2))
@@ -630,9 +742,9 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 		bestP    []float64
 		since    = 0
 	)
-	fail := func(reason string) (Outcome, error) {
+	fail := func(reason string) (*headModel, Outcome, error) {
 		o.State, o.Value, o.Reason = StateFailed, math.NaN(), reason
-		return o, nil
+		return m, o, nil
 	}
 	for epoch := 1; epoch <= in.MaxEpochs; epoch++ {
 		if cfg.Schedule == "cosine" {
@@ -648,7 +760,7 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 			// Checked per batch, not per epoch: an epoch of a large file
 			// takes seconds, and a cancelled study should stop now.
 			if err := ctx.Err(); err != nil {
-				return Outcome{}, err
+				return nil, Outcome{}, err
 			}
 			idx := order[lo:min(lo+batch, len(order))]
 			s.load(f, idx)
@@ -692,13 +804,13 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 		hist.Layers[1].Epochs = append(hist.Layers[1].Epochs, Histogram(epoch, m.w2, histogramBins))
 		if in.Dir != "" {
 			if err := WriteHistograms(in.Dir, hist); err != nil {
-				return Outcome{}, err
+				return nil, Outcome{}, err
 			}
 		}
 
 		if keep != nil && !keep(epoch, ep[metric]) {
 			o.State, o.Reason = StatePruned, fmt.Sprintf("stopped by the pruner after epoch %d", epoch)
-			return o, nil
+			return m, o, nil
 		}
 		if cfg.Patience > 0 && since >= cfg.Patience {
 			break
@@ -710,12 +822,11 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 	o.State = StateComplete
 	if cfg.Patience > 0 {
 		// The model kept is the best epoch's, so that is the value the
-		// study compares. Nothing reads m after this yet; the restore is
-		// here so that an export of the trained head gets the right one.
+		// study compares and the head TrainHead exports.
 		copy(m.p, bestP)
 		o.Value = bestVal
 	}
-	return o, nil
+	return m, o, nil
 }
 
 // ProbeBatchSize picks the batch size for a features file by throughput, as

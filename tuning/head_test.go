@@ -411,7 +411,7 @@ func TestProbeBatchSize(t *testing.T) {
 func TestHeadObjectiveProbesOnce(t *testing.T) {
 	calls := 0
 	clock := func() time.Time { calls++; return time.Unix(0, int64(calls)*int64(time.Millisecond)) }
-	obj, err := headObjective(gaussianFeatures(600, 8, 4, 1, 1), "val_loss", clock)
+	obj, err := headObjective(gaussianFeatures(600, 8, 4, 1, 1), nil, nil, "val_loss", clock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -490,7 +490,7 @@ func BenchmarkHeadEpoch(b *testing.B) {
 			in := TrialInput{Seed: 1, MaxEpochs: 1}
 			b.ResetTimer()
 			for range b.N {
-				if _, err := trainHead(context.Background(), f, train, val, cfg, in, "val_loss", nil); err != nil {
+				if _, _, err := trainHead(context.Background(), f, train, val, cfg, in, "val_loss", nil); err != nil {
 					b.Fatal(err)
 				}
 			}
