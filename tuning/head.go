@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -827,6 +828,28 @@ func trainHead(ctx context.Context, f *Features, train, val []int, cfg HeadConfi
 		o.Value = bestVal
 	}
 	return m, o, nil
+}
+
+// JournalledBatchSize is the batch size the first told trial of the study
+// in dir reported, 0 when there is none: a resumed study keeps the batch
+// size its trials were run with instead of probing again (a probe on a
+// busier machine could choose another).
+func JournalledBatchSize(dir string) int {
+	recs, err := ReadJournal(filepath.Join(dir, "journal.jsonl"))
+	if err != nil {
+		return 0
+	}
+	for _, r := range recs {
+		if r.Type != RecordTell || r.Outcome == nil {
+			continue
+		}
+		for _, e := range r.Outcome.Epochs {
+			if b, ok := e["batch_size"]; ok && b >= 1 {
+				return int(b)
+			}
+		}
+	}
+	return 0
 }
 
 // ProbeBatchSize picks the batch size for a features file by throughput, as

@@ -12,6 +12,7 @@ import (
 
 	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/inference"
+	"github.com/scopewatch/scopewatch/internal/labelset"
 )
 
 // cellScorer is what the baseline needs from a classifier: p(parasitized),
@@ -213,7 +214,7 @@ func writeBaselineIntoBundle(dir string, b *drift.Baseline, keyPath string, stdo
 // parasitized or uninfected, or 1/0; slide optional).
 func readTestLabels(dir string) ([]string, []int, []string, error) {
 	p := filepath.Join(dir, "labels.csv")
-	rows, hasSlide, err := readLabelsCSV(p)
+	rows, hasSlide, err := labelset.ReadCSV(p)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("test set labels: %w", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/scopewatch/scopewatch/inference"
+	"github.com/scopewatch/scopewatch/internal/labelset"
 )
 
 const classifyUsage = `usage: scopewatch classify [--model DIR] [--format json|csv] [--batch N] [--keys FILE] [--allow-unsigned] [--ort-lib PATH] PATH...
@@ -161,7 +162,7 @@ func collectInputs(paths []string) (inputs []string, truth map[string]bool, errs
 // readLabels reads a labels.csv (header path,label,slide; paths relative to
 // the file's folder) into truth: true for parasitized.
 func readLabels(path string, truth map[string]bool) error {
-	rows, _, err := readLabelsCSV(path)
+	rows, _, err := labelset.ReadCSV(path)
 	if err != nil {
 		return err
 	}

@@ -189,7 +189,7 @@ func studyObjective(s *tuning.Study, dir string, log io.Writer) (tuning.TrialFun
 	}
 	// The batch size is the dataset's, fixed once by throughput and never
 	// tuned; a resumed study keeps the one its trials were run with.
-	batch := journalledBatchSize(filepath.Join(dir, "journal.jsonl"))
+	batch := tuning.JournalledBatchSize(dir)
 	if batch == 0 {
 		batch = tuning.ProbeBatchSize(f, nil, time.Now)
 		fmt.Fprintf(log, "tune: batch size %d (fastest of the throughput probe on %d samples)\n", batch, f.N())
@@ -200,26 +200,6 @@ func studyObjective(s *tuning.Study, dir string, log io.Writer) (tuning.TrialFun
 		in.Params = ps
 		return obj(ctx, in, keep)
 	}, nil
-}
-
-// journalledBatchSize is the batch size the study's first told trial
-// reported, 0 when there is none.
-func journalledBatchSize(path string) int {
-	recs, err := tuning.ReadJournal(path)
-	if err != nil {
-		return 0
-	}
-	for _, r := range recs {
-		if r.Type != tuning.RecordTell || r.Outcome == nil {
-			continue
-		}
-		for _, e := range r.Outcome.Epochs {
-			if b, ok := e["batch_size"]; ok && b >= 1 {
-				return int(b)
-			}
-		}
-	}
-	return 0
 }
 
 func tuneReport(args []string, stdout, stderr io.Writer) error {

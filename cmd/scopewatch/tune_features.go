@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/scopewatch/scopewatch/inference"
+	"github.com/scopewatch/scopewatch/internal/labelset"
 	"github.com/scopewatch/scopewatch/tuning"
 )
 
@@ -26,9 +27,9 @@ func tuneFeatures(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(data) == 0 || *out == "" || len(pos) != 0 {
 		return fmt.Errorf("%w: want tune features --model DIR --data DIR [--data DIR ...] --out FILE", errUsage)
 	}
-	var rows []labelRow
+	var rows []labelset.Row
 	for _, d := range data {
-		rs, hasSlide, err := readLabelsCSV(filepath.Join(d, "labels.csv"))
+		rs, hasSlide, err := labelset.ReadCSV(filepath.Join(d, "labels.csv"))
 		if err != nil {
 			return fmt.Errorf("--data %s: %w", d, err)
 		}

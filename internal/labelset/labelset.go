@@ -1,4 +1,7 @@
-package main
+// Package labelset reads the labelled image folders that the tools pass
+// around: a folder with a labels.csv (path,label[,slide][,device]) and the
+// images it names, as `synth cells` and `collect export` write them.
+package labelset
 
 import (
 	"encoding/csv"
@@ -10,34 +13,36 @@ import (
 	"strings"
 )
 
-// labelRow is one row of a dataset's labels.csv (path,label[,slide]), as
-// `synth cells` and `collect export` write it.
-type labelRow struct {
+// Row is one row of a dataset's labels.csv.
+type Row struct {
 	Path     string // joined with the folder of the labels.csv
 	Positive bool   // parasitized
 	Slide    string // empty when the file has no slide column
+	Device   string // empty when the file has no device column
 }
 
-// readLabelsCSV reads a labels.csv: a header naming at least the path and
+// ReadCSV reads a labels.csv: a header naming at least the path and
 // label columns, labels parasitized|uninfected (or 1|0). hasSlide reports
 // a slide column. Errors name the file and the line.
-func readLabelsCSV(path string) (rows []labelRow, hasSlide bool, err error) {
+func ReadCSV(path string) (rows []Row, hasSlide bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, false, err
 	}
 	defer f.Close()
-	return parseLabelsCSV(f, path)
+	return ParseCSV(f, path)
 }
 
-func parseLabelsCSV(in io.Reader, path string) (rows []labelRow, hasSlide bool, err error) {
+// ParseCSV is ReadCSV on an open file; path names it in errors and is the
+// folder the image paths are relative to.
+func ParseCSV(in io.Reader, path string) (rows []Row, hasSlide bool, err error) {
 	r := csv.NewReader(in)
 	r.ReuseRecord = true
 	head, err := r.Read()
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: header: %w", path, err)
 	}
-	pc, lc, sc := -1, -1, -1
+	pc, lc, sc, dc := -1, -1, -1, -1
 	for i, h := range head {
 		switch strings.TrimSpace(h) {
 		case "path":
@@ -46,6 +51,8 @@ func parseLabelsCSV(in io.Reader, path string) (rows []labelRow, hasSlide bool, 
 			lc = i
 		case "slide":
 			sc = i
+		case "device":
+			dc = i
 		}
 	}
 	if pc < 0 || lc < 0 {
@@ -64,7 +71,7 @@ func parseLabelsCSV(in io.Reader, path string) (rows []labelRow, hasSlide bool, 
 		if rel == "." || !filepath.IsLocal(rel) {
 			return nil, false, fmt.Errorf("%s line %d: path %q: want a file inside the folder", path, line, rec[pc])
 		}
-		row := labelRow{Path: filepath.Join(dir, rel)}
+		row := Row{Path: filepath.Join(dir, rel)}
 		switch strings.TrimSpace(rec[lc]) {
 		case "parasitized", "1":
 			row.Positive = true
@@ -74,6 +81,9 @@ func parseLabelsCSV(in io.Reader, path string) (rows []labelRow, hasSlide bool, 
 		}
 		if sc >= 0 {
 			row.Slide = rec[sc]
+		}
+		if dc >= 0 {
+			row.Device = strings.TrimSpace(rec[dc])
 		}
 		rows = append(rows, row)
 	}

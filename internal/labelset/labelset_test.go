@@ -1,4 +1,4 @@
-package main
+package labelset
 
 import (
 	"path/filepath"
@@ -9,14 +9,14 @@ import (
 func TestParseLabelsCSV(t *testing.T) {
 	dir := filepath.Join("data", "set")
 	csvPath := filepath.Join(dir, "labels.csv")
-	rows, hasSlide, err := parseLabelsCSV(strings.NewReader("slide,label,path\nS1,parasitized,a/1.png\nS2, uninfected ,b/2.png\nS2,1,c.png\n"), csvPath)
+	rows, hasSlide, err := ParseCSV(strings.NewReader("slide,label,path\nS1,parasitized,a/1.png\nS2, uninfected ,b/2.png\nS2,1,c.png\n"), csvPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []labelRow{
-		{filepath.Join(dir, "a/1.png"), true, "S1"},
-		{filepath.Join(dir, "b/2.png"), false, "S2"},
-		{filepath.Join(dir, "c.png"), true, "S2"},
+	want := []Row{
+		{filepath.Join(dir, "a/1.png"), true, "S1", ""},
+		{filepath.Join(dir, "b/2.png"), false, "S2", ""},
+		{filepath.Join(dir, "c.png"), true, "S2", ""},
 	}
 	if !hasSlide || len(rows) != len(want) {
 		t.Fatalf("rows %+v, slide column %v", rows, hasSlide)
@@ -26,7 +26,10 @@ func TestParseLabelsCSV(t *testing.T) {
 			t.Errorf("row %d = %+v, want %+v", i, rows[i], want[i])
 		}
 	}
-	if rows, hasSlide, err := parseLabelsCSV(strings.NewReader("path,label\nx.png,0\n"), csvPath); err != nil || hasSlide || len(rows) != 1 || rows[0].Slide != "" {
+	if rows, _, err := ParseCSV(strings.NewReader("path,label,slide,device\nx.png,0,S, dev-1 \n"), csvPath); err != nil || rows[0].Device != "dev-1" {
+		t.Errorf("device column: %+v %v", rows, err)
+	}
+	if rows, hasSlide, err := ParseCSV(strings.NewReader("path,label\nx.png,0\n"), csvPath); err != nil || hasSlide || len(rows) != 1 || rows[0].Slide != "" {
 		t.Errorf("without slides: %+v %v %v", rows, hasSlide, err)
 	}
 	for _, bad := range []struct{ in, mention string }{
@@ -38,7 +41,7 @@ func TestParseLabelsCSV(t *testing.T) {
 		{"path,label\n/etc/x.png,1\n", "inside the folder"},
 		{"path,label\nx.png\n", "wrong number of fields"},
 	} {
-		_, _, err := parseLabelsCSV(strings.NewReader(bad.in), csvPath)
+		_, _, err := ParseCSV(strings.NewReader(bad.in), csvPath)
 		if err == nil || !strings.Contains(err.Error(), bad.mention) || !strings.Contains(err.Error(), csvPath) {
 			t.Errorf("%q: error %v, want one naming %s and %q", bad.in, err, csvPath, bad.mention)
 		}
@@ -50,7 +53,7 @@ func FuzzParseLabelsCSV(f *testing.F) {
 	f.Add("label,path\n0,b.png\n1,\"c,d.png\"\n")
 	f.Add("path,label\n\"unterminated,1\n")
 	f.Fuzz(func(t *testing.T, in string) {
-		rows, _, err := parseLabelsCSV(strings.NewReader(in), "labels.csv")
+		rows, _, err := ParseCSV(strings.NewReader(in), "labels.csv")
 		if err != nil {
 			return
 		}
