@@ -60,6 +60,21 @@ func (l *Ledger) Check(snapshot, model string) error {
 	return nil
 }
 
+// Evaluated returns the first evaluation of snapshot, nil when there is
+// none.
+func (l *Ledger) Evaluated(snapshot string) (*SealedEntry, error) {
+	es, err := l.entries()
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range es {
+		if e.Snapshot == snapshot {
+			return &e, nil
+		}
+	}
+	return nil, nil
+}
+
 // Seal records an evaluation before it happens (so a crash after it still
 // counts), under an exclusive lock so that two retunes of one snapshot
 // cannot both pass Check. It fails as Check does.

@@ -37,6 +37,14 @@ subcommands:
   features --model DIR --data DIR [--data DIR ...] --out FILE
         cache the backbone features, labels and slide ids of labelled folders
         (labels.csv: path,label,slide) for studies with builtin: head
+  retune --model DIR --data DIR [--data DIR ...] [--nominal DIR ...] --out DIR
+         --key FILE [--study FILE] [--ledger FILE]
+        retrain the incumbent's head on labelled feedback (and nominal data):
+        a content-addressed snapshot split by slide, a study on train and
+        validation, the sealed test evaluated once, and a signed bundle with
+        a new baseline and model card in DIR/bundle when the new model is
+        better than the incumbent; otherwise a refusal with its reasons in
+        DIR/decision.json. Rerun with the same inputs to resume.
 
 The study file and the trial protocol are described in the tuning package's
 documentation (go doc github.com/scopewatch/scopewatch/tuning).
@@ -57,6 +65,8 @@ func runTune(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return tuneReport(args[1:], stdout, stderr)
 	case "features":
 		return tuneFeatures(ctx, args[1:], stdout, stderr)
+	case "retune":
+		return tuneRetune(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprint(stderr, tuneUsage)
 		return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
