@@ -9,11 +9,27 @@ import (
 
 // ChooseThreshold picks a decision threshold on validation scores the way
 // the recipe chooses the bundle's counting operating point: the one with
-// the fewest misclassified cells (false positives plus false negatives)
-// at the scores' own prevalence; among equally good thresholds, the one
-// nearest 0.5. p are the positive class's probabilities, y 1 for
-// positive. A cell is called positive when p >= threshold.
-func ChooseThreshold(p []float64, y []int) float64 {
+// the fewest misclassified cells (false positives plus false negatives);
+// among equally good thresholds, the one nearest 0.5. p are the positive
+// class's probabilities, y 1 for positive; a cell is called positive when
+// p >= threshold.
+//
+// prevalence, when in (0, 1), counts the errors as if the cells had that
+// share of positives (each class's errors weighted by its share in the
+// stream over its share in p): a validation split of balanced crops then
+// chooses the threshold a stream of field cells with a few percent
+// parasitized needs, where the negatives' upper tail decides the count.
+// Otherwise the scores' own prevalence is used.
+func ChooseThreshold(p []float64, y []int, prevalence float64) float64 {
+	var npos int
+	for _, v := range y {
+		npos += v
+	}
+	wPos, wNeg := 1.0, 1.0
+	if prevalence > 0 && prevalence < 1 && npos > 0 && npos < len(y) {
+		wPos = prevalence / (float64(npos) / float64(len(y)))
+		wNeg = (1 - prevalence) / (1 - float64(npos)/float64(len(y)))
+	}
 	s := slices.Clone(p)
 	slices.Sort(s)
 	s = slices.Compact(s)
@@ -39,11 +55,12 @@ func ChooseThreshold(p []float64, y []int) float64 {
 			negBelow[k+1]++
 		}
 	}
-	best, bestErr := 0.5, math.MaxInt
+	best, bestErr := 0.5, math.Inf(1)
+	const tie = 1e-9 // weighted sums of equal counts may differ in the last bits
 	for _, t := range cands {
 		k := sort.Search(len(order), func(j int) bool { return p[order[j]] >= t })
-		errs := posBelow[k] + (negBelow[len(p)] - negBelow[k])
-		if errs < bestErr || (errs == bestErr && math.Abs(t-0.5) < math.Abs(best-0.5)) {
+		errs := wPos*float64(posBelow[k]) + wNeg*float64(negBelow[len(p)]-negBelow[k])
+		if errs < bestErr-tie || (math.Abs(errs-bestErr) <= tie && math.Abs(t-0.5) < math.Abs(best-0.5)) {
 			best, bestErr = t, errs
 		}
 	}

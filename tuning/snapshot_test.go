@@ -183,17 +183,24 @@ func TestChooseThreshold(t *testing.T) {
 		name string
 		p    []float64
 		y    []int
+		prev float64
 		lo   float64
 		hi   float64
 	}{
 		// Separable: any threshold in the gap is perfect; nearest 0.5 wins.
-		{"separable", []float64{0.1, 0.2, 0.8, 0.9}, []int{0, 0, 1, 1}, 0.5, 0.5},
-		{"separable high", []float64{0.1, 0.6, 0.7, 0.9}, []int{0, 0, 1, 1}, 0.649, 0.651},
+		{"separable", []float64{0.1, 0.2, 0.8, 0.9}, []int{0, 0, 1, 1}, 0, 0.5, 0.5},
+		{"separable high", []float64{0.1, 0.6, 0.7, 0.9}, []int{0, 0, 1, 1}, 0, 0.649, 0.651},
 		// Many negatives with a tail: the threshold moves up past it.
-		{"tail", []float64{0.1, 0.2, 0.55, 0.6, 0.62, 0.9, 0.95}, []int{0, 0, 0, 0, 0, 1, 1}, 0.7, 0.9},
+		{"tail", []float64{0.1, 0.2, 0.55, 0.6, 0.62, 0.9, 0.95}, []int{0, 0, 0, 0, 0, 1, 1}, 0, 0.7, 0.9},
+		// Balanced and overlapping: at their own prevalence the threshold
+		// sits low (one negative above it costs as much as a positive
+		// below); at 5% positives the negatives' tail decides and it rises
+		// above every negative.
+		{"balanced", []float64{0.1, 0.2, 0.3, 0.5, 0.7, 0.4, 0.6, 0.8, 0.9, 0.95}, []int{0, 0, 0, 0, 0, 1, 1, 1, 1, 1}, 0, 0.35, 0.55},
+		{"balanced at 5%", []float64{0.1, 0.2, 0.3, 0.5, 0.7, 0.4, 0.6, 0.8, 0.9, 0.95}, []int{0, 0, 0, 0, 0, 1, 1, 1, 1, 1}, 0.05, 0.71, 0.8},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := ChooseThreshold(c.p, c.y); got < c.lo || got > c.hi {
+			if got := ChooseThreshold(c.p, c.y, c.prev); got < c.lo || got > c.hi {
 				t.Fatalf("threshold %v, want in [%v, %v]", got, c.lo, c.hi)
 			}
 		})

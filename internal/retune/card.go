@@ -56,7 +56,11 @@ func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
 	for _, w := range st.Warnings {
 		p("- Warning: %s\n", w)
 	}
-	p("Decision threshold **%.4f**, chosen on the validation split by the recipe's rule (fewest misclassified cells at the split's prevalence; ties nearest 0.5). The incumbent's is %.4f.\n\n", d.Threshold, inc.Threshold)
+	prev := "the split's own prevalence"
+	if d.Prevalence > 0 {
+		prev = fmt.Sprintf("%.1f%% parasitized, the incumbent baseline's prevalence", 100*d.Prevalence)
+	}
+	p("Decision threshold **%.4f**, chosen on the validation split by the recipe's rule: fewest misclassified cells, counted at %s; ties nearest 0.5. The incumbent's is %.4f.\n\n", d.Threshold, prev, inc.Threshold)
 
 	p("## Sealed test\n\n")
 	p("Each model at its own threshold on the same test cells; 95%% intervals from %d bootstrap resamples of whole slides, paired between the models.\n\n", d.Test.BootstrapReps)
@@ -101,7 +105,7 @@ func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
 	p(".\n\n")
 	p("## Limits\n\n")
 	p("- Only the head was retrained. A shift the incumbent's backbone features cannot separate (measured: a 60° stain hue shift on synthetic crops) is not fully recovered by a head.\n")
-	p("- The threshold was chosen on validation crops at their own prevalence, not on segmented field cells as the default bundle's was.\n")
+	p("- The threshold was chosen on validation crops reweighted to a counting prevalence, not on segmented field cells as the default bundle's was.\n")
 	p("- The test split is %d%% of the snapshot's slides; its intervals are wide when the snapshot has few slides.\n", int(math.Round(100*testShare(d.Splits))))
 	return b.Bytes(), nil
 }

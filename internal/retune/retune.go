@@ -92,6 +92,10 @@ type Config struct {
 	// MaxNominalDrop is how far the new model's accuracy on the nominal
 	// test slides may fall below the incumbent's (default 0.01).
 	MaxNominalDrop float64
+	// Prevalence is the parasitized share the threshold is chosen for
+	// (tuning.ChooseThreshold); 0: the incumbent baseline's prevalence, the
+	// stream the deployed model counts, else the validation split's own.
+	Prevalence float64
 	// BootstrapReps for the comparison's intervals (default 2000).
 	BootstrapReps int
 	Log           *slog.Logger     // nil: discard
@@ -111,6 +115,7 @@ type Decision struct {
 	Incumbent  string                       `json:"incumbent"`
 	Study      *StudyResult                 `json:"study,omitempty"`
 	Threshold  float64                      `json:"threshold,omitempty"`
+	Prevalence float64                      `json:"threshold_prevalence,omitempty"`
 	Test       *tuning.Comparison           `json:"test,omitempty"`
 	PerDomain  map[string]tuning.Comparison `json:"per_domain,omitempty"`
 	Accepted   bool                         `json:"accepted"`
@@ -186,6 +191,9 @@ type run struct {
 	snap *tuning.Snapshot
 	dec  *Decision
 
+	incBase    *drift.Baseline // nil when the incumbent has none
+	prevalence float64
+
 	feats  *tuning.Features
 	pOld   []float64
 	focus  []float64
@@ -201,6 +209,19 @@ func (r *run) run(ctx context.Context) (*Decision, error) {
 	}
 	if m.Head == nil {
 		return nil, fmt.Errorf("retune: incumbent %s has no head.safetensors; only a bundle with a Go head can be retuned", r.cfg.Incumbent.Source)
+	}
+	if name := m.Baseline; name != "" {
+		raw, err := r.cfg.Incumbent.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("retune: incumbent baseline: %w", err)
+		}
+		if r.incBase, err = drift.DecodeBaselineBytes(raw); err != nil {
+			return nil, fmt.Errorf("retune: incumbent baseline: %w", err)
+		}
+	}
+	r.prevalence = r.cfg.Prevalence
+	if r.prevalence == 0 && r.incBase != nil {
+		r.prevalence = r.incBase.Prevalence
 	}
 	r.dec = &Decision{Schema: DecisionSchema, Incumbent: m.Version, Trained: trainedLayers,
 		Inputs: map[string][]string{DomainNominal: r.cfg.Nominal, DomainFeedback: r.cfg.Feedback}}
@@ -421,8 +442,16 @@ func (r *run) study(ctx context.Context) error {
 		return fmt.Errorf("retune: %w", err)
 	}
 	dir := filepath.Join(r.out, StudyDir)
-	batch := tuning.JournalledBatchSize(dir)
-	if batch == 0 {
+	var batch int
+	if v, ok := s.Fixed()[tuning.HeadBatchSize]; ok {
+		cfg, err := tuning.ParseHeadParams(tuning.Params{tuning.HeadBatchSize: v})
+		if err != nil {
+			return fmt.Errorf("retune: study %s: %w", s.Name, err)
+		}
+		batch = cfg.BatchSize
+	} else if batch = tuning.JournalledBatchSize(dir); batch == 0 {
+		// A probed batch size depends on the machine's load; the journal
+		// keeps it for a resume, but another machine may choose another.
 		batch = tuning.ProbeBatchSize(r.feats, nil, time.Now)
 	}
 	trial := func(ctx context.Context, in tuning.TrialInput, keep func(int, float64) bool) (tuning.Outcome, error) {
@@ -542,7 +571,8 @@ func (r *run) finish(ctx context.Context) (*Decision, error) {
 		}
 		return out
 	}
-	r.dec.Threshold = tuning.ChooseThreshold(pick(r.pNew, val), pickInt(r.labels, val))
+	r.dec.Threshold = tuning.ChooseThreshold(pick(r.pNew, val), pickInt(r.labels, val), r.prevalence)
+	r.dec.Prevalence = r.prevalence
 	backboneSHA := m.Files[inference.BackboneFile]
 	id := sha256.New()
 	fmt.Fprintf(id, "%s\n%s\n%v\n", backboneSHA, sha256hex(headBytes), r.dec.Threshold)
@@ -745,18 +775,9 @@ func (r *run) writeBundle(ctx context.Context, version string, headBytes []byte)
 // baseline builds the new model's baseline from the sealed test split, as
 // `scopewatch baseline` does, with the incumbent's detector configuration.
 func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, error) {
-	inc := r.cfg.Incumbent
 	var cc drift.CalibrationConfig
 	var refPrev float64
-	if name := inc.Manifest.Baseline; name != "" {
-		raw, err := inc.ReadFile(name)
-		if err != nil {
-			return nil, fmt.Errorf("retune: incumbent baseline: %w", err)
-		}
-		old, err := drift.DecodeBaselineBytes(raw)
-		if err != nil {
-			return nil, fmt.Errorf("retune: incumbent baseline: %w", err)
-		}
+	if old := r.incBase; old != nil {
 		if old.Detector != nil {
 			cc = old.Detector.Config()
 			// The signals are those the new test split supports; a
