@@ -3,6 +3,7 @@ package tuning
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"os"
 
 	"gonum.org/v1/plot"
@@ -79,20 +80,32 @@ func WritePlotComparison(dir string, pNew, pOld []float64, y []int, tNew, tOld f
 	if err != nil {
 		return PlotSummary{}, fmt.Errorf("plot %s: %w", PlotComparison, err)
 	}
+	const rocMaxFPR = 0.2
+	lowest := 1.0
 	roc := plot.New()
 	roc.Title.Text = "ROC on the test split"
 	roc.X.Label.Text = "false-positive rate"
 	roc.Y.Label.Text = "true-positive rate"
-	roc.X.Min, roc.X.Max, roc.Y.Min, roc.Y.Max = 0, 1, 0, 1
+	// Both models are usually near the corner; the full square would draw
+	// them as one line.
+	roc.X.Min, roc.X.Max, roc.Y.Min, roc.Y.Max = 0, rocMaxFPR, 0, 1
 	for _, m := range []struct {
 		name string
 		p    []float64
 		c    color.Color
 	}{{"incumbent", pOld, grey}, {"new", pNew, color.NRGBA{R: 30, G: 110, B: 60, A: 255}}} {
 		fpr, tpr := ROC(m.p, y)
-		xys := make(plotter.XYs, len(fpr))
+		var xys plotter.XYs
 		for i := range fpr {
-			xys[i] = plotter.XY{X: fpr[i], Y: tpr[i]}
+			if fpr[i] > rocMaxFPR {
+				// The segment up to the edge, then stop.
+				xys = append(xys, plotter.XY{X: rocMaxFPR, Y: tpr[i-1] + (tpr[i]-tpr[i-1])*(rocMaxFPR-fpr[i-1])/(fpr[i]-fpr[i-1])})
+				break
+			}
+			xys = append(xys, plotter.XY{X: fpr[i], Y: tpr[i]})
+		}
+		for _, xy := range xys {
+			lowest = math.Min(lowest, xy.Y)
 		}
 		l, err := plotter.NewLine(xys)
 		if err != nil {
@@ -103,10 +116,11 @@ func WritePlotComparison(dir string, pNew, pOld []float64, y []int, tNew, tOld f
 		roc.Add(l)
 		roc.Legend.Add(m.name, l)
 	}
+	roc.Y.Min = math.Max(0, math.Floor((lowest-0.02)*20)/20)
 	roc.Legend.Top = false
 	roc.Legend.Left = false
 	s := PlotSummary{Name: PlotComparison, Title: title,
-		Caption: "Score histograms per true class on the sealed test split (counts clipped at 1/8 of the cells to show the overlap), with each model's threshold, and both ROC curves.",
+		Caption: "Score histograms per true class on the sealed test split (counts clipped at 1/8 of the cells to show the overlap), with each model's threshold, and both ROC curves up to a false-positive rate of 0.2.",
 		Series:  2, Bars: 4, Panels: 3}
 	if err := render(dir, PlotComparison, 27*vg.Centimeter, 9*vg.Centimeter, grid([][]*plot.Plot{{hOld, hNew, roc}})); err != nil {
 		return PlotSummary{}, err

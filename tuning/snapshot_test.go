@@ -242,3 +242,28 @@ func TestCompare(t *testing.T) {
 		t.Fatalf("ROC ends %v,%v .. %v,%v", fpr[0], tpr[0], fpr[len(fpr)-1], tpr[len(tpr)-1])
 	}
 }
+
+func TestWritePlotComparison(t *testing.T) {
+	var pNew, pOld []float64
+	var y []int
+	for i := range 400 {
+		lab := i % 2
+		y = append(y, lab)
+		pOld = append(pOld, math.Mod(float64(i)*0.37, 1)*0.6+0.4*float64(lab))
+		pNew = append(pNew, math.Mod(float64(i)*0.37, 1)*0.3+0.7*float64(lab))
+	}
+	dir := t.TempDir()
+	s, err := WritePlotComparison(dir, pNew, pOld, y, 0.5, 0.6, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Name != PlotComparison || s.Panels != 3 {
+		t.Fatalf("summary %+v", s)
+	}
+	for _, ext := range []string{"png", "svg"} {
+		st, err := os.Stat(filepath.Join(dir, PlotComparison+"."+ext))
+		if err != nil || st.Size() < 1000 {
+			t.Fatalf("%s: %v (%d bytes)", ext, err, st.Size())
+		}
+	}
+}
