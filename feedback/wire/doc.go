@@ -1,6 +1,6 @@
-// Package wire owns the feedback wire formats: the payloads of feedback
-// samples and their chunks, labels, retune requests and feedback drop
-// alerts, their encoding, strict decoding and validation, and the ids and
+// Package wire owns the fleet's wire formats: the payloads of feedback
+// samples and their chunks, labels, retune requests, retune events, model
+// offers and their chunks, and alerts, their encoding, strict decoding and validation, and the ids and
 // hashes they carry (SampleID, ChunkID, SlideHash). It is separate from
 // package feedback because it imports no cgo package (feedback's outbox,
 // labels and collector live on SQLite through go-sqlite3), so the fleet
@@ -23,6 +23,14 @@
 //     (Label): feedback_id, label parasitized|uninfected, who, time.
 //   - scopewatch/v1/{site}/retune/request, schema "scopewatch.retune/v1"
 //     (RetuneRequest).
+//   - scopewatch/v1/{site}/retune/event, schema "scopewatch.retune.event/v1"
+//     (RetuneEvent): a retune job's state.
+//   - scopewatch/v1/{site}/model/offer, retained, schema
+//     "scopewatch.model.offer/v1" (ModelOffer): a signed bundle's version,
+//     archive size and sha256, chunk count, manifest hash and signer.
+//   - scopewatch/v1/{site}/model/chunk/{version}/{i}, retained, schema
+//     "scopewatch.model.chunk/v1" (ModelChunk): ModelChunkData bytes of the
+//     archive (the last may be shorter); AssembleModel checks the whole.
 //   - the alert raised when the outbox drops feedback, schema
 //     "scopewatch.alert/v1" (Alert).
 package wire

@@ -40,6 +40,32 @@ func TestTopics(t *testing.T) {
 			if got, _ := tp.ModelOffer("lab-1"); got != r+"/lab-1/model/offer" {
 				t.Fatalf("ModelOffer = %q", got)
 			}
+			if got, _ := tp.RetuneEvent("lab-1"); got != r+"/lab-1/retune/event" {
+				t.Fatalf("RetuneEvent = %q", got)
+			}
+			if got, _ := tp.RetuneRequestFilter(""); got != r+"/+/retune/request" {
+				t.Fatalf("RetuneRequestFilter = %q", got)
+			}
+			if got, _ := tp.RetuneRequestFilter("tuners"); got != "$share/tuners/"+r+"/+/retune/request" {
+				t.Fatalf("RetuneRequestFilter(tuners) = %q", got)
+			}
+			if site, err := tp.ParseRetuneRequest(r + "/lab-1/retune/request"); err != nil || site != "lab-1" {
+				t.Fatalf("ParseRetuneRequest = %q, %v", site, err)
+			}
+			for _, bad := range []string{r + "/lab-1/retune/event", r + "/Lab/retune/request", r + "/lab/x/retune/request", "other/lab/retune/request"} {
+				if _, err := tp.ParseRetuneRequest(bad); err == nil {
+					t.Errorf("ParseRetuneRequest(%q) accepted", bad)
+				}
+			}
+			// A chunk topic has 5 levels under the root: with a root of
+			// more than 2 it passes the 7-level limit, and is refused.
+			got, err := tp.ModelChunk("lab-1", "2026.12.03-1_0a1b2c3d", 7)
+			if strings.Count(r, "/") <= 1 && (err != nil || got != r+"/lab-1/model/chunk/2026.12.03-1_0a1b2c3d/7") {
+				t.Fatalf("ModelChunk = %q, %v", got, err)
+			}
+			if strings.Count(r, "/") > 1 && !errors.Is(err, ErrTopic) {
+				t.Fatalf("ModelChunk under a 3-level root = %q, %v; want ErrTopic", got, err)
+			}
 			if got, _ := tp.SharedFilter("tuners", KindFeedback); got != "$share/tuners/"+r+"/+/+/feedback" {
 				t.Fatalf("SharedFilter = %q", got)
 			}

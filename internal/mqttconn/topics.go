@@ -122,6 +122,39 @@ func (t Topics) RetuneRequest(site string) (string, error) {
 	return t.Root() + "/" + site + "/retune/request", nil
 }
 
+// RetuneRequestFilter subscribes to the retune requests of every site:
+// {root}/+/retune/request, through $share/{group}/ when group is set.
+func (t Topics) RetuneRequestFilter(group string) (string, error) {
+	f := t.Root() + "/+/retune/request"
+	if group == "" {
+		return f, nil
+	}
+	if err := ValidateLevel(group); err != nil {
+		return "", fmt.Errorf("share group: %w", err)
+	}
+	return "$share/" + group + "/" + f, nil
+}
+
+// ParseRetuneRequest returns the site of a {root}/{site}/retune/request
+// topic.
+func (t Topics) ParseRetuneRequest(topic string) (string, error) {
+	rest, ok := strings.CutPrefix(topic, t.Root()+"/")
+	site, tail, _ := strings.Cut(rest, "/")
+	if !ok || tail != "retune/request" || ValidateLevel(site) != nil {
+		return "", fmt.Errorf("%w: %q is not %s/{site}/retune/request", ErrTopic, topic, t.Root())
+	}
+	return site, nil
+}
+
+// RetuneEvent is {root}/{site}/retune/event, where retune workers report
+// their jobs.
+func (t Topics) RetuneEvent(site string) (string, error) {
+	if err := ValidateLevel(site); err != nil {
+		return "", fmt.Errorf("site: %w", err)
+	}
+	return t.Root() + "/" + site + "/retune/event", nil
+}
+
 // ModelOffer is {root}/{site}/model/offer.
 func (t Topics) ModelOffer(site string) (string, error) {
 	if err := ValidateLevel(site); err != nil {
