@@ -543,26 +543,41 @@ func (c *Collector) Verify(ctx context.Context) (checked int, bad []string, err 
 }
 
 // Export writes every complete, labelled sample to outDir: images under
-// outDir/images/ and labels.csv with columns path,label,slide (path
+// outDir/images/ and labels.csv with columns path,label,slide,device (path
 // relative to outDir; slide is the slide hash, so splits can keep a slide's
-// cells together). When several people labelled a sample, the latest label
-// wins. It returns the number of rows written.
+// cells together, and device lets them keep a device's). When several
+// people labelled a sample, the latest label wins. It returns the number
+// of rows written.
 func (c *Collector) Export(ctx context.Context, outDir string) (int, error) {
+	return c.export(ctx, outDir, "")
+}
+
+// ExportSite is Export for the samples of one site: what a retune of that
+// site's model trains on.
+func (c *Collector) ExportSite(ctx context.Context, outDir, site string) (int, error) {
+	if site == "" {
+		return 0, errors.New("export: empty site")
+	}
+	return c.export(ctx, outDir, site)
+}
+
+func (c *Collector) export(ctx context.Context, outDir, site string) (int, error) {
 	if err := os.MkdirAll(filepath.Join(outDir, "images"), 0o755); err != nil {
 		return 0, fmt.Errorf("export: %w", err)
 	}
-	rows, err := c.db.QueryContext(ctx, `SELECT s.id, s.crop_sha256, s.crop_format, s.slide_hash,
+	rows, err := c.db.QueryContext(ctx, `SELECT s.id, s.crop_sha256, s.crop_format, s.slide_hash, s.device,
 		(SELECT l.label FROM collect_labels l WHERE l.feedback_id = s.id ORDER BY l.time DESC, l.who LIMIT 1)
-		FROM collect_samples s WHERE s.complete=1 AND EXISTS (SELECT 1 FROM collect_labels l WHERE l.feedback_id = s.id)
-		ORDER BY s.id`)
+		FROM collect_samples s WHERE s.complete=1 AND (?1 = '' OR s.site = ?1)
+		AND EXISTS (SELECT 1 FROM collect_labels l WHERE l.feedback_id = s.id)
+		ORDER BY s.id`, site)
 	if err != nil {
 		return 0, fmt.Errorf("export: %w", err)
 	}
-	type row struct{ id, sha, format, slide, label string }
+	type row struct{ id, sha, format, slide, device, label string }
 	var out []row
 	for rows.Next() {
 		var r row
-		if err := rows.Scan(&r.id, &r.sha, &r.format, &r.slide, &r.label); err != nil {
+		if err := rows.Scan(&r.id, &r.sha, &r.format, &r.slide, &r.device, &r.label); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("export: %w", err)
 		}
@@ -579,7 +594,7 @@ func (c *Collector) Export(ctx context.Context, outDir string) (int, error) {
 	}
 	defer os.Remove(csvPath + ".tmp")
 	w := csv.NewWriter(f)
-	w.Write([]string{"path", "label", "slide"})
+	w.Write([]string{"path", "label", "slide", "device"})
 	for _, r := range out {
 		rel := filepath.Join("images", r.sha+"."+ext(r.format))
 		dst := filepath.Join(outDir, rel)
@@ -597,7 +612,7 @@ func (c *Collector) Export(ctx context.Context, outDir string) (int, error) {
 				}
 			}
 		}
-		w.Write([]string{filepath.ToSlash(rel), r.label, r.slide})
+		w.Write([]string{filepath.ToSlash(rel), r.label, r.slide, r.device})
 	}
 	w.Flush()
 	if err := errors.Join(w.Error(), f.Close()); err != nil {

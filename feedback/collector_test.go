@@ -183,13 +183,20 @@ func TestCollectorExport(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("export: %d rows, %v", n, err)
 	}
+	// A site's export holds that site's samples only.
+	if n, err := c.ExportSite(ctx, t.TempDir(), "lab"); err != nil || n != 3 {
+		t.Fatalf("export of site lab: %d rows, %v", n, err)
+	}
+	if n, err := c.ExportSite(ctx, t.TempDir(), "elsewhere"); err != nil || n != 0 {
+		t.Fatalf("export of another site: %d rows, %v", n, err)
+	}
 	f, _ := os.Open(filepath.Join(out, "labels.csv"))
 	defer f.Close()
 	rows, err := csv.NewReader(f).ReadAll()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(rows[0], []string{"path", "label", "slide"}) || len(rows) != 4 {
+	if !slices.Equal(rows[0], []string{"path", "label", "slide", "device"}) || len(rows) != 4 {
 		t.Fatalf("csv: %v", rows)
 	}
 	labels := map[string]string{}
@@ -198,7 +205,7 @@ func TestCollectorExport(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if filepath.Base(r[0]) != wire.SHA256Hex(data)+".png" || !isHex64(r[2]) {
+		if filepath.Base(r[0]) != wire.SHA256Hex(data)+".png" || !isHex64(r[2]) || r[3] != "dev-1" {
 			t.Fatalf("row %v", r)
 		}
 		labels[wire.SHA256Hex(data)] = r[1]
