@@ -45,6 +45,15 @@ subcommands:
         a new baseline and model card in DIR/bundle when the new model is
         better than the incumbent; otherwise a refusal with its reasons in
         DIR/decision.json. Rerun with the same inputs to resume.
+  worker --broker URL --db FILE --out DIR --key FILE --dataset DIR/collect.db
+         --model DIR [--model DIR ...] [--nominal DIR ...] [--share GROUP]
+        the fleet service: collects feedback and labels into the dataset,
+        takes retune requests ({root}/{site}/retune/request) into a queue in
+        --db (deduplicated by id; one open job per site), retunes the
+        request's model on the site's labelled feedback, and publishes an
+        accepted bundle as the site's retained offer with its chunks. Job
+        states go to {root}/{site}/retune/event; a stopped worker resumes
+        its job.
 
 The study file and the trial protocol are described in the tuning package's
 documentation (go doc github.com/scopewatch/scopewatch/tuning).
@@ -67,6 +76,8 @@ func runTune(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return tuneFeatures(ctx, args[1:], stdout, stderr)
 	case "retune":
 		return tuneRetune(ctx, args[1:], stdout, stderr)
+	case "worker":
+		return tuneWorker(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprint(stderr, tuneUsage)
 		return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
