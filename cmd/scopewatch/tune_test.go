@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/signal"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -27,7 +28,11 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "__scopewatch":
-			os.Exit(run(context.Background(), os.Args[2:], os.Stdout, os.Stderr))
+			// As main: SIGTERM and SIGINT end the context.
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			code := run(ctx, os.Args[2:], os.Stdout, os.Stderr)
+			stop()
+			os.Exit(code)
 		case "__trial":
 			os.Exit(fakeTrial())
 		}

@@ -44,6 +44,7 @@ func tuneWorker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	share := fs.String("share", "", `shared subscription group for retune requests, e.g. tuners ("" for a plain subscription; see collect --help)`)
 	studyPath := fs.String("study", "", "study file replacing the default retune study (builtin: head)")
 	minSamples := fs.Int("min-samples", 200, "fewest labelled images a retune accepts")
+	sims := fs.Int("baseline-sims", 0, "drift calibration streams for each new baseline (0: as the incumbent's)")
 	root := fs.String("topic-root", mqttconn.Root, "topic root of the fleet (the devices' mqtt.topic_root)")
 	ca := fs.String("ca", "", "PEM CA bundle for the broker certificate")
 	cert := fs.String("cert", "", "client certificate (PEM)")
@@ -111,7 +112,7 @@ func tuneWorker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	defer db.Close()
 	w, err := retune.NewWorker(ctx, retune.WorkerConfig{
 		DB: db, Dir: *out, Dataset: coll, Topics: topics, Key: key, Models: models, Nominal: nominal, Study: study,
-		Snapshot: tuning.SnapshotOptions{MinSamples: *minSamples}, Log: log.With("part", "retune"), Metrics: wm,
+		Snapshot: tuning.SnapshotOptions{MinSamples: *minSamples}, BaselineSims: *sims, Log: log.With("part", "retune"), Metrics: wm,
 		OpenModel: func(dir string) (*inference.Bundle, *inference.Classifier, error) {
 			b, err := inference.OpenBundle(dir, bopts)
 			if err != nil {
