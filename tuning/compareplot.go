@@ -127,4 +127,3 @@ func WritePlotComparison(dir string, pNew, pOld []float64, y []int, tNew, tOld f
 	}
 	return s, nil
 }
-
