@@ -37,18 +37,23 @@ func scopewatchBinary(t *testing.T) string {
 	return binPath
 }
 
-// unitForTest rewrites the installed paths of the unit to the test binary
-// and a temporary config, so that verify can check the commands exist.
-func unitForTest(t *testing.T) string {
+// unitForTest rewrites the installed paths of a unit (scopewatch.service
+// when name is empty) to the test binary, so that verify can check the
+// commands exist.
+func unitForTest(t *testing.T, name ...string) string {
 	t.Helper()
-	src, err := os.ReadFile(filepath.Join("..", "..", "systemd", "scopewatch.service"))
+	unitName := "scopewatch.service"
+	if len(name) > 0 {
+		unitName = name[0]
+	}
+	src, err := os.ReadFile(filepath.Join("..", "..", "systemd", unitName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	bin := scopewatchBinary(t)
 	unit := strings.ReplaceAll(string(src), "/usr/bin/scopewatch", bin)
 	dir := t.TempDir()
-	p := filepath.Join(dir, "scopewatch.service")
+	p := filepath.Join(dir, unitName)
 	if err := os.WriteFile(p, []byte(unit), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +64,12 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze not installed")
 	}
-	p := unitForTest(t)
-	out, err := exec.Command("systemd-analyze", "verify", p).CombinedOutput()
-	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	for _, name := range []string{"scopewatch.service", "scopewatch-tune.service"} {
+		p := unitForTest(t, name)
+		out, err := exec.Command("systemd-analyze", "verify", p).CombinedOutput()
+		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			t.Fatalf("systemd-analyze verify %s: %v\n%s", name, err, out)
+		}
 	}
 }
 
@@ -70,20 +77,22 @@ func TestSystemdUnitSecurityRating(t *testing.T) {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze not installed")
 	}
-	p := unitForTest(t)
-	out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--no-pager", p).CombinedOutput()
-	if err != nil {
-		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	for _, name := range []string{"scopewatch.service", "scopewatch-tune.service"} {
+		p := unitForTest(t, name)
+		out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--no-pager", p).CombinedOutput()
+		if err != nil {
+			t.Fatalf("systemd-analyze security %s: %v\n%s", name, err, out)
+		}
+		m := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+) (\w+)`).FindStringSubmatch(string(out))
+		if m == nil {
+			t.Fatalf("%s: no overall rating in:\n%s", name, out)
+		}
+		exposure, _ := strconv.ParseFloat(m[1], 64)
+		if m[2] != "OK" && m[2] != "SAFE" {
+			t.Fatalf("%s: exposure %.1f %s, want OK or SAFE:\n%s", name, exposure, m[2], out)
+		}
+		t.Logf("systemd-analyze security %s: %.1f %s", name, exposure, m[2])
 	}
-	m := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+) (\w+)`).FindStringSubmatch(string(out))
-	if m == nil {
-		t.Fatalf("no overall rating in:\n%s", out)
-	}
-	exposure, _ := strconv.ParseFloat(m[1], 64)
-	if m[2] != "OK" && m[2] != "SAFE" {
-		t.Fatalf("exposure %.1f %s, want OK or SAFE:\n%s", exposure, m[2], out)
-	}
-	t.Logf("systemd-analyze security: %.1f %s", exposure, m[2])
 }
 
 func TestSystemdSnippetsAndExampleConfig(t *testing.T) {
