@@ -246,7 +246,7 @@ func Default() Config {
 		Images: Images{
 			Kind:         "auto",
 			FieldMinSide: 400,
-			MaxPixels:    40_000_000,
+			MaxPixels:    4_000_000, // the memory budget; see default.yaml
 			MaxBytes:     64 << 20,
 			Workers:      1,
 			QueueSize:    64,

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/synth"
 	"github.com/scopewatch/scopewatch/internal/testutil"
 )
@@ -266,4 +269,79 @@ func topFileMappings(pid, n int) string {
 	}
 	fmt.Fprintf(&b, "%8d total over %d files", total, len(names))
 	return b.String()
+}
+
+// TestLargestFieldMemory: the largest field the default configuration
+// accepts (images.max_pixels, as a square) keeps the daemon's peak
+// resident set under the budget the unit leaves room for, whatever it
+// holds: a blank field, and one of sensor noise that segments into many
+// blobs. A field one pixel row larger is refused before it is decoded.
+// SCOPEWATCH_FIELD_PIXELS measures another size.
+func TestLargestFieldMemory(t *testing.T) {
+	requireDefaultModel(t)
+	const budgetMB = 250.0
+	pixels := config.Default().Images.MaxPixels
+	if v := os.Getenv("SCOPEWATCH_FIELD_PIXELS"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("SCOPEWATCH_FIELD_PIXELS: %v", err)
+		}
+		pixels = n
+	}
+	side := int(math.Sqrt(float64(pixels)))
+	for _, c := range []struct {
+		name string
+		img  func() []byte
+	}{
+		{"black", func() []byte { return encodePNG(t, image.NewRGBA(image.Rect(0, 0, side, side))) }},
+		{"noise", func() []byte { return testutil.NoisePNG(side, side, 7) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			port, _ := testutil.FreePort()
+			state := t.TempDir()
+			cfg := fmt.Sprintf(`state_dir: %s
+model:
+  path: %s
+  keys: "%s"
+images:
+  max_pixels: %d
+inbox:
+  rescan_interval: 500ms
+  stable_for: 200ms
+http:
+  listen: 127.0.0.1:%d
+mqtt:
+  enabled: false
+`, state, requireDefaultModel(t), os.Getenv("SCOPEWATCH_TEST_KEYS"), pixels, port)
+			p := startServe(t, state, cfg, port)
+			pid := p.cmd.Process.Pid
+			time.Sleep(2 * time.Second)
+			idle := readMemory(pid)
+			data := c.img()
+			slide := filepath.Join(state, "inbox", "s-big")
+			tmp := filepath.Join(state, "staging")
+			os.MkdirAll(tmp, 0o755)
+			if err := os.WriteFile(filepath.Join(tmp, "field.png"), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(tmp, "manifest.json"), []byte(`{"kind":"field"}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, slide); err != nil {
+				t.Fatal(err)
+			}
+			db := openDB(t, p.dbPath())
+			testutil.Eventually(t, 3*time.Minute, func() bool {
+				var n int
+				db.QueryRow(`SELECT COUNT(*) FROM images`).Scan(&n)
+				return n == 1
+			}, "the field was not processed: %s", p.logs.String())
+			time.Sleep(time.Second)
+			m := readMemory(pid)
+			t.Logf("%dx%d %s field (%d kB PNG): idle RSS %.1f MB, peak (VmHWM) %.1f MB", side, side, c.name, len(data)/1024, float64(idle.RSS)/1024, float64(m.HWM)/1024)
+			if float64(m.HWM)/1024 > budgetMB {
+				t.Errorf("peak resident set %.1f MB > %.0f MB for a %d-pixel field", float64(m.HWM)/1024, budgetMB, side*side)
+			}
+		})
+	}
 }
