@@ -194,11 +194,11 @@ func (b *Baseline) EvalRunLengths(ctx context.Context, rows *EvalRows, newSample
 				if !isSequential(ev.Signal) {
 					continue
 				}
-				if ev.Level == LevelWarn && wt < 0 {
+				if ev.Phase == PhaseStart && ev.Level == LevelWarn && wt < 0 {
 					wt = step + 1
 					byW[ev.Signal]++
 				}
-				if ev.Level == LevelAlarm && at < 0 {
+				if ev.Phase == PhaseStart && ev.Level == LevelAlarm && at < 0 {
 					at = step + 1
 					byA[ev.Signal]++
 				}
@@ -288,7 +288,7 @@ func (b *Baseline) EvalDelay(ctx context.Context, nullRows *EvalRows, newNull fu
 				evs = m.observeRow(shiftRows, ss.Next(r))
 			}
 			for _, ev := range evs {
-				if isSequential(ev.Signal) && ev.Level == cfg.Level && at < 0 {
+				if isSequential(ev.Signal) && ev.Phase == PhaseStart && ev.Level == cfg.Level && at < 0 {
 					at, sig = step, ev.Signal
 				}
 			}

@@ -30,16 +30,31 @@ var estimateSignals = [3]string{SignalEstAccuracy, SignalEstSensitivity, SignalE
 // ErrBadInput is wrapped by Observe for scores or features it cannot use.
 var ErrBadInput = errors.New("bad drift input")
 
-// Event is one detection: a signal crossing a tier's threshold for the first
-// time since the last Reset.
+// Event is the start or the end of an episode: a signal crossing a tier's
+// threshold (Phase start), or a signal in an episode that has stayed calm
+// for a whole window (Phase end: every test of the signal at or below its
+// warn threshold for the signal's largest window, or an estimate back at
+// or above its floor for the largest window), after which a new crossing
+// is a new episode. Alarms are not latched: an operator who did not
+// acknowledge one still sees the next.
 type Event struct {
 	Index     int64   `json:"index"` // 0-based position of the triggering score in the stream
 	Signal    string  `json:"signal"`
 	Level     string  `json:"level"`
+	Phase     string  `json:"phase"` // PhaseStart or PhaseEnd
 	Statistic float64 `json:"statistic"`
 	Threshold float64 `json:"threshold"`
 	Window    int     `json:"window"`
+	// Since is, for an end, the index of the cell that started the
+	// episode.
+	Since int64 `json:"since,omitempty"`
 }
+
+// Event phases.
+const (
+	PhaseStart = "start"
+	PhaseEnd   = "end"
+)
 
 // Monitor runs the calibrated detectors and the performance estimate over a
 // live stream. It is not safe for concurrent use; the owner serialises
@@ -50,7 +65,18 @@ type Monitor struct {
 	e     *engine
 	total int64 // scores observed since construction
 	block int
-	fired [2]map[string]bool // per tier (0 warn, 1 alarm): signals that fired since reset
+	fired [2]map[string]bool // per tier (0 warn, 1 alarm): signals in an episode
+	// startedAt and calm, per tier and signal in an episode: the index of
+	// the cell that started it, and how many cells in a row since have
+	// kept every test of the signal at or below its warn threshold.
+	startedAt [2]map[string]int64
+	calm      [2]map[string]int
+	// calmNeed is, per signal, the cells of calm that end an episode: its
+	// largest window, so that the signal's whole history is after the
+	// shift ended.
+	calmNeed map[string]int
+	perfCalm  [][3]int   // per window: cells with the estimate back at or above its floor
+	perfSince [][3]int64 // per window: the cell that started the estimate's episode
 
 	// Performance estimate: calibrated probabilities of the largest window
 	// and, per window, the expected TP, FP, TN, FN.
@@ -89,6 +115,10 @@ func NewMonitor(b *Baseline) (*Monitor, error) {
 		m.zbuf = make([]float32, b.Embedding.Dim)
 		m.tmp = make([]float64, b.Embedding.Dim)
 	}
+	m.calmNeed = map[string]int{}
+	for _, ts := range m.cal.Tests {
+		m.calmNeed[ts.Signal] = max(m.calmNeed[ts.Signal], ts.Window)
+	}
 	m.Reset()
 	return m, nil
 }
@@ -106,8 +136,19 @@ func (m *Monitor) Reset() {
 	m.e.reset()
 	m.block = 0
 	m.fired = [2]map[string]bool{{}, {}}
+	m.clearEpisodes()
 	m.perfLow = make([][3]bool, len(m.e.windows))
 	clear(m.perf)
+}
+
+// clearEpisodes forgets the calm counters (and start positions): after a
+// Reset, or a restore, which does not persist them; an episode then ends
+// a whole window later than it would have.
+func (m *Monitor) clearEpisodes() {
+	m.startedAt = [2]map[string]int64{{}, {}}
+	m.calm = [2]map[string]int{{}, {}}
+	m.perfCalm = make([][3]int, len(m.e.windows))
+	m.perfSince = make([][3]int64, len(m.e.windows))
 }
 
 // perfAdd adds (sign=1) or removes (sign=-1) the expected confusion counts
@@ -141,6 +182,27 @@ func estimateFrom(c [4]float64, n int) Estimate {
 
 // Index is the number of scores observed since the monitor was made.
 func (m *Monitor) Index() int64 { return m.total }
+
+// Open lists the signals in an episode now, per tier (estimates count as
+// warnings), sorted.
+func (m *Monitor) Open() (warn, alarm []string) {
+	for sig := range m.fired[0] {
+		warn = append(warn, sig)
+	}
+	for wi := range m.perfLow {
+		for k, sig := range estimateSignals {
+			if m.perfLow[wi][k] && !slices.Contains(warn, sig) {
+				warn = append(warn, sig)
+			}
+		}
+	}
+	for sig := range m.fired[1] {
+		alarm = append(alarm, sig)
+	}
+	slices.Sort(warn)
+	slices.Sort(alarm)
+	return warn, alarm
+}
 
 // SinceReset is the number of scores observed since the last Reset.
 func (m *Monitor) SinceReset() int64 { return m.e.t }
@@ -216,6 +278,8 @@ func (m *Monitor) observe(score, focus float64, z []float32, phi []float64, emit
 		m.block++
 	}
 	var events []Event
+	// hot: signals with a test above its warn threshold on this cell.
+	var hot map[string]bool
 	for i, ts := range m.cal.Tests {
 		if m.block < m.cal.Start[i] {
 			continue
@@ -224,11 +288,38 @@ func (m *Monitor) observe(score, focus float64, z []float32, phi []float64, emit
 		if math.IsNaN(s) {
 			continue
 		}
+		if s > m.cal.Warn[i][m.block] {
+			if hot == nil {
+				hot = map[string]bool{}
+			}
+			hot[ts.Signal] = true
+		}
 		for tier, th := range [2][][]float64{m.cal.Warn, m.cal.Alarm} {
 			h := th[i][m.block]
 			if s > h && !m.fired[tier][ts.Signal] {
 				m.fired[tier][ts.Signal] = true
-				events = append(events, Event{Index: idx, Signal: ts.Signal, Level: [2]string{LevelWarn, LevelAlarm}[tier], Statistic: s, Threshold: h, Window: ts.Window})
+				m.startedAt[tier][ts.Signal], m.calm[tier][ts.Signal] = idx, 0
+				events = append(events, Event{Index: idx, Signal: ts.Signal, Level: [2]string{LevelWarn, LevelAlarm}[tier], Phase: PhaseStart, Statistic: s, Threshold: h, Window: ts.Window})
+			}
+		}
+	}
+	for tier := range m.fired {
+		for sig := range m.fired[tier] {
+			if !m.fired[tier][sig] {
+				continue
+			}
+			if hot[sig] {
+				m.calm[tier][sig] = 0
+				continue
+			}
+			m.calm[tier][sig]++
+			if m.calm[tier][sig] >= m.calmNeed[sig] {
+				// Deleted, not set false: a map of signals in an episode.
+				delete(m.fired[tier], sig)
+				events = append(events, Event{Index: idx, Signal: sig, Level: [2]string{LevelWarn, LevelAlarm}[tier], Phase: PhaseEnd,
+					Window: m.calmNeed[sig], Since: m.startedAt[tier][sig]})
+				delete(m.calm[tier], sig)
+				delete(m.startedAt[tier], sig)
 			}
 		}
 	}
@@ -242,9 +333,17 @@ func (m *Monitor) observe(score, focus float64, z []float32, phi []float64, emit
 		vals := [3]float64{p.Accuracy, p.Sensitivity, p.Specificity}
 		los := m.estimateFloor
 		for k, sig := range estimateSignals {
-			if vals[k] < los[k] && !m.perfLow[wi][k] {
-				m.perfLow[wi][k] = true
-				events = append(events, Event{Index: idx, Signal: sig, Level: LevelWarn, Statistic: vals[k], Threshold: los[k], Window: p.Window})
+			switch {
+			case vals[k] < los[k] && !m.perfLow[wi][k]:
+				m.perfLow[wi][k], m.perfCalm[wi][k], m.perfSince[wi][k] = true, 0, idx
+				events = append(events, Event{Index: idx, Signal: sig, Level: LevelWarn, Phase: PhaseStart, Statistic: vals[k], Threshold: los[k], Window: p.Window})
+			case vals[k] < los[k]:
+				m.perfCalm[wi][k] = 0
+			case m.perfLow[wi][k]:
+				if m.perfCalm[wi][k]++; m.perfCalm[wi][k] >= w {
+					m.perfLow[wi][k], m.perfCalm[wi][k] = false, 0
+					events = append(events, Event{Index: idx, Signal: sig, Level: LevelWarn, Phase: PhaseEnd, Statistic: vals[k], Threshold: los[k], Window: p.Window, Since: m.perfSince[wi][k]})
+				}
 			}
 		}
 	}
@@ -349,6 +448,23 @@ type monitorState struct {
 	Warned     []string    `json:"warned"`
 	Alarmed    []string    `json:"alarmed"`
 	PerfLow    []string    `json:"perf_low"` // "signal/window" of estimates that alerted
+	// Episodes are the open episodes' start and calm counts, so that a
+	// restored monitor ends them on the same cell (absent in states saved
+	// before episodes ended: they then end a window later).
+	Episodes []episodeState `json:"episodes,omitempty"`
+	PerfEpisodes map[string]perfEpisode `json:"perf_episodes,omitempty"` // "signal/window" of open estimate episodes
+}
+
+type perfEpisode struct {
+	Since int64 `json:"since"`
+	Calm  int   `json:"calm"`
+}
+
+type episodeState struct {
+	Signal string `json:"signal"`
+	Level  string `json:"level"`
+	Since  int64  `json:"since"`
+	Calm   int    `json:"calm"`
 }
 
 // ErrStateMismatch is returned when restoring a state saved against another
@@ -385,6 +501,21 @@ func (m *Monitor) MarshalBinary() ([]byte, error) {
 	}
 	slices.Sort(st.Warned)
 	slices.Sort(st.Alarmed)
+	for tier, sigs := range [2][]string{st.Warned, st.Alarmed} {
+		for _, sig := range sigs {
+			st.Episodes = append(st.Episodes, episodeState{Signal: sig, Level: [2]string{LevelWarn, LevelAlarm}[tier], Since: m.startedAt[tier][sig], Calm: m.calm[tier][sig]})
+		}
+	}
+	for wi, w := range m.e.windows {
+		for k, sig := range estimateSignals {
+			if m.perfLow[wi][k] {
+				if st.PerfEpisodes == nil {
+					st.PerfEpisodes = map[string]perfEpisode{}
+				}
+				st.PerfEpisodes[fmt.Sprintf("%s/%d", sig, w)] = perfEpisode{Since: m.perfSince[wi][k], Calm: m.perfCalm[wi][k]}
+			}
+		}
+	}
 	return json.Marshal(st)
 }
 
@@ -456,11 +587,26 @@ func (m *Monitor) UnmarshalBinary(p []byte) error {
 	}
 	m.total = st.Total
 	m.fired = [2]map[string]bool{{}, {}}
+	m.clearEpisodes()
 	for _, s := range st.Warned {
 		m.fired[0][s] = true
 	}
 	for _, s := range st.Alarmed {
 		m.fired[1][s] = true
+	}
+	for _, e := range st.Episodes {
+		tier := slices.Index([]string{LevelWarn, LevelAlarm}, e.Level)
+		if tier < 0 || !m.fired[tier][e.Signal] || e.Calm < 0 {
+			continue // not an open episode of this state: ignored, as a state without episodes
+		}
+		m.startedAt[tier][e.Signal], m.calm[tier][e.Signal] = e.Since, e.Calm
+	}
+	for wi, w := range m.e.windows {
+		for k, sig := range estimateSignals {
+			if e, ok := st.PerfEpisodes[fmt.Sprintf("%s/%d", sig, w)]; ok && e.Calm >= 0 {
+				m.perfCalm[wi][k], m.perfSince[wi][k] = e.Calm, e.Since
+			}
+		}
 	}
 	m.perfLow = make([][3]bool, len(m.e.windows))
 	for _, key := range st.PerfLow {

@@ -8,50 +8,97 @@ import (
 	"testing"
 )
 
-func TestMonitorDetectsShiftAndLatches(t *testing.T) {
+// TestMonitorEpisodes: a strong shift starts one alarm episode per
+// signal while it lasts (no repeats while in alarm), the end of the shift
+// ends the episode a window later, and a second shift starts a new one
+// without any Reset: alarms are events with a start and an end, not a
+// latch that hides the next.
+func TestMonitorEpisodes(t *testing.T) {
 	b := sharedBaseline(t)
 	m, err := NewMonitor(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _, f := synthCells(600, 0.2, 2.5, 21) // a strong shift of logits and embeddings
+	shifted, _, fs := synthCells(600, 0.2, 2.5, 21) // a strong shift of logits and embeddings
+	calm, _, fc := synthCells(3000, 0.2, 0, 22)
 	var events []Event
-	for i := range s {
-		ev, err := m.Observe(Observation{Score: s[i], Features: f[i]})
-		if err != nil {
-			t.Fatal(err)
+	feed := func(s []float64, f [][]float32) {
+		for i := range s {
+			ev, err := m.Observe(Observation{Score: s[i], Features: f[i]})
+			if err != nil {
+				t.Fatal(err)
+			}
+			events = append(events, ev...)
 		}
-		events = append(events, ev...)
 	}
-	alarms := map[string]int{}
-	for _, e := range events {
-		if e.Level == LevelAlarm {
-			alarms[e.Signal]++
+	count := func(sig, phase string) int {
+		n := 0
+		for _, e := range events {
+			if e.Level == LevelAlarm && e.Signal == sig && e.Phase == phase {
+				n++
+			}
 		}
-		if isSequential(e.Signal) && !(e.Statistic > e.Threshold) {
+		return n
+	}
+	feed(shifted, fs)
+	for _, e := range events {
+		if e.Phase == PhaseStart && isSequential(e.Signal) && !(e.Statistic > e.Threshold) {
 			t.Errorf("event %+v: statistic not above threshold", e)
 		}
 	}
 	for _, sig := range []string{SignalScores, SignalEmbedding} {
-		if alarms[sig] != 1 {
-			t.Errorf("%s alarms = %d, want exactly one (latched until Reset); events %+v", sig, alarms[sig], events)
+		if count(sig, PhaseStart) != 1 || count(sig, PhaseEnd) != 0 {
+			t.Errorf("%s during the shift: %d starts, %d ends, want one start; events %+v", sig, count(sig, PhaseStart), count(sig, PhaseEnd), events)
 		}
 	}
-	m.Reset()
-	if m.SinceReset() != 0 || m.Index() != 600 {
-		t.Fatalf("after reset: since %d, index %d", m.SinceReset(), m.Index())
+	// Calm cells until both signals' episodes have ended (the small test
+	// baseline's ERT is 300 cells, so false alarms may start and end
+	// others meanwhile).
+	open := func(sig string) bool {
+		o := false
+		for _, e := range events {
+			if e.Level == LevelAlarm && e.Signal == sig {
+				o = e.Phase == PhaseStart
+			}
+		}
+		return o
 	}
-	var again int
-	for i := range 200 {
-		ev, _ := m.Observe(Observation{Score: s[i], Features: f[i]})
-		for _, e := range ev {
-			if e.Level == LevelAlarm && e.Signal == SignalScores {
-				again++
+	firstEnd := map[string]int64{}
+	for i := 0; i < len(calm) && (len(firstEnd) < 2 || open(SignalScores) || open(SignalEmbedding)); i++ {
+		feed(calm[i:i+1], fc[i:i+1])
+		for _, e := range events {
+			if _, seen := firstEnd[e.Signal]; !seen && e.Level == LevelAlarm && e.Phase == PhaseEnd && (e.Signal == SignalScores || e.Signal == SignalEmbedding) {
+				firstEnd[e.Signal] = e.Index
 			}
 		}
 	}
-	if again != 1 {
-		t.Errorf("after Reset the shift alarmed %d times, want once", again)
+	for _, sig := range []string{SignalScores, SignalEmbedding} {
+		end, ok := firstEnd[sig]
+		if !ok || open(sig) {
+			t.Fatalf("%s: no end within %d calm cells (ended %v, open %v)", sig, len(calm), ok, open(sig))
+		}
+		// Calm is counted from the first cell whose window statistic
+		// is back under the warn threshold; that takes part of a window
+		// after the shift stops, and the episode ends a window after.
+		if end < 600+int64(m.calmNeed[sig])-1 || end > 600+4*int64(m.calmNeed[sig]) {
+			t.Errorf("%s episode ended at cell %d; the shift stopped at 600, a window is %d cells", sig, end, m.calmNeed[sig])
+		}
+	}
+	for _, e := range events {
+		if e.Phase == PhaseEnd && !(e.Since < e.Index) {
+			t.Errorf("end %+v: since does not precede the end", e)
+		}
+	}
+	starts := map[string]int{SignalScores: count(SignalScores, PhaseStart), SignalEmbedding: count(SignalEmbedding, PhaseStart)}
+	feed(shifted[:200], fs[:200])
+	for sig, before := range starts {
+		if count(sig, PhaseStart) != before+1 {
+			t.Errorf("%s: the second shift started %d new episodes in 200 cells, want 1", sig, count(sig, PhaseStart)-before)
+		}
+	}
+	m.Reset()
+	if m.SinceReset() != 0 {
+		t.Fatalf("after reset: since %d", m.SinceReset())
 	}
 }
 

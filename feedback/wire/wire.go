@@ -147,8 +147,10 @@ type Alert struct {
 	DroppedTotal int64 `json:"dropped_total,omitempty"`
 }
 
-// Alert severities.
+// Alert severities. Info marks news that needs no action, such as the
+// end of a drift episode.
 const (
+	SeverityInfo  = "info"
 	SeverityWarn  = "warn"
 	SeverityError = "error"
 )
@@ -156,7 +158,8 @@ const (
 // DriftEvidence is what a drift detector saw when it fired.
 type DriftEvidence struct {
 	Signal    string  `json:"signal"`
-	Level     string  `json:"level"` // warn or alarm
+	Level     string  `json:"level"`           // warn or alarm
+	Phase     string  `json:"phase,omitempty"` // start or end of the episode
 	Statistic float64 `json:"statistic"`
 	Threshold float64 `json:"threshold"`
 	Window    int     `json:"window"`

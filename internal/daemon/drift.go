@@ -61,8 +61,8 @@ type driftWatch struct {
 	mon      *drift.Monitor // nil while no baseline is loaded
 	model    string         // model version mon belongs to
 	dirty    bool           // observed or reset since the last save
-	warnOn   bool           // a warn or alarm event since the last reset
-	alarmOn  bool           // an alarm event since the last reset
+	warnOn   bool           // a warn or alarm episode is open
+	alarmOn  bool           // an alarm episode is open
 	skipped  int64          // cells without features while the embedding detector runs
 	loading  bool           // a baseline is being loaded: cells wait in pending
 	pending  []drift.Observation
@@ -185,15 +185,16 @@ func (w *driftWatch) feedLocked(mon *drift.Monitor, o drift.Observation) (events
 		w.skipped++
 		return nil, false
 	}
-	for _, ev := range events {
-		w.warnOn = true
-		w.alarmOn = w.alarmOn || ev.Level == drift.LevelAlarm
+	if len(events) > 0 {
+		warn, alarm := mon.Open()
+		w.warnOn, w.alarmOn = len(warn)+len(alarm) > 0, len(alarm) > 0
 	}
 	return events, true
 }
 
-// flagged reports a warn or alarm since the last reset (false without
-// drift detection). A restored state starts unflagged.
+// flagged reports an open warn or alarm episode (false without drift
+// detection): the cells counted now are counted under a drift warning. A
+// restored state starts unflagged until its next event.
 func (w *driftWatch) flagged() bool {
 	if w == nil {
 		return false
@@ -203,7 +204,7 @@ func (w *driftWatch) flagged() bool {
 	return w.warnOn
 }
 
-// alarmed reports an alarm since the last reset.
+// alarmed reports an open alarm episode.
 func (w *driftWatch) alarmed() bool {
 	if w == nil {
 		return false
@@ -616,15 +617,25 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 	// Stable and unique: one event per signal, level and window at a
 	// stream position, within one database instance, boot and model.
 	id := fmt.Sprintf("%s-%s-%d-drift-%s-%d-%s-%s-%d", cfg.Device, d.db.instance, d.boot, model, ev.Index, ev.Signal, ev.Level, ev.Window)
+	kind := "drift_" + ev.Level
 	level := wire.SeverityWarn
 	if ev.Level == drift.LevelAlarm {
 		level = wire.SeverityError
 	}
 	detail := fmt.Sprintf("%s %s: statistic %.4g > threshold %.4g on the last %d cells (cell %d, model %s)",
 		ev.Signal, ev.Level, ev.Statistic, ev.Threshold, ev.Window, ev.Index, model)
-	a := wire.Alert{Schema: wire.AlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device, Kind: "drift_" + ev.Level,
+	if ev.Phase == drift.PhaseEnd {
+		// The episode's end is news too: results counted from here on are
+		// no longer under this warning.
+		id += "-end"
+		kind += "_end"
+		level = wire.SeverityInfo
+		detail = fmt.Sprintf("%s %s ended: within its thresholds for the last %d cells (episode from cell %d to %d, model %s)",
+			ev.Signal, ev.Level, ev.Window, ev.Since, ev.Index, model)
+	}
+	a := wire.Alert{Schema: wire.AlertSchema, ID: id, Site: cfg.Site, Device: cfg.Device, Kind: kind,
 		Severity: level, Detail: detail, ModelVersion: model, Boot: d.boot, At: now,
-		Drift: &wire.DriftEvidence{Signal: ev.Signal, Level: ev.Level, Statistic: ev.Statistic, Threshold: ev.Threshold, Window: ev.Window, Index: ev.Index}}
+		Drift: &wire.DriftEvidence{Signal: ev.Signal, Level: ev.Level, Phase: ev.Phase, Statistic: ev.Statistic, Threshold: ev.Threshold, Window: ev.Window, Index: ev.Index}}
 	var recs []feedback.Record
 	if cfg.MQTT.Enabled {
 		payload, err := json.Marshal(a)
@@ -634,8 +645,13 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 			recs = append(recs, feedback.Record{ID: "alert/" + id, Kind: feedback.KindAlert, Topic: d.topic(mqttconn.KindAlert), Payload: payload, QoS: 1})
 		}
 	}
-	if err := d.db.recordAlert(ctx, level, "drift_"+ev.Level, detail, recs...); err != nil {
+	if err := d.db.recordAlert(ctx, level, kind, detail, recs...); err != nil {
 		d.log.Error("recording the drift event failed", "err", err)
+	}
+	if ev.Phase == drift.PhaseEnd {
+		d.metrics.driftEvents.WithLabelValues(ev.Signal, ev.Level+"_end").Inc()
+		d.log.Info("drift "+ev.Level+" ended", "signal", ev.Signal, "window", ev.Window, "since", ev.Since, "index", ev.Index, "model", model)
+		return
 	}
 	d.metrics.driftEvents.WithLabelValues(ev.Signal, ev.Level).Inc()
 	d.metrics.driftLastStatistic.WithLabelValues(ev.Signal, ev.Level).Set(ev.Statistic)
