@@ -148,6 +148,9 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 	if err != nil {
 		return FieldAnalysis{}, err
 	}
+	if err := seg.plausible(opts); err != nil {
+		return FieldAnalysis{}, err
+	}
 	out := FieldAnalysis{Width: m.Cols(), Height: m.Rows(), WhiteCells: seg.WhiteCells, Dropped: seg.Dropped}
 	n := len(seg.Cells)
 	if n == 0 {

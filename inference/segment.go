@@ -6,6 +6,7 @@ import (
 	"image"
 	"image/color"
 	"math"
+	"slices"
 	"sort"
 	"unsafe"
 
@@ -32,6 +33,13 @@ import (
 // pixel type, too small).
 var ErrNotField = errors.New("not a field image")
 
+// ErrImplausibleField is returned by AnalyzeField for a field whose
+// segmented objects are not red cells at the model's scale (noise, text,
+// a photograph segment into thousands of specks): refused before any of
+// them is classified, which also bounds the work and memory one file can
+// cost.
+var ErrImplausibleField = errors.New("implausible field")
+
 // SegmentOptions tune SegmentField; the zero value means the defaults.
 type SegmentOptions struct {
 	// Foreground is the share of the local background brightness (green
@@ -51,6 +59,12 @@ type SegmentOptions struct {
 	KeepBorder bool
 	// CropBorder is the margin in pixels around a cell in Crop. Default 4.
 	CropBorder int
+	// MinCellSide is the smallest median cell side (the shorter side of
+	// the cells' boxes, in pixels) of a plausible field. Default 16: red
+	// cells of the synthetic fields are 44-58 px across at nominal
+	// magnification and stay above it down to 0.35x; sensor noise segments
+	// into specks of a few pixels.
+	MinCellSide int
 }
 
 func (o SegmentOptions) withDefaults() SegmentOptions {
@@ -69,7 +83,28 @@ func (o SegmentOptions) withDefaults() SegmentOptions {
 	if o.CropBorder <= 0 {
 		o.CropBorder = 4
 	}
+	if o.MinCellSide <= 0 {
+		o.MinCellSide = 16
+	}
 	return o
+}
+
+// plausible checks that the segmented cells are red cells at the model's
+// scale: their median side is at least MinCellSide.
+func (s *Segmentation) plausible(opts SegmentOptions) error {
+	opts = opts.withDefaults()
+	if len(s.Cells) == 0 {
+		return nil
+	}
+	sides := make([]int, len(s.Cells))
+	for i, c := range s.Cells {
+		sides[i] = min(c.Box.Dx(), c.Box.Dy())
+	}
+	slices.Sort(sides)
+	if med := sides[len(sides)/2]; med < opts.MinCellSide {
+		return fmt.Errorf("%w: %d objects with a median side of %d px; red cells at the model's scale are at least %d px across", ErrImplausibleField, len(s.Cells), med, opts.MinCellSide)
+	}
+	return nil
 }
 
 // SegmentedCell is one red cell found in a field.

@@ -96,6 +96,16 @@ type Slides struct {
 	TargetCells int           `yaml:"target_cells"`
 	DefaultID   string        `yaml:"default_id"`
 	CI          string        `yaml:"ci"`
+	// MinCells is the fewest counted red cells for which a slide gets a
+	// parasitemia; below it the result is inconclusive.
+	MinCells int `yaml:"min_cells"`
+	// MinFieldCells: a field with fewer segmented cells is an
+	// inconclusive field (blank, out of focus, not a smear).
+	MinFieldCells int `yaml:"min_field_cells"`
+	// MaxRefusedShare: a slide whose images were refused (implausible,
+	// unreadable) more often than this, or whose fields were inconclusive
+	// more often, is inconclusive.
+	MaxRefusedShare float64 `yaml:"max_refused_share"`
 }
 
 // HTTP is the upload, health and metrics listener.
@@ -264,6 +274,11 @@ func Default() Config {
 			TargetCells: 0,
 			DefaultID:   "unsorted",
 			CI:          "wilson",
+			// 500 cells: at 1 % parasitemia the 95 % Wilson interval is
+			// 0.4-2.3 %, the precision of a manual thin-film count.
+			MinCells:        500,
+			MinFieldCells:   20,
+			MaxRefusedShare: 0.1,
 		},
 		HTTP: HTTP{
 			Enabled:      true,
@@ -690,6 +705,15 @@ func (c *Config) Validate() Errors {
 		add("slides.default_id", fmt.Sprintf("%q is not a slide id", c.Slides.DefaultID), "1-128 characters from A-Z a-z 0-9 . _ -, not starting with a dot")
 	}
 	oneOf("slides.ci", c.Slides.CI, CIMethods)
+	if c.Slides.MinCells < 1 {
+		add("slides.min_cells", fmt.Sprintf("%d", c.Slides.MinCells), "a cell count of at least 1, such as 500")
+	}
+	if c.Slides.MinFieldCells < 0 {
+		add("slides.min_field_cells", fmt.Sprintf("%d", c.Slides.MinFieldCells), "0 (off) or a cell count such as 20")
+	}
+	if !(c.Slides.MaxRefusedShare >= 0 && c.Slides.MaxRefusedShare <= 1) {
+		add("slides.max_refused_share", fmt.Sprintf("%v", c.Slides.MaxRefusedShare), "a fraction from 0 to 1, such as 0.1")
+	}
 	if c.HTTP.Enabled {
 		if !strings.Contains(c.HTTP.Listen, ":") {
 			add("http.listen", fmt.Sprintf("%q is not host:port", c.HTTP.Listen), "host:port such as 127.0.0.1:8470 or :8470")

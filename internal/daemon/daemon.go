@@ -477,6 +477,12 @@ func (d *Daemon) process(j job) (r jobResult) {
 			d.metrics.images.WithLabelValues(j.source, "failed").Inc()
 		}
 		d.db.event(ctx, "warn", "image_rejected", j.slide, fmt.Sprintf("%s: %v", j.name, err))
+		if bad != nil && j.slide != "" {
+			// The slide's verdict weighs what it could not count.
+			if err := d.db.recordRefused(ctx, j.slide); err != nil {
+				d.log.Error("counting a refused image failed", "slide", j.slide, "err", err)
+			}
+		}
 		return jobResult{err: err}
 	}
 	analysed := d.now()
@@ -485,6 +491,7 @@ func (d *Daemon) process(j job) (r jobResult) {
 	stored, err := d.db.recordImage(ctx, imageRecord{
 		Slide: j.slide, Name: j.name, Source: j.source, Kind: an.Kind,
 		Width: an.Width, Height: an.Height, Cells: an.Cells, ModelVersion: d.model.ModelVersion(), Path: j.path,
+		Sparse: an.Kind == "field" && len(an.Cells) < cfg.Slides.MinFieldCells, Flagged: d.drift.openEpisode(),
 	}, cfg.Slides.TargetCells, d.summarise)
 	switch {
 	case errors.Is(err, errSlideComplete), errors.Is(err, errDuplicateImage):
@@ -524,16 +531,17 @@ func (d *Daemon) process(j job) (r jobResult) {
 // the completing transaction.
 func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback.Record) {
 	cfg := d.config()
-	lo, hi := proportionCI(sl.Infected, sl.Cells, cfg.Slides.CI)
-	pct := 0.0
-	if sl.Cells > 0 {
-		pct = 100 * float64(sl.Infected) / float64(sl.Cells)
-	}
+	verdict, reasons := slideVerdict(sl, cfg.Slides)
 	s := slideSummary{
 		Schema: resultSchema, ID: sl.ResultID, Site: cfg.Site, Device: cfg.Device, Slide: sl.Slide, State: "complete",
-		Images: sl.Images, Cells: sl.Cells, Infected: sl.Infected,
-		ParasitemiaPct: pct, CILowPct: 100 * lo, CIHighPct: 100 * hi, CIMethod: cfg.Slides.CI, CILevel: 0.95,
+		Verdict: verdict, Reasons: reasons, Images: sl.Images, Refused: sl.Refused, Fields: sl.Fields, SparseFields: sl.SparseFields,
+		Cells: sl.Cells, Infected: sl.Infected, CIMethod: cfg.Slides.CI, CILevel: 0.95,
 		StoppingReason: reason, ModelVersion: sl.ModelVersion, StartedAt: sl.CreatedAt, CompletedAt: sl.CompletedAt, Boot: d.boot,
+	}
+	if verdict != verdictInconclusive {
+		lo, hi := proportionCI(sl.Infected, sl.Cells, cfg.Slides.CI)
+		pct, l, h := 100*float64(sl.Infected)/float64(sl.Cells), 100*lo, 100*hi
+		s.ParasitemiaPct, s.CILowPct, s.CIHighPct = &pct, &l, &h
 	}
 	if s.ModelVersion == "" {
 		s.ModelVersion = d.model.ModelVersion()
@@ -553,8 +561,15 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback
 
 func (d *Daemon) slideCompleted(s slideSummary) {
 	d.metrics.slides.WithLabelValues(s.StoppingReason).Inc()
-	d.log.Info("slide complete", "slide", s.Slide, "reason", s.StoppingReason, "cells", s.Cells, "infected", s.Infected,
-		"parasitemia_pct", s.ParasitemiaPct, "ci_low_pct", s.CILowPct, "ci_high_pct", s.CIHighPct, "model", s.ModelVersion)
+	d.metrics.verdicts.WithLabelValues(s.Verdict).Inc()
+	attrs := []any{"slide", s.Slide, "reason", s.StoppingReason, "verdict", s.Verdict, "cells", s.Cells, "infected", s.Infected, "model", s.ModelVersion}
+	if s.ParasitemiaPct != nil {
+		attrs = append(attrs, "parasitemia_pct", *s.ParasitemiaPct, "ci_low_pct", *s.CILowPct, "ci_high_pct", *s.CIHighPct)
+	}
+	if len(s.Reasons) > 0 {
+		attrs = append(attrs, "why", s.Reasons)
+	}
+	d.log.Info("slide complete", attrs...)
 }
 
 // completeSlide completes an open slide for reason (marker, idle_timeout,

@@ -277,7 +277,10 @@ func TestInboxSlideWithMarker(t *testing.T) {
 	}
 	var s slideSummary
 	json.Unmarshal(payload, &s)
-	if s.Cells != 10 || s.Infected != 3 || math.Abs(s.ParasitemiaPct-30) > 1e-9 || !(s.CILowPct < 30 && s.CIHighPct > 30) || s.ModelVersion != "test-1" {
+	// Ten cells are counted, but a parasitemia of ten cells would be a
+	// guess: the result says inconclusive, with the reason, and no number.
+	if s.Cells != 10 || s.Infected != 3 || s.ModelVersion != "test-1" || s.Verdict != verdictInconclusive ||
+		s.ParasitemiaPct != nil || s.CILowPct != nil || len(s.Reasons) != 1 || !strings.Contains(s.Reasons[0], "slides.min_cells") {
 		t.Fatalf("bad summary %+v", s)
 	}
 }
@@ -739,5 +742,62 @@ func TestHTTPToken(t *testing.T) {
 	}
 	if got := do("GET", "/v1/slides/t1", "Bearer "+next.HTTP.Token, nil); got != http.StatusOK {
 		t.Errorf("new token after rotation: %d, want 200", got)
+	}
+}
+
+func TestSlideVerdict(t *testing.T) {
+	cfg := config.Default().Slides
+	for _, c := range []struct {
+		name    string
+		row     slideRow
+		verdict string
+		mention string
+	}{
+		{"enough cells", slideRow{Images: 3, Fields: 3, Cells: 700, Infected: 7}, verdictOK, ""},
+		{"too few cells", slideRow{Images: 1, Fields: 1, Cells: 499}, verdictInconclusive, "at least 500"},
+		{"mostly refused images", slideRow{Images: 8, Refused: 2, Cells: 800}, verdictInconclusive, "2 of 10 images were refused"},
+		{"one refused in twenty", slideRow{Images: 19, Refused: 1, Cells: 800}, verdictOK, ""},
+		{"sparse fields", slideRow{Images: 5, Fields: 5, SparseFields: 1, Cells: 900}, verdictInconclusive, "1 of 5 fields had fewer than 20"},
+		{"drift episode open", slideRow{Images: 3, Fields: 3, Cells: 700, Flagged: "a drift alarm (scores_cvm)"}, verdictFlagged, "scores_cvm"},
+		// What cannot be judged is not made flagged: inconclusive wins.
+		{"inconclusive and flagged", slideRow{Images: 1, Cells: 3, Flagged: "a drift alarm (scores_cvm)"}, verdictInconclusive, "min_cells"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v, reasons := slideVerdict(c.row, cfg)
+			if v != c.verdict || (c.mention != "" && !strings.Contains(strings.Join(reasons, "; "), c.mention)) || (v == verdictOK) != (len(reasons) == 0) {
+				t.Fatalf("verdict %s, reasons %q; want %s mentioning %q", v, reasons, c.verdict, c.mention)
+			}
+		})
+	}
+}
+
+// TestSlideResultWithParasitemia: a slide with enough cells gets its
+// parasitemia and interval; a refused image of the slide is counted in
+// its result.
+func TestSlideResultWithParasitemia(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) { c.Slides.MinCells = 10 })
+	in := td.cfg.Inbox.Dir
+	for i := 0; i < 10; i++ {
+		writeAtomically(t, filepath.Join(in, "s1", fmt.Sprintf("c%02d.png", i)), pngBytes(t, 40, 40, uint8(i)))
+	}
+	writeAtomically(t, filepath.Join(in, "s1", "junk.png"), []byte("not an image"))
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		var n, r int
+		td.d.db.db.QueryRow(`SELECT images, refused FROM slides WHERE slide='s1'`).Scan(&n, &r)
+		return n == 10 && r == 1
+	}, "ten images stored and one refused")
+	writeAtomically(t, filepath.Join(in, "s1", ".done"), nil)
+	testutil.Eventually(t, 10*time.Second, func() bool { s, _, _, _ := slideState(t, td, "s1"); return s == "complete" }, "slide s1 complete")
+	var payload []byte
+	if err := td.d.db.db.QueryRow(`SELECT payload FROM feedback_outbox WHERE id = 'result/' || (SELECT result_id FROM slides WHERE slide='s1')`).Scan(&payload); err != nil {
+		t.Fatalf("result not queued: %v", err)
+	}
+	var s slideSummary
+	if err := json.Unmarshal(payload, &s); err != nil {
+		t.Fatal(err)
+	}
+	want := 100 * float64(s.Infected) / 10
+	if s.Verdict != verdictOK || s.Refused != 1 || s.ParasitemiaPct == nil || math.Abs(*s.ParasitemiaPct-want) > 1e-9 || !(*s.CILowPct <= want && *s.CIHighPct >= want) {
+		t.Fatalf("summary %+v", s)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -202,6 +203,24 @@ func (w *driftWatch) flagged() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.warnOn
+}
+
+// openEpisode names the drift episodes open now ("" when none, or without
+// drift detection), for the slides counted meanwhile.
+func (w *driftWatch) openEpisode() string {
+	if w == nil {
+		return ""
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mon == nil || !w.warnOn {
+		return ""
+	}
+	warn, alarm := w.mon.Open()
+	if len(alarm) > 0 {
+		return "a drift alarm (" + strings.Join(alarm, ", ") + ")"
+	}
+	return "a drift warning (" + strings.Join(warn, ", ") + ")"
 }
 
 // alarmed reports an open alarm episode.

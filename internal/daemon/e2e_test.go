@@ -372,8 +372,13 @@ func TestServeEndToEnd(t *testing.T) {
 		if cells != r.Cells || infected != r.Infected || stored != cells {
 			t.Errorf("slide %s: SQLite %d/%d (%d predictions), MQTT %d/%d", slide, infected, cells, stored, r.Infected, r.Cells)
 		}
-		if r.CILowPct > r.ParasitemiaPct || r.CIHighPct < r.ParasitemiaPct {
-			t.Errorf("slide %s: CI [%g, %g] does not hold %g", slide, r.CILowPct, r.CIHighPct, r.ParasitemiaPct)
+		switch {
+		case r.Verdict == verdictInconclusive:
+			if r.ParasitemiaPct != nil || len(r.Reasons) == 0 {
+				t.Errorf("slide %s: inconclusive with parasitemia %v, reasons %v", slide, r.ParasitemiaPct, r.Reasons)
+			}
+		case r.ParasitemiaPct == nil || *r.CILowPct > *r.ParasitemiaPct || *r.CIHighPct < *r.ParasitemiaPct:
+			t.Errorf("slide %s: verdict %s with parasitemia %v in [%v, %v]", slide, r.Verdict, r.ParasitemiaPct, r.CILowPct, r.CIHighPct)
 		}
 	}
 	reason, err := os.ReadFile(filepath.Join(state, "quarantine", "slide-b", "truncated.png.reason"))

@@ -14,6 +14,7 @@ type serveMetrics struct {
 	images              *prometheus.CounterVec
 	cells               *prometheus.CounterVec
 	slides              *prometheus.CounterVec
+	verdicts            *prometheus.CounterVec
 	errors              *prometheus.CounterVec
 	httpErrors          *prometheus.CounterVec
 	alerts              *prometheus.CounterVec
@@ -59,6 +60,8 @@ func newServeMetrics() *serveMetrics {
 			Help: "Cells classified, by label."}, []string{"label"}),
 		slides: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slides_completed_total",
 			Help: "Slides completed, by stopping reason."}, []string{"reason"}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slide_verdicts_total",
+			Help: "Slides completed, by verdict (ok, flagged, inconclusive)."}, []string{"verdict"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_errors_total",
 			Help: "Errors by reason (bad-image reasons, store, analyze, inbox, mqtt_publish)."}, []string{"reason"}),
 		httpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_http_errors_total",
@@ -120,7 +123,7 @@ func newServeMetrics() *serveMetrics {
 		labelsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_labels_rejected_total",
 			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.images, m.cells, m.slides, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
+	m.reg.MustRegister(m.images, m.cells, m.slides, m.verdicts, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttConnectFailures, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,

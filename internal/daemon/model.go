@@ -216,6 +216,7 @@ func asBadImage(err error) error {
 		{inference.ErrDecode, "corrupt"},
 		{inference.ErrUnsupported, "unsupported"},
 		{inference.ErrNotField, "not_field"},
+		{inference.ErrImplausibleField, "implausible"},
 	} {
 		if errors.Is(err, r.sentinel) {
 			return &badImageError{Reason: r.reason, Err: err}

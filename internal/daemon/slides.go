@@ -1,25 +1,37 @@
 package daemon
 
 import (
+	"fmt"
 	"math"
 	"time"
+
+	"github.com/scopewatch/scopewatch/internal/config"
 )
 
 // slideSummary is the per-slide result: the payload of the MQTT result
 // message (DESIGN.md §3) and of GET /v1/slides/{id}.
 type slideSummary struct {
-	Schema         string    `json:"schema"`
-	ID             string    `json:"id"`
-	Site           string    `json:"site"`
-	Device         string    `json:"device"`
-	Slide          string    `json:"slide"`
-	State          string    `json:"state"`
-	Images         int       `json:"images"`
-	Cells          int       `json:"cells"`
-	Infected       int       `json:"infected"`
-	ParasitemiaPct float64   `json:"parasitemia_pct"`
-	CILowPct       float64   `json:"ci_low_pct"`
-	CIHighPct      float64   `json:"ci_high_pct"`
+	Schema string `json:"schema"`
+	ID     string `json:"id"`
+	Site   string `json:"site"`
+	Device string `json:"device"`
+	Slide  string `json:"slide"`
+	State  string `json:"state"`
+	// Verdict is ok, flagged (counted while a drift episode was open:
+	// the number stands, with that caveat) or inconclusive (no
+	// parasitemia is given); Reasons say why it is not ok.
+	Verdict      string   `json:"verdict"`
+	Reasons      []string `json:"reasons,omitempty"`
+	Images       int      `json:"images"`
+	Refused      int      `json:"refused_images"`
+	Fields       int      `json:"fields"`
+	SparseFields int      `json:"sparse_fields"`
+	Cells        int      `json:"cells"`
+	Infected     int      `json:"infected"`
+	// The parasitemia and its interval are absent when inconclusive.
+	ParasitemiaPct *float64  `json:"parasitemia_pct,omitempty"`
+	CILowPct       *float64  `json:"ci_low_pct,omitempty"`
+	CIHighPct      *float64  `json:"ci_high_pct,omitempty"`
 	CIMethod       string    `json:"ci_method"`
 	CILevel        float64   `json:"ci_level"`
 	StoppingReason string    `json:"stopping_reason,omitempty"`
@@ -30,6 +42,37 @@ type slideSummary struct {
 }
 
 const resultSchema = "scopewatch.result/v1"
+
+// Slide verdicts.
+const (
+	verdictOK           = "ok"
+	verdictFlagged      = "flagged"
+	verdictInconclusive = "inconclusive"
+)
+
+// slideVerdict judges whether a slide's count can be reported: a
+// parasitemia needs enough counted cells to mean something, and images
+// that were mostly refused or fields mostly empty say the slide was not
+// what the model can judge, whatever the cells counted say.
+func slideVerdict(sl slideRow, cfg config.Slides) (string, []string) {
+	var reasons []string
+	if sl.Cells < cfg.MinCells {
+		reasons = append(reasons, fmt.Sprintf("counted %d red cells; a parasitemia needs at least %d (slides.min_cells)", sl.Cells, cfg.MinCells))
+	}
+	if seen := sl.Images + sl.Refused; seen > 0 && float64(sl.Refused) > cfg.MaxRefusedShare*float64(seen) {
+		reasons = append(reasons, fmt.Sprintf("%d of %d images were refused (not a plausible cell or field, or unreadable)", sl.Refused, seen))
+	}
+	if sl.Fields > 0 && float64(sl.SparseFields) > cfg.MaxRefusedShare*float64(sl.Fields) {
+		reasons = append(reasons, fmt.Sprintf("%d of %d fields had fewer than %d cells (blank, out of focus or not a smear)", sl.SparseFields, sl.Fields, cfg.MinFieldCells))
+	}
+	if len(reasons) > 0 {
+		return verdictInconclusive, reasons
+	}
+	if sl.Flagged != "" {
+		return verdictFlagged, []string{"counted while " + sl.Flagged + " was open"}
+	}
+	return verdictOK, nil
+}
 
 // proportionCI returns the two-sided 95% interval for k successes in n
 // trials, as fractions. method is "wilson" or "clopper-pearson".

@@ -109,6 +109,15 @@ CREATE TABLE serve_attempts (
 	attempts INTEGER NOT NULL,
 	last_at  INTEGER NOT NULL
 );
+`}, {SQL: `
+-- What a slide's verdict needs besides its counts: images refused before
+-- they were counted, fields with too few cells, and the first drift
+-- episode open while its cells were counted.
+ALTER TABLE slides ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE slides ADD COLUMN fields INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE slides ADD COLUMN sparse_fields INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE slides ADD COLUMN flagged TEXT NOT NULL DEFAULT '';
+ALTER TABLE slides ADD COLUMN verdict TEXT;
 `}},
 }
 
@@ -247,17 +256,22 @@ func (s *dbStore) nextBoot(ctx context.Context) (int64, error) {
 
 // slideRow is a slide as stored.
 type slideRow struct {
-	ID             int64
-	Slide          string
-	State          string
-	Images, Cells  int
-	Infected       int
-	CreatedAt      time.Time
-	LastImageAt    time.Time
-	CompletedAt    time.Time
-	StoppingReason string
-	ModelVersion   string
-	ResultID       string
+	ID            int64
+	Slide         string
+	State         string
+	Images, Cells int
+	Infected      int
+	// Refused images, fields among the images and of those the sparse
+	// ones (fewer than slides.min_field_cells), and the drift episode open
+	// while cells were counted ("" when none).
+	Refused, Fields, SparseFields int
+	Flagged                       string
+	CreatedAt                     time.Time
+	LastImageAt                   time.Time
+	CompletedAt                   time.Time
+	StoppingReason                string
+	ModelVersion                  string
+	ResultID                      string
 }
 
 func (s *dbStore) getSlide(ctx context.Context, q interface {
@@ -268,8 +282,9 @@ func (s *dbStore) getSlide(ctx context.Context, q interface {
 	var completed sql.NullInt64
 	var reason, model, rid sql.NullString
 	err := q.QueryRowContext(ctx, `SELECT id, slide, state, images, cells, infected, created_at, last_image_at,
-		completed_at, stopping_reason, model_version, result_id FROM slides WHERE slide = ?`, slide).
-		Scan(&r.ID, &r.Slide, &r.State, &r.Images, &r.Cells, &r.Infected, &created, &last, &completed, &reason, &model, &rid)
+		completed_at, stopping_reason, model_version, result_id, refused, fields, sparse_fields, flagged FROM slides WHERE slide = ?`, slide).
+		Scan(&r.ID, &r.Slide, &r.State, &r.Images, &r.Cells, &r.Infected, &created, &last, &completed, &reason, &model, &rid,
+			&r.Refused, &r.Fields, &r.SparseFields, &r.Flagged)
 	if errors.Is(err, sql.ErrNoRows) {
 		return slideRow{}, false, nil
 	}
@@ -294,6 +309,10 @@ type imageRecord struct {
 	// Path, for an inbox file, is the attempt (beginAttempt) this image
 	// ends: cleared in the same transaction that stores it.
 	Path string
+	// Sparse marks a field with fewer cells than slides.min_field_cells;
+	// Flagged names the drift episode open when it was counted.
+	Sparse  bool
+	Flagged string
 }
 
 // storedImage is what recordImage reports back.
@@ -358,9 +377,23 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 		}
 		stmt.Close()
 	}
+	field, sparse := 0, 0
+	if rec.Kind == "field" {
+		field = 1
+		if rec.Sparse {
+			sparse = 1
+		}
+	}
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET images = images + 1, cells = cells + ?, infected = infected + ?,
-		last_image_at = ?, model_version = ? WHERE id = ?`, len(rec.Cells), infected, now, rec.ModelVersion, sl.ID); err != nil {
+		last_image_at = ?, model_version = ?, fields = fields + ?, sparse_fields = sparse_fields + ?,
+		flagged = CASE WHEN flagged = '' THEN ? ELSE flagged END WHERE id = ?`,
+		len(rec.Cells), infected, now, rec.ModelVersion, field, sparse, rec.Flagged, sl.ID); err != nil {
 		return storedImage{}, fmt.Errorf("store image: update slide: %w", err)
+	}
+	sl.Fields += field
+	sl.SparseFields += sparse
+	if sl.Flagged == "" {
+		sl.Flagged = rec.Flagged
 	}
 	if rec.Path != "" {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM serve_attempts WHERE path = ?`, rec.Path); err != nil {
@@ -388,6 +421,18 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 	}
 	committed()
 	return out, nil
+}
+
+// recordRefused counts an image of slide that was refused before it could
+// be counted (implausible, unreadable): the slide's verdict weighs it. A
+// refusal for a complete slide changes nothing.
+func (s *dbStore) recordRefused(ctx context.Context, slide string) error {
+	now := s.now().UnixMilli()
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO slides(slide, state, created_at, last_image_at, refused) VALUES (?, 'open', ?, ?, 1)
+		ON CONFLICT(slide) DO UPDATE SET refused = refused + 1, last_image_at = excluded.last_image_at WHERE state = 'open'`, slide, now, now); err != nil {
+		return fmt.Errorf("count refused image of slide %s: %w", slide, err)
+	}
+	return nil
 }
 
 // completeSlide summarises an open slide (marker, idle timeout, explicit
@@ -421,8 +466,8 @@ func (s *dbStore) completeTx(ctx context.Context, tx *sql.Tx, sl slideRow, reaso
 	sl.ResultID = fmt.Sprintf("%s-%s-%d", sl.Slide, s.instance, sl.ID)
 	sum, recs := summarise(sl, reason)
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET state = 'complete', completed_at = ?, stopping_reason = ?,
-		parasitemia_pct = ?, ci_low_pct = ?, ci_high_pct = ?, ci_method = ?, result_id = ? WHERE id = ?`,
-		sl.CompletedAt.UnixMilli(), reason, sum.ParasitemiaPct, sum.CILowPct, sum.CIHighPct, sum.CIMethod, sl.ResultID, sl.ID); err != nil {
+		parasitemia_pct = ?, ci_low_pct = ?, ci_high_pct = ?, ci_method = ?, result_id = ?, verdict = ? WHERE id = ?`,
+		sl.CompletedAt.UnixMilli(), reason, sum.ParasitemiaPct, sum.CILowPct, sum.CIHighPct, sum.CIMethod, sl.ResultID, sum.Verdict, sl.ID); err != nil {
 		return slideSummary{}, nil, fmt.Errorf("complete slide %s: %w", sl.Slide, err)
 	}
 	committed, err := s.enqueueTx(ctx, tx, recs...)
