@@ -146,7 +146,7 @@ func NewSnapshot(samples []Sample, opts SnapshotOptions) (*Snapshot, error) {
 		names = append(names, d)
 	}
 	slices.Sort(names)
-	seed := hashSeed(s.Hash)
+	seed := HashSeed(s.Hash)
 	for _, d := range names {
 		if err := s.splitDomain(d, domains[d], opts, seed); err != nil {
 			return nil, err
@@ -188,7 +188,7 @@ func (s *Snapshot) splitDomain(domain string, rows []int, opts SnapshotOptions, 
 		return fmt.Errorf("%w: domain %s has %d %s(s); training, validation and test need at least 3, each on its own", ErrSnapshot, name, len(groups), grouping)
 	}
 	slices.Sort(groups)
-	rng := rand.New(rand.NewPCG(seed, hashSeed(domain)))
+	rng := rand.New(rand.NewPCG(seed, HashSeed(domain)))
 	rng.Shuffle(len(groups), func(i, j int) { groups[i], groups[j] = groups[j], groups[i] })
 	assign := map[string]string{}
 	total := float64(len(rows))
@@ -212,8 +212,9 @@ func (s *Snapshot) splitDomain(domain string, rows []int, opts SnapshotOptions, 
 	return nil
 }
 
-// hashSeed turns a string into a generator seed.
-func hashSeed(s string) uint64 {
+// HashSeed turns a string (a snapshot's hash, a domain's name) into a
+// generator seed.
+func HashSeed(s string) uint64 {
 	h := sha256.Sum256([]byte(s))
 	var v uint64
 	for _, b := range h[:8] {

@@ -3,12 +3,33 @@ package tuning
 import (
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 )
 
 // Params are one trial's parameter values by name: float64 for float
 // parameters, int64 for int ones, the chosen value (as written in the study
 // file) for categorical ones, and the value of every fixed parameter.
 type Params map[string]any
+
+// String formats the parameters as sorted name=value pairs, floats to 4
+// significant digits, for summaries and model cards.
+func (p Params) String() string {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		if f, ok := p[k].(float64); ok {
+			parts[i] = fmt.Sprintf("%s=%.4g", k, f)
+		} else {
+			parts[i] = fmt.Sprintf("%s=%v", k, p[k])
+		}
+	}
+	return strings.Join(parts, " ")
+}
 
 // Space maps a study's searched parameters to and from the unit cube, where
 // exploration and the Bayesian search work. Each searched parameter is one

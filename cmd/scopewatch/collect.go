@@ -94,16 +94,11 @@ flags:`)
 		return err
 	}
 	defer c.Close()
-	if *metricsAddr != "" {
-		ln, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-		log.Info("metrics", "addr", ln.Addr().String())
+	stopMetrics, err := serveMetrics(*metricsAddr, reg, log)
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	cfg := mqttconn.Config{Broker: *broker, ClientID: *clientID, CAFile: *ca, CertFile: *cert, KeyFile: *key}
 	cfg.ApplyEnv(os.LookupEnv)
 	if err := cfg.Validate(); err != nil {
@@ -116,6 +111,22 @@ flags:`)
 		log.Info("collector stopped", "samples", st.Samples, "complete", st.Complete, "labelled", st.Labelled, "pending_chunks", st.PendingChunks, "pending_labels", st.PendingLabels)
 	}
 	return err
+}
+
+// serveMetrics serves reg's metrics on addr ("" serves nothing) for the
+// fleet commands; the returned function stops it.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (func(), error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	log.Info("metrics", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
 }
 
 // datasetDir accepts DIR/collect.db (or DIR itself) and returns DIR.

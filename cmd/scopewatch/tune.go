@@ -12,8 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -254,7 +252,7 @@ func printTuneSummary(w io.Writer, s *tuning.Study, sum tuning.Summary, dir stri
 		fmt.Fprintf(w, "no trial completed; see the reasons in %s\n", filepath.Join(dir, "journal.jsonl"))
 		return
 	}
-	fmt.Fprintf(w, "best: trial %d, %s = %.6g, %s\n", sum.Best.Trial, s.Objective.Metric, sum.Best.Value, formatParams(sum.Best.Params))
+	fmt.Fprintf(w, "best: trial %d, %s = %.6g, %s\n", sum.Best.Trial, s.Objective.Metric, sum.Best.Value, sum.Best.Params.String())
 	for _, rep := range sum.Replicates {
 		fmt.Fprintf(w, "finalist trial %d over %d seeds: %s = %s\n", rep.Trial, len(rep.Seeds), s.Objective.Metric, meanPlusMinus(rep.Mean, rep.Std))
 	}
@@ -267,15 +265,3 @@ func meanPlusMinus(mean, std float64) string {
 	return fmt.Sprintf("%.6g ± %.2g", mean, std)
 }
 
-func formatParams(p tuning.Params) string {
-	keys := make([]string, 0, len(p))
-	for k := range p {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%v", k, p[k])
-	}
-	return strings.Join(parts, " ")
-}

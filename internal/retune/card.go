@@ -47,12 +47,12 @@ func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
 	if len(st.Finalists) > 0 {
 		p("| finalist | parameters | search value | replicates: mean ± std (n) |\n|---|---|---:|---|\n")
 		for _, f := range st.Finalists {
-			p("| trial %d | %s | %.4f | %s (%d) |\n", f.Trial, formatParams(f.Params), f.SearchValue, meanStd(f.Mean, f.Std), len(f.Values))
+			p("| trial %d | %s | %.4f | %s (%d) |\n", f.Trial, f.Params.String(), f.SearchValue, meanStd(f.Mean, f.Std), len(f.Values))
 		}
 		p("\n")
 	}
 	p("Chosen: trial %d (%s), seed %d, %s %.4f, retrained to the identical value; batch size %d (throughput probe), at most %d epochs with early stopping.\n\n",
-		st.Winner, formatParams(st.Params), st.Seed, st.Metric, st.Value, st.BatchSize, st.Epochs)
+		st.Winner, st.Params.String(), st.Seed, st.Metric, st.Value, st.BatchSize, st.Epochs)
 	for _, w := range st.Warnings {
 		p("- Warning: %s\n", w)
 	}
@@ -146,22 +146,4 @@ func meanStd(mean, std float64) string {
 		return fmt.Sprintf("%.4f", mean)
 	}
 	return fmt.Sprintf("%.4f ± %.4f", mean, std)
-}
-
-func formatParams(ps tuning.Params) string {
-	keys := make([]string, 0, len(ps))
-	for k := range ps {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var parts []string
-	for _, k := range keys {
-		switch v := ps[k].(type) {
-		case float64:
-			parts = append(parts, fmt.Sprintf("%s=%.4g", k, v))
-		default:
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
-		}
-	}
-	return strings.Join(parts, " ")
 }

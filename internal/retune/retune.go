@@ -801,7 +801,7 @@ func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, er
 	}
 	r.log.Info("retune baseline", "cells", len(test), "sims", cc.Sims)
 	b, err := drift.BuildBaseline(ctx, scores, labels, feats, r.dec.Threshold, drift.BaselineConfig{
-		ModelVersion: version, Seed: hashSeed(r.snap.Hash), ReferencePrevalence: refPrev, Slides: slides, Focus: focus, Detector: cc,
+		ModelVersion: version, Seed: tuning.HashSeed(r.snap.Hash), ReferencePrevalence: refPrev, Slides: slides, Focus: focus, Detector: cc,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("retune: baseline: %w", err)
@@ -809,11 +809,3 @@ func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, er
 	return b, nil
 }
 
-func hashSeed(s string) uint64 {
-	h := sha256.Sum256([]byte(s))
-	var v uint64
-	for _, b := range h[:8] {
-		v = v<<8 | uint64(b)
-	}
-	return v
-}
