@@ -264,4 +264,3 @@ func meanPlusMinus(mean, std float64) string {
 	}
 	return fmt.Sprintf("%.6g ± %.2g", mean, std)
 }
-

@@ -808,4 +808,3 @@ func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, er
 	}
 	return b, nil
 }
-
