@@ -263,6 +263,8 @@ def main():
     if unknown:
         raise SystemExit(f"unknown parameters {unknown}; known: {sorted(known)}")
     seed = int(trial.get("seed", 1))
+    # The Go runner's seeds are 64-bit; numpy's legacy seeding takes 32 bits.
+    seed32 = seed % (1 << 32)
     out_dir = trial.get("dir") or "."
     lr = float(params.get("lr", 1e-3))
     wd = float(params.get("weight_decay", 1e-5))
@@ -281,7 +283,7 @@ def main():
         raise SystemExit(f"bad parameters: lr {lr}, epochs {epochs}, batch_size {batch}, prevalence {prevalence}")
 
     common.limit_threads(args.threads)
-    common.seed_everything(seed)
+    common.seed_everything(seed32)
     torch.use_deterministic_algorithms(True)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -318,7 +320,7 @@ def main():
 
     params_t = [p for p in tail.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params_t, lr=lr, weight_decay=wd)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed32)
 
     v0, a0, _ = val_eval()
     best = {"epoch": 0, "val_loss": v0, "val_acc": a0}
@@ -375,7 +377,7 @@ def main():
         t_export = time.time() - te
     common.write_json(os.path.join(out_dir, "finetune.json"), {
         "incumbent": os.path.abspath(args.incumbent),
-        "trial": trial.get("trial"), "seed": seed,
+        "trial": trial.get("trial"), "seed": seed, "seed32": seed32,
         "params": {"lr": lr, "weight_decay": wd, "unfreeze_from": start, "epochs": epochs, "patience": patience,
                    "batch_size": batch, "augment": int(use_aug), "prevalence": prevalence},
         "data": desc,
