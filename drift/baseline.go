@@ -384,10 +384,13 @@ func (b *Baseline) Fingerprint() string {
 }
 
 // Save writes b as JSON to path (atomically: temp file and rename).
-func (b *Baseline) Save(path string) error { return saveJSON(path, b) }
+func (b *Baseline) Save(path string) error { return saveJSON(path, b, true) }
 
-func saveJSON(path string, v any) error {
-	j, err := json.MarshalIndent(v, "", " ")
+func saveJSON(path string, v any, indent bool) error {
+	j, err := json.Marshal(v)
+	if indent {
+		j, err = json.MarshalIndent(v, "", " ")
+	}
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}

@@ -538,7 +538,9 @@ func LoadPlausibilityFile(path string) (*PlausibilityFile, error) {
 	return f, nil
 }
 
-// Save writes f as JSON to path (atomically: temp file and rename).
+// Save writes f as JSON to path (atomically: temp file and rename),
+// unindented: two 576-d Cholesky factors are 330,000 numbers, and one per
+// line would double the file.
 func (f *PlausibilityFile) Save(path string) error {
-	return saveJSON(path, f)
+	return saveJSON(path, f, false)
 }
