@@ -15,8 +15,11 @@ import "math"
 type Appearance struct {
 	// Background is the fraction of pixels at or below the black level.
 	Background float64
-	// Border is the fraction of the image's outermost pixels that are
-	// foreground: a centred cell leaves the frame's edge black.
+	// Border is the fraction of the image's outermost pixels brighter
+	// than borderLevel: a centred cell leaves the frame's edge black, and
+	// a cell cut by the frame cannot be judged (segmentation drops those
+	// too). The level is above the black level because lossy compression
+	// lifts the black next to a cell by a few grey levels.
 	Border float64
 	// Mean and Std are the R, G, B levels (0..255) over the foreground.
 	Mean, Std [3]float64
@@ -36,6 +39,11 @@ var AppearanceNames = []string{"background", "border", "mean_r", "mean_g", "mean
 func (a Appearance) Values() []float64 {
 	return []float64{a.Background, a.Border, a.Mean[0], a.Mean[1], a.Mean[2], a.Std[0], a.Std[1], a.Std[2], a.Saturation, a.Focus}
 }
+
+// borderLevel is the grey level above which a border pixel counts as part
+// of something: JPEG at quality 75-90 moves the black around a cell by up to
+// about 10 levels, a cell's own pixels are far brighter.
+const borderLevel = 32
 
 // Appearance measures one preprocessed image (in, as Mat or BGR filled it).
 // An image without foreground has Mean, Std and Saturation 0. Cost: one
@@ -78,15 +86,14 @@ func (p *Preprocessor) Appearance(in []float32) Appearance {
 			}
 			// Luma as Focus computes it, so that both agree on the cell.
 			grey := luma[2]*v[0] + luma[1]*v[1] + luma[0]*v[2]
-			edge := x == 0 || y == 0 || x == w-1 || y == h-1
-			if edge {
+			if x == 0 || y == 0 || x == w-1 || y == h-1 {
 				border++
+				if grey > borderLevel {
+					borderFg++
+				}
 			}
 			if !(grey > focusBlack) {
 				continue
-			}
-			if edge {
-				borderFg++
 			}
 			cnt++
 			for k := range 3 {
