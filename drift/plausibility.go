@@ -1,6 +1,7 @@
 package drift
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -522,6 +523,37 @@ func DecodePlausibilityFile(r io.Reader) (*PlausibilityFile, error) {
 		p.prepare()
 	}
 	return &f, nil
+}
+
+// LoadBaselinePlausibility reads only the plausibility references of a
+// baseline file (nil, nil when it has none), validated: the gate needs
+// them at every model load, and decoding the rest of a baseline (40,000
+// reference rows in the shipped one) would cost the daemon tens of
+// megabytes for nothing. The file's integrity is the bundle's business
+// (its hash is in the signed manifest).
+func LoadBaselinePlausibility(path string) (crop, field *Plausibility, err error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open baseline: %w", err)
+	}
+	defer fh.Close()
+	var b struct {
+		Plausibility      *Plausibility `json:"plausibility"`
+		FieldPlausibility *Plausibility `json:"field_plausibility"`
+	}
+	if err := json.NewDecoder(io.LimitReader(fh, 64<<20)).Decode(&b); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w: %w", path, ErrInvalidBaseline, err)
+	}
+	for _, p := range []*Plausibility{b.Plausibility, b.FieldPlausibility} {
+		if p == nil {
+			continue
+		}
+		if err := p.validate(); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		p.prepare()
+	}
+	return b.Plausibility, b.FieldPlausibility, nil
 }
 
 // LoadPlausibilityFile reads and validates a plausibility file.

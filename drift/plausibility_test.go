@@ -183,10 +183,18 @@ func TestBaselinePlausibilityRoundTrip(t *testing.T) {
 	if got.Plausibility == nil || got.FieldPlausibility == nil {
 		t.Fatal("plausibility references lost in the round trip")
 	}
+	// What the gate reads at a model load: only the references.
+	crop, field, err := LoadBaselinePlausibility(path)
+	if err != nil || crop == nil || field == nil {
+		t.Fatalf("LoadBaselinePlausibility: %v, %v, %v", crop, field, err)
+	}
 	probe := [][]float64{{10, 0.3}, {-50, 0.3}, {10, 5}}
 	for i, f := range feats {
 		s := probe[i%len(probe)]
 		want, have := b.Plausibility.Check(s, f), got.Plausibility.Check(s, f)
+		if light := crop.Check(s, f); (light == nil) != (want == nil) {
+			t.Fatalf("row %d: built gate says %v, references alone %v", i, want, light)
+		}
 		if (want == nil) != (have == nil) || (want != nil && want.Error() != have.Error()) {
 			t.Fatalf("row %d: built gate says %v, reloaded %v", i, want, have)
 		}
@@ -204,6 +212,12 @@ func TestBaselinePlausibilityRoundTrip(t *testing.T) {
 	re, err := DecodeBaselineBytes(j)
 	if err != nil || re.Plausibility != nil {
 		t.Fatalf("baseline without plausibility: %v, reference %v", err, re.Plausibility)
+	}
+	if err := old.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if crop, field, err := LoadBaselinePlausibility(path); err != nil || crop != nil || field != nil {
+		t.Fatalf("LoadBaselinePlausibility without references: %v, %v, %v", crop, field, err)
 	}
 }
 

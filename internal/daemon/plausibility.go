@@ -59,12 +59,12 @@ func NewPlausibilityGate(b *inference.Bundle, modelPath string) (*PlausibilityGa
 	g := &PlausibilityGate{}
 	sidecar := PlausibilitySidecar(modelPath)
 	if b.BaselinePath != "" {
-		bl, err := drift.LoadBaseline(b.BaselinePath)
+		crop, field, err := drift.LoadBaselinePlausibility(b.BaselinePath)
 		if err != nil {
 			return nil, fmt.Errorf("plausibility reference: %w", err)
 		}
-		if bl.Plausibility != nil {
-			return g, g.use(bl.Plausibility, bl.FieldPlausibility, "baseline "+b.BaselinePath)
+		if crop != nil {
+			return g, g.use(crop, field, "baseline "+b.BaselinePath)
 		}
 	}
 	f, err := drift.LoadPlausibilityFile(sidecar)
