@@ -270,7 +270,7 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 		if pf == nil {
 			pf = features
 		}
-		b.Plausibility, err = BuildPlausibility(cfg.AppearanceNames, cfg.Appearance, pf, cfg.Slides, pc)
+		b.Plausibility, err = BuildPlausibility(cfg.AppearanceNames, cfg.Appearance, pf, cfg.Slides, scores, threshold, pc)
 		if err != nil {
 			return nil, err
 		}

@@ -16,9 +16,28 @@ import (
 // Plausibility is the reference of the plausibility gate: what nominal red
 // cells look like to the model, so that an image that is not one (noise, a
 // solid colour, a photograph, an empty field, a blurred blob) is refused
-// with the reason instead of given a class. It has two parts, both
-// calibrated on slide-disjoint held-out nominal cells to a stated share of
-// false rejections:
+// with the reason instead of given a class.
+//
+// It holds one Stratum per predicted class (p(parasitized) below or at
+// least Threshold), each calibrated on its own cells to FalseRejection:
+// parasitized cells are rarer and more varied than uninfected ones, and
+// one reference for both put them in its tails, so that it refused
+// infected cells several times more often than uninfected ones and
+// lowered the parasitemia it let through.
+type Plausibility struct {
+	FalseRejection float64 `json:"false_rejection"`
+	// Threshold is the p(parasitized) that splits the strata: the model's
+	// decision threshold the reference was made with (the manifest's, not a
+	// site's override, so that a cell meets the stratum it was calibrated
+	// in).
+	Threshold   float64  `json:"threshold"`
+	Uninfected  *Stratum `json:"uninfected"`
+	Parasitized *Stratum `json:"parasitized"`
+}
+
+// Stratum is the reference for the cells of one predicted class, in two
+// parts, both calibrated on slide-disjoint held-out nominal cells to a
+// stated share of false rejections:
 //
 //   - Stats: a range per image statistic (colour, texture, layout; named by
 //     the producer, such as inference.AppearanceNames). The backbone's
@@ -30,14 +49,14 @@ import (
 //
 // A cell is plausible when every statistic is in its range and its distance
 // is at most the threshold.
-type Plausibility struct {
+type Stratum struct {
 	// FalseRejection is the target share of nominal cells refused by the
-	// whole gate (half for the statistics, half for the features, or all
-	// for the statistics without features).
+	// whole stratum (half for the statistics, half for the features, or
+	// all for the statistics without features).
 	FalseRejection float64 `json:"false_rejection"`
 	// Cells and Slides count the nominal cells and slides it was made
 	// from; CalibrationRejected is the share of the calibration part (the
-	// slides not used to fit) that the gate refuses.
+	// slides not used to fit) that it refuses.
 	Cells               int     `json:"cells"`
 	Slides              int     `json:"slides"`
 	CalibrationRejected float64 `json:"calibration_rejected"`
@@ -112,8 +131,44 @@ type PlausibilityConfig struct {
 // (nil: statistics only), slides one id per cell (the fit and calibration
 // parts are split by slide, because cells of one slide are alike and a
 // threshold set on the slides it was fitted on would refuse more cells of
-// new slides than it promises).
-func BuildPlausibility(names []string, stats [][]float64, features [][]float32, slides []string, cfg PlausibilityConfig) (*Plausibility, error) {
+// new slides than it promises), scores each cell's p(parasitized), which
+// with threshold puts it in a stratum.
+func BuildPlausibility(names []string, stats [][]float64, features [][]float32, slides []string, scores []float64, threshold float64, cfg PlausibilityConfig) (*Plausibility, error) {
+	if len(scores) != len(stats) || len(slides) != len(stats) || (features != nil && len(features) != len(stats)) || !(threshold > 0 && threshold < 1) {
+		return nil, fmt.Errorf("%w: plausibility: %d scores, %d slide ids and %d feature rows for %d cells, threshold %v: want one of each per cell and 0 < threshold < 1",
+			ErrInvalidBaseline, len(scores), len(slides), len(features), len(stats), threshold)
+	}
+	p := &Plausibility{Threshold: threshold}
+	for _, pos := range []bool{false, true} {
+		var st [][]float64
+		var fe [][]float32
+		var sl []string
+		for i, sc := range scores {
+			if (sc >= threshold) != pos {
+				continue
+			}
+			st, sl = append(st, stats[i]), append(sl, slides[i])
+			if features != nil {
+				fe = append(fe, features[i])
+			}
+		}
+		name := map[bool]string{false: "uninfected", true: "parasitized"}[pos]
+		s, err := buildStratum(names, st, fe, sl, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%w (cells predicted %s)", err, name)
+		}
+		if pos {
+			p.Parasitized = s
+		} else {
+			p.Uninfected = s
+		}
+	}
+	p.FalseRejection = p.Uninfected.FalseRejection
+	p.prepare()
+	return p, nil
+}
+
+func buildStratum(names []string, stats [][]float64, features [][]float32, slides []string, cfg PlausibilityConfig) (*Stratum, error) {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: plausibility: %s", ErrInvalidBaseline, fmt.Sprintf(format, a...))
 	}
@@ -160,7 +215,7 @@ func BuildPlausibility(names []string, stats [][]float64, features [][]float32, 
 	if len(fit) < minRows || len(cal) < minRows {
 		return nil, bad("%d cells of %d slides leave %d to fit and %d to calibrate: want at least %d of each", len(stats), len(slideSet), len(fit), len(cal), minRows)
 	}
-	p := &Plausibility{FalseRejection: cfg.FalseRejection, Cells: len(stats), Slides: len(slideSet)}
+	p := &Stratum{FalseRejection: cfg.FalseRejection, Cells: len(stats), Slides: len(slideSet)}
 	statBudget := cfg.FalseRejection
 	var dist []float64 // calibration rows' feature distances
 	if features != nil {
@@ -357,7 +412,7 @@ func (g *FeatureGate) distance(f []float32) float64 {
 	return math.Sqrt(sum)
 }
 
-func (p *Plausibility) prepare() {
+func (p *Stratum) prepare() {
 	p.index = make(map[string]int, len(p.Stats))
 	for j, s := range p.Stats {
 		p.index[s.Name] = j
@@ -368,7 +423,7 @@ func (p *Plausibility) prepare() {
 }
 
 // StatNames lists the statistics the gate checks, in its order.
-func (p *Plausibility) StatNames() []string {
+func (p *Stratum) StatNames() []string {
 	out := make([]string, len(p.Stats))
 	for j, s := range p.Stats {
 		out[j] = s.Name
@@ -377,13 +432,13 @@ func (p *Plausibility) StatNames() []string {
 }
 
 // HasFeatures reports whether the gate checks the backbone's features.
-func (p *Plausibility) HasFeatures() bool { return p.Features != nil }
+func (p *Stratum) HasFeatures() bool { return p.Features != nil }
 
 // Check judges one cell: stats in StatNames order, features (ignored
 // without a feature reference; required with one). It returns nil for a
 // plausible cell, else a *Refusal wrapping ErrImplausible, or an error for
 // inputs of the wrong shape (a caller's bug, never a class).
-func (p *Plausibility) Check(stats []float64, features []float32) error {
+func (p *Stratum) Check(stats []float64, features []float32) error {
 	if len(stats) != len(p.Stats) {
 		return fmt.Errorf("plausibility: %d statistics for a reference of %d", len(stats), len(p.Stats))
 	}
@@ -409,14 +464,14 @@ func (p *Plausibility) Check(stats []float64, features []float32) error {
 
 // Distance is the feature distance of a cell (for measurements); NaN
 // without a feature reference or for a row of the wrong length.
-func (p *Plausibility) Distance(features []float32) float64 {
+func (p *Stratum) Distance(features []float32) float64 {
 	if p.Features == nil || len(features) != p.Features.Dim {
 		return math.NaN()
 	}
 	return p.Features.distance(features)
 }
 
-func (p *Plausibility) checkStats(stats []float64) error {
+func (p *Stratum) checkStats(stats []float64) error {
 	for j, r := range p.Stats {
 		// NaN fails too: a statistic that cannot be measured is no evidence
 		// of a cell.
@@ -427,7 +482,7 @@ func (p *Plausibility) checkStats(stats []float64) error {
 	return nil
 }
 
-func (p *Plausibility) validate() error {
+func (p *Stratum) validate() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: plausibility: %s", ErrInvalidBaseline, fmt.Sprintf(format, a...))
 	}
@@ -477,6 +532,60 @@ func (p *Plausibility) validate() error {
 		}
 	}
 	return nil
+}
+
+func (p *Plausibility) prepare() {
+	p.Uninfected.prepare()
+	p.Parasitized.prepare()
+}
+
+func (p *Plausibility) validate() error {
+	if !(p.Threshold > 0 && p.Threshold < 1) || p.Uninfected == nil || p.Parasitized == nil {
+		return fmt.Errorf("%w: plausibility: threshold %v with strata %v/%v: want 0 < threshold < 1 and both uninfected and parasitized", ErrInvalidBaseline, p.Threshold, p.Uninfected != nil, p.Parasitized != nil)
+	}
+	if !(p.FalseRejection > 0 && p.FalseRejection < 0.5) {
+		return fmt.Errorf("%w: plausibility: false_rejection %v: want 0 < value < 0.5", ErrInvalidBaseline, p.FalseRejection)
+	}
+	for _, s := range []*Stratum{p.Uninfected, p.Parasitized} {
+		if err := s.validate(); err != nil {
+			return err
+		}
+	}
+	if !slices.Equal(p.Uninfected.StatNames(), p.Parasitized.StatNames()) || (p.Uninfected.Features == nil) != (p.Parasitized.Features == nil) ||
+		(p.Uninfected.Features != nil && p.Uninfected.Features.Dim != p.Parasitized.Features.Dim) {
+		return fmt.Errorf("%w: plausibility: the strata check different statistics or features", ErrInvalidBaseline)
+	}
+	return nil
+}
+
+// Stratum is the reference a cell with p(parasitized) pp is judged by.
+func (p *Plausibility) Stratum(pp float64) *Stratum {
+	if pp >= p.Threshold {
+		return p.Parasitized
+	}
+	return p.Uninfected
+}
+
+// Check judges one cell (see Stratum.Check) by the stratum of its
+// p(parasitized) pp.
+func (p *Plausibility) Check(stats []float64, features []float32, pp float64) error {
+	return p.Stratum(pp).Check(stats, features)
+}
+
+// StatNames lists the statistics the gate checks, in its order.
+func (p *Plausibility) StatNames() []string { return p.Uninfected.StatNames() }
+
+// HasFeatures reports whether the gate checks the backbone's features.
+func (p *Plausibility) HasFeatures() bool { return p.Uninfected.HasFeatures() }
+
+// Cells is the number of nominal cells the reference was made from.
+func (p *Plausibility) Cells() int { return p.Uninfected.Cells + p.Parasitized.Cells }
+
+// CalibrationRejected is the share of the calibration cells refused, both
+// strata together.
+func (p *Plausibility) CalibrationRejected() float64 {
+	u, q := p.Uninfected, p.Parasitized
+	return (u.CalibrationRejected*float64(u.Cells) + q.CalibrationRejected*float64(q.Cells)) / float64(u.Cells+q.Cells)
 }
 
 // PlausibilitySchema identifies a plausibility reference kept in its own

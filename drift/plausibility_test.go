@@ -16,7 +16,7 @@ import (
 // nominalCells draws n cells of nslides slides: two statistics (a slide
 // effect plus cell noise) and dim correlated features. The process (how
 // features mix) is the same for every seed; the seed draws the cells.
-func nominalCells(seed uint64, n, nslides, dim int) (stats [][]float64, feats [][]float32, slides []string) {
+func nominalCells(seed uint64, n, nslides, dim int) (stats [][]float64, feats [][]float32, slides []string, scores []float64) {
 	r := rand.New(rand.NewPCG(0, 1))
 	mix := make([][]float64, dim)
 	for j := range mix {
@@ -47,28 +47,32 @@ func nominalCells(seed uint64, n, nslides, dim int) (stats [][]float64, feats []
 		}
 		feats = append(feats, f)
 		slides = append(slides, "s"+strconv.Itoa(s))
+		// Half the cells on each side of a 0.5 threshold: both strata.
+		scores = append(scores, 0.1+0.8*float64(i%2))
 	}
-	return stats, feats, slides
+	return stats, feats, slides, scores
 }
 
 var testStatNames = []string{"level", "share"}
 
 func TestPlausibilityCalibratedOnNewSlides(t *testing.T) {
-	stats, feats, slides := nominalCells(1, 8000, 800, 12)
-	p, err := BuildPlausibility(testStatNames, stats, feats, slides, PlausibilityConfig{FalseRejection: 0.01, Seed: 3})
+	stats, feats, slides, scores := nominalCells(1, 8000, 800, 12)
+	p, err := BuildPlausibility(testStatNames, stats, feats, slides, scores, 0.5, PlausibilityConfig{FalseRejection: 0.01, Seed: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.CalibrationRejected > 0.01 {
-		t.Fatalf("calibration part refused %.4f, above the 0.01 target", p.CalibrationRejected)
+	for _, st := range []*Stratum{p.Uninfected, p.Parasitized} {
+		if st.CalibrationRejected > 0.01 || st.Cells != 4000 {
+			t.Fatalf("stratum of %d cells: calibration part refused %.4f, above the 0.01 target", st.Cells, st.CalibrationRejected)
+		}
 	}
 	// Fresh slides of the same process: the refusal rate is near the target,
 	// neither far above (a gate that refuses good cells) nor zero (ranges so
 	// wide they could not be calibrated).
-	hs, hf, _ := nominalCells(2, 8000, 800, 12)
+	hs, hf, _, hp := nominalCells(2, 8000, 800, 12)
 	var refused int
 	for i := range hs {
-		if err := p.Check(hs[i], hf[i]); err != nil {
+		if err := p.Check(hs[i], hf[i], hp[i]); err != nil {
 			if !errors.Is(err, ErrImplausible) {
 				t.Fatalf("cell %d: %v is not a refusal", i, err)
 			}
@@ -81,8 +85,8 @@ func TestPlausibilityCalibratedOnNewSlides(t *testing.T) {
 }
 
 func TestPlausibilityRefusesWithTheReason(t *testing.T) {
-	stats, feats, slides := nominalCells(1, 4000, 400, 12)
-	p, err := BuildPlausibility(testStatNames, stats, feats, slides, PlausibilityConfig{Seed: 3})
+	stats, feats, slides, scores := nominalCells(1, 4000, 400, 12)
+	p, err := BuildPlausibility(testStatNames, stats, feats, slides, scores, 0.5, PlausibilityConfig{Seed: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +109,7 @@ func TestPlausibilityRefusesWithTheReason(t *testing.T) {
 		{"features not finite", []float64{10, 0.3}, append([]float32{float32(math.Inf(1))}, good[1:]...), FeatureDistance},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := p.Check(tc.stats, tc.feats)
+			err := p.Check(tc.stats, tc.feats, 0.1)
 			if tc.check == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -122,16 +126,16 @@ func TestPlausibilityRefusesWithTheReason(t *testing.T) {
 		})
 	}
 	// Wrong shapes are a caller's bug, reported as such and never accepted.
-	if err := p.Check([]float64{10}, good); err == nil || errors.Is(err, ErrImplausible) {
+	if err := p.Check([]float64{10}, good, 0.9); err == nil || errors.Is(err, ErrImplausible) {
 		t.Fatalf("one statistic for two: %v", err)
 	}
-	if err := p.Check([]float64{10, 0.3}, good[:3]); err == nil || errors.Is(err, ErrImplausible) {
+	if err := p.Check([]float64{10, 0.3}, good[:3], 0.9); err == nil || errors.Is(err, ErrImplausible) {
 		t.Fatalf("3 features for 12: %v", err)
 	}
 }
 
 func TestBuildPlausibilityRefusesTooLittleData(t *testing.T) {
-	stats, feats, slides := nominalCells(1, 4000, 400, 4)
+	stats, feats, slides, scores := nominalCells(1, 4000, 400, 4)
 	one := make([]string, len(slides))
 	for i := range one {
 		one[i] = "only"
@@ -142,15 +146,12 @@ func TestBuildPlausibilityRefusesTooLittleData(t *testing.T) {
 		slides []string
 	}{
 		{"one slide", stats, one},
-		{"few cells", stats[:300], slides[:300]},
+		{"few cells", stats[:600], slides[:600]},
 		{"slides do not match", stats, slides[:10]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := feats
-			if len(f) != len(tc.stats) {
-				f = f[:len(tc.stats)]
-			}
-			if _, err := BuildPlausibility(testStatNames, tc.stats, f, tc.slides, PlausibilityConfig{}); !errors.Is(err, ErrInvalidBaseline) {
+			n := len(tc.stats)
+			if _, err := BuildPlausibility(testStatNames, tc.stats, feats[:n], tc.slides, scores[:n], 0.5, PlausibilityConfig{}); !errors.Is(err, ErrInvalidBaseline) {
 				t.Fatalf("got %v, want ErrInvalidBaseline", err)
 			}
 		})
@@ -161,8 +162,8 @@ func TestBuildPlausibilityRefusesTooLittleData(t *testing.T) {
 // the reloaded gate judges exactly as the built one; a baseline made
 // without them still loads, with none.
 func TestBaselinePlausibilityRoundTrip(t *testing.T) {
-	scores, labels, feats := synthCells(1200, 0.3, 0, 1)
-	stats, _, slides := nominalCells(5, len(scores), 100, 1)
+	scores, labels, feats := synthCells(3000, 0.4, 0, 1)
+	stats, _, slides, _ := nominalCells(5, len(scores), 300, 1)
 	cfg := BaselineConfig{Seed: 1, Slides: slides, Appearance: stats, AppearanceNames: testStatNames, Detector: CalibrationConfig{Sims: 100}}
 	b, err := BuildBaseline(context.Background(), scores, labels, feats, 0.5, cfg)
 	if err != nil {
@@ -191,8 +192,8 @@ func TestBaselinePlausibilityRoundTrip(t *testing.T) {
 	probe := [][]float64{{10, 0.3}, {-50, 0.3}, {10, 5}}
 	for i, f := range feats {
 		s := probe[i%len(probe)]
-		want, have := b.Plausibility.Check(s, f), got.Plausibility.Check(s, f)
-		if light := crop.Check(s, f); (light == nil) != (want == nil) {
+		want, have := b.Plausibility.Check(s, f, scores[i]), got.Plausibility.Check(s, f, scores[i])
+		if light := crop.Check(s, f, scores[i]); (light == nil) != (want == nil) {
 			t.Fatalf("row %d: built gate says %v, references alone %v", i, want, light)
 		}
 		if (want == nil) != (have == nil) || (want != nil && want.Error() != have.Error()) {
@@ -222,8 +223,8 @@ func TestBaselinePlausibilityRoundTrip(t *testing.T) {
 }
 
 func TestPlausibilityFileValidation(t *testing.T) {
-	stats, feats, slides := nominalCells(1, 2000, 200, 3)
-	p, err := BuildPlausibility(testStatNames, stats, feats, slides, PlausibilityConfig{})
+	stats, feats, slides, scores := nominalCells(1, 2000, 200, 3)
+	p, err := BuildPlausibility(testStatNames, stats, feats, slides, scores, 0.5, PlausibilityConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,7 @@ func TestPlausibilityFileValidation(t *testing.T) {
 	if err := good.Save(path); err != nil {
 		t.Fatal(err)
 	}
-	if f, err := LoadPlausibilityFile(path); err != nil || f.Plausibility.Check([]float64{10, 0.3}, feats[0]) != nil {
+	if f, err := LoadPlausibilityFile(path); err != nil || f.Plausibility.Check([]float64{10, 0.3}, feats[0], scores[0]) != nil {
 		t.Fatalf("saved file: %v", err)
 	}
 	for _, tc := range []struct {
@@ -249,6 +250,8 @@ func TestPlausibilityFileValidation(t *testing.T) {
 		{"short factor", func(m map[string]any) { feat(m)["chol"] = []any{1.0} }},
 		{"negative threshold", func(m map[string]any) { feat(m)["threshold"] = -1.0 }},
 		{"target rate", func(m map[string]any) { m["plausibility"].(map[string]any)["false_rejection"] = 0.9 }},
+		{"stratum missing", func(m map[string]any) { delete(m["plausibility"].(map[string]any), "parasitized") }},
+		{"threshold", func(m map[string]any) { m["plausibility"].(map[string]any)["threshold"] = 1.0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var m map[string]any
@@ -264,25 +267,26 @@ func TestPlausibilityFileValidation(t *testing.T) {
 }
 
 func stat(m map[string]any, i int) map[string]any {
-	return m["plausibility"].(map[string]any)["stats"].([]any)[i].(map[string]any)
+	return m["plausibility"].(map[string]any)["parasitized"].(map[string]any)["stats"].([]any)[i].(map[string]any)
 }
 
 func feat(m map[string]any) map[string]any {
-	return m["plausibility"].(map[string]any)["features"].(map[string]any)
+	return m["plausibility"].(map[string]any)["uninfected"].(map[string]any)["features"].(map[string]any)
 }
 
 // The plausibility file comes from disk beside a bundle, outside its
 // signature: whatever it holds, decoding fails cleanly or gives a gate
 // that judges without panicking.
 func FuzzDecodePlausibilityFile(f *testing.F) {
-	stats, feats, slides := nominalCells(1, 1000, 100, 2)
-	p, err := BuildPlausibility(testStatNames, stats, feats, slides, PlausibilityConfig{})
+	stats, feats, slides, scores := nominalCells(1, 2000, 200, 2)
+	p, err := BuildPlausibility(testStatNames, stats, feats, slides, scores, 0.5, PlausibilityConfig{})
 	if err != nil {
 		f.Fatal(err)
 	}
 	j, _ := json.Marshal(PlausibilityFile{Schema: PlausibilitySchema, ModelIdentity: strings.Repeat("0", 64), Plausibility: p})
 	f.Add(j)
-	f.Add([]byte(`{"schema":"scopewatch.plausibility/v1","model_identity":"` + strings.Repeat("1", 64) + `","plausibility":{"false_rejection":0.1,"stats":[{"name":"a","lo":0,"hi":1}],"features":{"dim":1,"mean":[0],"chol":[1],"shrinkage":0.5,"threshold":2}}}`))
+	stratum := `{"false_rejection":0.1,"cells":1,"slides":1,"calibration_rejected":0,"stats":[{"name":"a","lo":0,"hi":1}],"features":{"dim":1,"mean":[0],"chol":[1],"shrinkage":0.5,"threshold":2}}`
+	f.Add([]byte(`{"schema":"scopewatch.plausibility/v1","model_identity":"` + strings.Repeat("1", 64) + `","plausibility":{"false_rejection":0.1,"threshold":0.5,"uninfected":` + stratum + `,"parasitized":` + stratum + `}}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pf, err := DecodePlausibilityFile(bytes.NewReader(data))
@@ -292,15 +296,17 @@ func FuzzDecodePlausibilityFile(f *testing.F) {
 			}
 			return
 		}
-		g := pf.Plausibility
-		s := make([]float64, len(g.Stats))
-		var fe []float32
-		if g.Features != nil {
-			fe = make([]float32, g.Features.Dim)
-		}
-		_ = g.Check(s, fe)
-		if d := g.Distance(fe); g.Features != nil && !(d >= 0) {
-			t.Fatalf("distance %v of a valid reference", d)
+		for _, pp := range []float64{0, 1} {
+			g := pf.Plausibility.Stratum(pp)
+			s := make([]float64, len(g.Stats))
+			var fe []float32
+			if g.Features != nil {
+				fe = make([]float32, g.Features.Dim)
+			}
+			_ = pf.Plausibility.Check(s, fe, pp)
+			if d := g.Distance(fe); g.Features != nil && !(d >= 0) {
+				t.Fatalf("distance %v of a valid reference", d)
+			}
 		}
 	})
 }

@@ -154,7 +154,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if slides == nil {
 			return fmt.Errorf("%s/labels.csv has no slide column: the plausibility reference is calibrated on slides it was not fitted on", *data)
 		}
-		p, err := drift.BuildPlausibility(inference.AppearanceNames, keepA, plausFeat, keepSl, drift.PlausibilityConfig{FalseRejection: *falseRej, Seed: *seed})
+		p, err := drift.BuildPlausibility(inference.AppearanceNames, keepA, plausFeat, keepSl, keepS, sc.Threshold(), drift.PlausibilityConfig{FalseRejection: *falseRej, Seed: *seed})
 		if err != nil {
 			return err
 		}
@@ -229,13 +229,19 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // printPlausibility summarises a plausibility reference.
 func printPlausibility(w io.Writer, what string, p *drift.Plausibility) {
-	fmt.Fprintf(w, "plausibility reference (%s): %d cells from %d slides, target false rejection %.4g, refused on the calibration slides %.4g\n",
-		what, p.Cells, p.Slides, p.FalseRejection, p.CalibrationRejected)
-	for _, s := range p.Stats {
-		fmt.Fprintf(w, "  %-16s %.4g .. %.4g\n", s.Name, s.Lo, s.Hi)
-	}
-	if p.Features != nil {
-		fmt.Fprintf(w, "  %-16s <= %.4g (%d-d, shrinkage %.3g)\n", drift.FeatureDistance, p.Features.Threshold, p.Features.Dim, p.Features.Shrinkage)
+	fmt.Fprintf(w, "plausibility reference (%s): %d cells, target false rejection %.4g per predicted class (split at p = %.4g), refused on the calibration slides %.4g\n",
+		what, p.Cells(), p.FalseRejection, p.Threshold, p.CalibrationRejected())
+	for _, st := range []struct {
+		name string
+		s    *drift.Stratum
+	}{{"predicted uninfected", p.Uninfected}, {"predicted parasitized", p.Parasitized}} {
+		fmt.Fprintf(w, " %s: %d cells from %d slides, refused on the calibration slides %.4g\n", st.name, st.s.Cells, st.s.Slides, st.s.CalibrationRejected)
+		for _, r := range st.s.Stats {
+			fmt.Fprintf(w, "  %-16s %.4g .. %.4g\n", r.Name, r.Lo, r.Hi)
+		}
+		if f := st.s.Features; f != nil {
+			fmt.Fprintf(w, "  %-16s <= %.4g (%d-d, shrinkage %.3g)\n", drift.FeatureDistance, f.Threshold, f.Dim, f.Shrinkage)
+		}
 	}
 }
 
@@ -251,6 +257,7 @@ func buildFieldPlausibility(ctx context.Context, clf *inference.Classifier, dir 
 	var stats [][]float64
 	var feats [][]float32
 	var slides []string
+	var scores []float64
 	for _, path := range images {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -263,12 +270,13 @@ func buildFieldPlausibility(ctx context.Context, clf *inference.Classifier, dir 
 		slide := filepath.Base(filepath.Dir(path))
 		for _, c := range an.Cells {
 			stats, feats, slides = append(stats, c.Appearance.Values()), append(feats, c.Features), append(slides, slide)
+			scores = append(scores, c.PParasitized)
 		}
 	}
 	if len(feats) > 0 && feats[0] == nil {
 		feats = nil
 	}
-	p, err := drift.BuildPlausibility(inference.AppearanceNames, stats, feats, slides, drift.PlausibilityConfig{FalseRejection: falseRej, Seed: seed})
+	p, err := drift.BuildPlausibility(inference.AppearanceNames, stats, feats, slides, scores, clf.Threshold(), drift.PlausibilityConfig{FalseRejection: falseRej, Seed: seed})
 	if err != nil {
 		return nil, fmt.Errorf("-fields %s: %w", dir, err)
 	}

@@ -199,7 +199,7 @@ func analyzeFieldFile(ctx context.Context, clf *inference.Classifier, gate *daem
 		}
 		// The daemon's gate on segmented cells (no size check: the
 		// segmentation's own area filters bound a cell's size).
-		if err := gate.CheckField(c.Appearance, c.Features); err != nil {
+		if err := gate.CheckField(c.Appearance, c.Features, c.PParasitized); err != nil {
 			rows[i].PParasitized, rows[i].Rejected = 0, err.Error()
 		}
 		if truth != nil {

@@ -191,7 +191,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 		for _, c := range cells {
 			// A segmented cell that fails the gate gets no class and is
 			// not counted: it is reported with the reason instead.
-			if err := a.gate.CheckField(c.Appearance, c.Features); err != nil {
+			if err := a.gate.CheckField(c.Appearance, c.Features, c.P); err != nil {
 				an.Rejected = append(an.Rejected, rejectedCell{Box: c.Box, Check: refusalReason(err), Reason: err.Error()})
 				if firstRefusal == nil {
 					firstRefusal = err
@@ -220,7 +220,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 	if res[0].Err != nil {
 		return analysis{}, asBadImage(res[0].Err)
 	}
-	if err := a.gate.Check(res[0].Appearance, res[0].Features); err != nil {
+	if err := a.gate.Check(res[0].Appearance, res[0].Features, res[0].PParasitized); err != nil {
 		return an, &badImageError{Reason: "implausible", Check: refusalReason(err), Err: err}
 	}
 	c := cell(image.Rect(0, 0, w, h), res[0].PParasitized, thr)

@@ -132,20 +132,21 @@ func (g *PlausibilityGate) CheckSize(w, h int) error {
 	return nil
 }
 
-// Check judges one classified crop (inference.Result's Appearance and
-// Features): nil when plausible, else a *drift.Refusal.
-func (g *PlausibilityGate) Check(a inference.Appearance, features []float32) error {
-	return g.crop.check(a, features)
+// Check judges one classified crop (inference.Result's Appearance,
+// Features and PParasitized, which picks the reference's stratum): nil
+// when plausible, else a *drift.Refusal.
+func (g *PlausibilityGate) Check(a inference.Appearance, features []float32, p float64) error {
+	return g.crop.check(a, features, p)
 }
 
 // CheckField judges one segmented field cell against the field reference
 // (cells cut from fields look unlike crops: the crop reference refuses
 // most of them). Without a field reference it passes every cell.
-func (g *PlausibilityGate) CheckField(a inference.Appearance, features []float32) error {
-	return g.field.check(a, features)
+func (g *PlausibilityGate) CheckField(a inference.Appearance, features []float32, p float64) error {
+	return g.field.check(a, features, p)
 }
 
-func (s stage) check(a inference.Appearance, features []float32) error {
+func (s stage) check(a inference.Appearance, features []float32, p float64) error {
 	if s.ref == nil {
 		return nil
 	}
@@ -154,7 +155,7 @@ func (s stage) check(a inference.Appearance, features []float32) error {
 	for j, i := range s.order {
 		stats[j] = all[i]
 	}
-	return s.ref.Check(stats, features)
+	return s.ref.Check(stats, features, p)
 }
 
 // Judge applies the whole gate to one classifier result (size, then
@@ -163,7 +164,7 @@ func (g *PlausibilityGate) Judge(r inference.Result) error {
 	if err := g.CheckSize(r.Width, r.Height); err != nil {
 		return err
 	}
-	return g.Check(r.Appearance, r.Features)
+	return g.Check(r.Appearance, r.Features, r.PParasitized)
 }
 
 // logGate says once which plausibility checks run.
@@ -173,8 +174,8 @@ func logGate(log *slog.Logger, g *PlausibilityGate, err error) {
 		return
 	}
 	r := g.crop.ref
-	log.Info("plausibility gate", "reference", g.Source, "statistics", len(r.Stats), "features", r.HasFeatures(),
-		"target_false_rejection", r.FalseRejection, "calibration_rejected", r.CalibrationRejected, "field_cells", g.HasFieldReference())
+	log.Info("plausibility gate", "reference", g.Source, "statistics", len(r.StatNames()), "features", r.HasFeatures(),
+		"target_false_rejection", r.FalseRejection, "calibration_rejected", r.CalibrationRejected(), "field_cells", g.HasFieldReference())
 	if !g.HasFieldReference() {
 		log.Warn("plausibility gate has no field-cell reference: segmented field cells are classified unchecked", "reference", g.Source)
 	}
