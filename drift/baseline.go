@@ -54,6 +54,15 @@ type Baseline struct {
 	// BaselineConfig.Focus); absent in baselines made without it, which
 	// then have no focus signal.
 	Focus []float64 `json:"focus,omitempty"`
+	// Plausibility is the reference of the plausibility gate (which cells
+	// the model can judge at all); absent in baselines made without it,
+	// whose daemon then runs without the gate's colour, texture and
+	// feature checks.
+	Plausibility *Plausibility `json:"plausibility,omitempty"`
+	// FieldPlausibility is the same for cells the daemon's segmentation
+	// cuts from whole fields, which look different from crops (their own
+	// border, scale and neighbours): absent, field cells go unchecked.
+	FieldPlausibility *Plausibility `json:"field_plausibility,omitempty"`
 
 	Descriptive []DescriptiveThreshold `json:"descriptive"`
 	Detector    *Calibration           `json:"detector"`
@@ -102,9 +111,20 @@ type BaselineConfig struct {
 	// (a sharpness measure such as inference's variance of the Laplacian;
 	// finite, >= 0) and enables the focus signal: defocus the classifier
 	// copes with still shows in it.
-	Focus    []float64
-	Seed     uint64
-	Detector CalibrationConfig
+	Focus []float64
+	// Appearance, when given (one row per test case, named by
+	// AppearanceNames), adds the plausibility reference, calibrated with
+	// Plausibility on the test set's statistics and features (split by
+	// Slides, which it then requires).
+	Appearance      [][]float64
+	AppearanceNames []string
+	// PlausibilityFeatures are the features the gate uses (nil: the
+	// features given to BuildBaseline, which may be nil when the embedding
+	// signal is off).
+	PlausibilityFeatures [][]float32
+	Plausibility         PlausibilityConfig
+	Seed                 uint64
+	Detector             CalibrationConfig
 }
 
 // BuildBaseline computes the baseline from the test set's scores, labels
@@ -238,6 +258,23 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 	if dc.Seed == 0 {
 		dc.Seed = splitmix64(cfg.Seed ^ 0x5)
 	}
+	if cfg.Appearance != nil {
+		if len(cfg.Appearance) != len(scores) || cfg.Slides == nil {
+			return nil, fmt.Errorf("%w: plausibility: %d appearance rows for %d scores (and slide ids %v): want one row per score, with slide ids", ErrInvalidBaseline, len(cfg.Appearance), len(scores), cfg.Slides != nil)
+		}
+		pc := cfg.Plausibility
+		if pc.Seed == 0 {
+			pc.Seed = splitmix64(cfg.Seed ^ 0x7)
+		}
+		pf := cfg.PlausibilityFeatures
+		if pf == nil {
+			pf = features
+		}
+		b.Plausibility, err = BuildPlausibility(cfg.AppearanceNames, cfg.Appearance, pf, cfg.Slides, scores, threshold, pc)
+		if err != nil {
+			return nil, err
+		}
+	}
 	b.prepare()
 	b.Detector, err = calibrate(ctx, b.ref, dc)
 	if err != nil {
@@ -302,6 +339,11 @@ func checkInputs(scores []float64, labels []int, features [][]float32, threshold
 
 // prepare derives the in-memory reference from the stored fields.
 func (b *Baseline) prepare() {
+	for _, p := range []*Plausibility{b.Plausibility, b.FieldPlausibility} {
+		if p != nil {
+			p.prepare()
+		}
+	}
 	if b.Embedding != nil {
 		b.Embedding.init()
 	}
@@ -342,17 +384,22 @@ func (b *Baseline) Fingerprint() string {
 }
 
 // Save writes b as JSON to path (atomically: temp file and rename).
-func (b *Baseline) Save(path string) error {
-	j, err := json.MarshalIndent(b, "", " ")
+func (b *Baseline) Save(path string) error { return saveJSON(path, b, true) }
+
+func saveJSON(path string, v any, indent bool) error {
+	j, err := json.Marshal(v)
+	if indent {
+		j, err = json.MarshalIndent(v, "", " ")
+	}
 	if err != nil {
-		return fmt.Errorf("encode baseline: %w", err)
+		return fmt.Errorf("encode %s: %w", path, err)
 	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, append(j, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write baseline: %w", err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write baseline: %w", err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }
@@ -374,20 +421,29 @@ func LoadBaseline(path string) (*Baseline, error) {
 // DecodeBaseline decodes and validates a baseline strictly: unknown keys,
 // trailing data, missing or inconsistent fields are errors.
 func DecodeBaseline(r io.Reader) (*Baseline, error) {
-	d := json.NewDecoder(r)
-	d.DisallowUnknownFields()
 	var b Baseline
-	if err := d.Decode(&b); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidBaseline, err)
-	}
-	if _, err := d.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidBaseline)
+	if err := decodeStrict(r, &b); err != nil {
+		return nil, err
 	}
 	if err := b.validate(); err != nil {
 		return nil, err
 	}
 	b.prepare()
 	return &b, nil
+}
+
+// decodeStrict decodes one JSON object into v: unknown keys and trailing
+// data are errors.
+func decodeStrict(r io.Reader, v any) error {
+	d := json.NewDecoder(r)
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidBaseline, err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidBaseline)
+	}
+	return nil
 }
 
 // DecodeBaselineBytes is DecodeBaseline on a byte slice.
@@ -487,6 +543,14 @@ func (b *Baseline) validate() error {
 		}
 	} else if len(b.Projected) != 0 {
 		return bad("projected rows without an embedding")
+	}
+	for _, p := range []*Plausibility{b.Plausibility, b.FieldPlausibility} {
+		if p == nil {
+			continue
+		}
+		if err := p.validate(); err != nil {
+			return err
+		}
 	}
 	for i, d := range b.Descriptive {
 		if err := d.validate(); err != nil {

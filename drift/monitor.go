@@ -74,7 +74,7 @@ type Monitor struct {
 	// calmNeed is, per signal, the cells of calm that end an episode: its
 	// largest window, so that the signal's whole history is after the
 	// shift ended.
-	calmNeed map[string]int
+	calmNeed  map[string]int
 	perfCalm  [][3]int   // per window: cells with the estimate back at or above its floor
 	perfSince [][3]int64 // per window: the cell that started the estimate's episode
 
@@ -451,7 +451,7 @@ type monitorState struct {
 	// Episodes are the open episodes' start and calm counts, so that a
 	// restored monitor ends them on the same cell (absent in states saved
 	// before episodes ended: they then end a window later).
-	Episodes []episodeState `json:"episodes,omitempty"`
+	Episodes     []episodeState         `json:"episodes,omitempty"`
 	PerfEpisodes map[string]perfEpisode `json:"perf_episodes,omitempty"` // "signal/window" of open estimate episodes
 }
 

@@ -121,6 +121,10 @@ type FieldCell struct {
 	Box          image.Rectangle
 	PParasitized float64
 	Focus        float64 // Result.Focus of the cell's crop
+	// Appearance and Features of the cell's crop, for the plausibility
+	// gate (zero and nil when the classifier does not produce them).
+	Appearance Appearance
+	Features   []float32
 }
 
 // FieldAnalysis is what AnalyzeField found in one field.
@@ -173,6 +177,8 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 	}()
 	probs := make([]float64, n)
 	focus := make([]float64, n)
+	look := make([]Appearance, n)
+	feats := make([][]float32, n)
 	var firstErr error
 	err = c.Stream(ctx, n, func(i int) Input {
 		crop, err := seg.Crop(m, i)
@@ -192,6 +198,7 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 		}
 		probs[r.Index] = r.PParasitized
 		focus[r.Index] = r.Focus
+		look[r.Index], feats[r.Index] = r.Appearance, r.Features
 	})
 	if err != nil {
 		return FieldAnalysis{}, err
@@ -201,7 +208,7 @@ func AnalyzeField(ctx context.Context, c *Classifier, data []byte, opts SegmentO
 	}
 	out.Cells = make([]FieldCell, n)
 	for i, cell := range seg.Cells {
-		out.Cells[i] = FieldCell{Box: cell.Box, PParasitized: probs[i], Focus: focus[i]}
+		out.Cells[i] = FieldCell{Box: cell.Box, PParasitized: probs[i], Focus: focus[i], Appearance: look[i], Features: feats[i]}
 	}
 	return out, nil
 }

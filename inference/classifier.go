@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"image"
 	"math"
 	"runtime"
 	"sync"
@@ -25,8 +26,12 @@ type ClassifierOptions struct {
 	// half the cost of preprocessing) when the caller does not monitor
 	// image quality.
 	NoFocus bool
-	Engine  EngineOptions
-	Decode  DecodeOptions
+	// NoAppearance leaves Result.Appearance zero, saving a pass over the
+	// input (and Focus) when nothing judges plausibility, such as the
+	// bare-pipeline benchmark.
+	NoAppearance bool
+	Engine       EngineOptions
+	Decode       DecodeOptions
 }
 
 // Input is one image to classify: a decoded 8-bit BGR Mat (not closed by
@@ -54,6 +59,12 @@ type Result struct {
 	// input), which defocus lowers even when the classifier copes with it;
 	// 0 with NoFocus.
 	Focus float64
+	// Width and Height are the decoded image's size, before the resize.
+	Width, Height int
+	// Appearance is the crop's colour and texture statistics at the
+	// model's input size, for the plausibility gate; zero with
+	// NoAppearance.
+	Appearance Appearance
 	// Err is set when this image could not be classified (the other
 	// fields are then zero); other images are unaffected.
 	Err error
@@ -65,18 +76,19 @@ type Result struct {
 // pipeline's throughput approaches that of the bare model. It is safe for
 // concurrent use.
 type Classifier struct {
-	bundle    *Bundle
-	engine    *Engine
-	pre       *Preprocessor
-	dec       *Decoder
-	head      *Head
-	posIndex  int
-	threshold float64
-	classes   []string
-	batch     int
-	workers   int
-	features  bool
-	focus     bool
+	bundle     *Bundle
+	engine     *Engine
+	pre        *Preprocessor
+	dec        *Decoder
+	head       *Head
+	posIndex   int
+	threshold  float64
+	classes    []string
+	batch      int
+	workers    int
+	features   bool
+	focus      bool
+	appearance bool
 
 	mu     sync.RWMutex
 	closed bool
@@ -115,7 +127,7 @@ func NewClassifier(b *Bundle, opts ClassifierOptions) (*Classifier, error) {
 	c := &Classifier{
 		bundle: b, engine: eng, pre: pre, dec: NewDecoder(opts.Decode), head: b.Head,
 		posIndex: b.PositiveIndex, threshold: m.Threshold, classes: m.Classes,
-		batch: opts.Batch, workers: opts.Workers, features: !opts.NoFeatures, focus: !opts.NoFocus,
+		batch: opts.Batch, workers: opts.Workers, features: !opts.NoFeatures, focus: !opts.NoFocus, appearance: !opts.NoAppearance,
 	}
 	if c.batch <= 0 {
 		c.batch = 32
@@ -253,6 +265,8 @@ type pipeBatch struct {
 	idx   []int
 	path  []string
 	focus []float64
+	look  []Appearance
+	size  []image.Point
 
 	mu       sync.Mutex
 	reserved int
@@ -288,7 +302,7 @@ func (c *Classifier) getBatch(size int) (*pipeBatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pipeBatch{b: eb, idx: make([]int, size), path: make([]string, size), focus: make([]float64, size)}, nil
+	return &pipeBatch{b: eb, idx: make([]int, size), path: make([]string, size), focus: make([]float64, size), look: make([]Appearance, size), size: make([]image.Point, size)}, nil
 }
 
 func (c *Classifier) putBatch(pb *pipeBatch) {
@@ -404,15 +418,24 @@ func (p *pipeline) prepare(i int, in Input, buf []byte) ([]byte, error) {
 
 func (p *pipeline) fill(i int, path string, m gocv.Mat) error {
 	b, slot := p.reserve(i, path)
+	b.size[slot] = image.Pt(m.Cols(), m.Rows())
 	err := p.c.pre.Mat(b.b.Input(slot), m)
 	if err != nil {
 		// The slot is already part of the batch; mark it so the inference
 		// loop reports this error instead of a result for garbage input.
 		b.idx[slot] = -1 - i
-	} else if p.c.focus {
-		b.focus[slot] = p.c.pre.Focus(b.b.Input(slot))
 	} else {
-		b.focus[slot] = 0
+		b.focus[slot], b.look[slot] = 0, Appearance{}
+		switch {
+		case p.c.appearance:
+			// Appearance measures the focus too: one pass, not two.
+			b.look[slot] = p.c.pre.Appearance(b.b.Input(slot))
+			if p.c.focus {
+				b.focus[slot] = b.look[slot].Focus
+			}
+		case p.c.focus:
+			b.focus[slot] = p.c.pre.Focus(b.b.Input(slot))
+		}
 	}
 	b.filled()
 	if err != nil {
@@ -454,6 +477,8 @@ func (p *pipeline) inferLoop() {
 			r.PParasitized = probs[c.posIndex]
 			r.Label = c.label(probs)
 			r.Focus = b.focus[s]
+			r.Appearance = b.look[s]
+			r.Width, r.Height = b.size[s].X, b.size[s].Y
 			if c.features {
 				r.Features = append([]float32(nil), feat...)
 			}

@@ -26,10 +26,11 @@ type cellScorer interface {
 
 // scoredCell is one test image's outcome (Err set when it failed).
 type scoredCell struct {
-	P        float64
-	Features []float32
-	Focus    float64
-	Err      error
+	P          float64
+	Features   []float32
+	Focus      float64
+	Appearance []float64 // in inference.AppearanceNames order
+	Err        error
 }
 
 // classifierScorer adapts the inference classifier to cellScorer.
@@ -43,7 +44,7 @@ func (s classifierScorer) Version() string    { return s.c.Version() }
 func (s classifierScorer) Score(ctx context.Context, paths []string) ([]scoredCell, error) {
 	out := make([]scoredCell, len(paths))
 	err := s.c.Stream(ctx, len(paths), func(i int) inference.Input { return inference.Input{Path: paths[i]} }, func(r inference.Result) {
-		out[r.Index] = scoredCell{P: r.PParasitized, Features: r.Features, Focus: r.Focus, Err: r.Err}
+		out[r.Index] = scoredCell{P: r.PParasitized, Features: r.Features, Focus: r.Focus, Appearance: r.Appearance.Values(), Err: r.Err}
 	})
 	return out, err
 }
@@ -64,6 +65,10 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	scoreOnly := fs.Bool("score-only", false, "only classify the folder and write -csv (full-precision scores, truth, slide, focus, features): drift-free or shifted pools for drift eval")
 	refPrev := fs.Float64("reference-prevalence", 0, "draw the drift reference with this parasitized fraction (e.g. 0.05 for field slides when the test set is balanced crops); 0: as the test set")
 	seed := fs.Uint64("seed", 1, "seed of the bootstrap, projection and calibration")
+	noPlaus := fs.Bool("no-plausibility", false, "do not add the plausibility reference (the daemon then checks only crop sizes)")
+	plausOut := fs.String("plausibility-out", "", "write only the plausibility reference, as its own file pinned to this bundle's manifest (for a bundle that cannot be re-sealed; the daemon reads MODEL.plausibility.json), and leave the bundle untouched")
+	fieldsDir := fs.String("fields", "", "nominal whole fields (a folder of slide folders, as `synth fields` writes) for the plausibility reference of segmented field cells; without it field cells go unchecked")
+	falseRej := fs.Float64("false-rejection", 0.005, "target share of nominal test cells the plausibility gate refuses (half on colour and texture statistics, half on the feature distance)")
 	maxRef := fs.Int("max-reference", 5000, "test-set rows kept as the drift reference (a larger reference keeps a baseline's drift-free run length closer to the ERT; memory and baseline.json grow with it)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -74,7 +79,10 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *scoreOnly && *csvOut == "" {
 		return fmt.Errorf("%w: -score-only needs -csv", errUsage)
 	}
-	if *out == "" && *keyPath == "" && !*scoreOnly {
+	if *plausOut != "" && (*scoreOnly || *out != "" || *noPlaus) {
+		return fmt.Errorf("%w: -plausibility-out writes only the plausibility reference; it does not combine with -score-only, -out or -no-plausibility", errUsage)
+	}
+	if *out == "" && *keyPath == "" && !*scoreOnly && *plausOut == "" {
 		return fmt.Errorf("%w: writing into the bundle changes its hashes: pass -key KEY to re-seal it, or -out FILE to write the baseline elsewhere", errUsage)
 	}
 	var ws []int
@@ -91,7 +99,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	// Refused before the model is loaded: a missing -model is left to
 	// mf.open, which says what is wrong with it.
-	if st, err := os.Stat(mf.model); err == nil && !st.IsDir() && *out == "" && !*scoreOnly {
+	if st, err := os.Stat(mf.model); err == nil && !st.IsDir() && *out == "" && !*scoreOnly && *plausOut == "" {
 		return fmt.Errorf("%w: -model %s is an archive; baseline writes into a bundle folder (or use -out)", errUsage, mf.model)
 	}
 	clf, bundle, err := mf.open(inference.ClassifierOptions{})
@@ -108,6 +116,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	var keepS, keepFoc []float64
 	var keepF [][]float32
+	var keepA [][]float64
 	var keepL []int
 	var keepSl []string
 	var failed int
@@ -118,6 +127,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			continue
 		}
 		keepS, keepF, keepFoc, keepL = append(keepS, c.P), append(keepF, c.Features), append(keepFoc, c.Focus), append(keepL, labels[i])
+		keepA = append(keepA, c.Appearance)
 		if slides != nil {
 			keepSl = append(keepSl, slides[i])
 		}
@@ -128,8 +138,37 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(keepS) == 0 {
 		return fmt.Errorf("no test image could be classified")
 	}
+	plausFeat := keepF
+	if plausFeat[0] == nil {
+		plausFeat = nil
+	}
 	if *noEmbed || keepF[0] == nil {
 		keepF = nil
+	}
+	var fieldRef *drift.Plausibility
+	if *fieldsDir != "" && !*noPlaus && !*scoreOnly {
+		if fieldRef, err = buildFieldPlausibility(ctx, clf, *fieldsDir, *falseRej, *seed, stderr); err != nil {
+			return err
+		}
+	}
+	if *plausOut != "" {
+		if slides == nil {
+			return fmt.Errorf("%s/labels.csv has no slide column: the plausibility reference is calibrated on slides it was not fitted on", *data)
+		}
+		p, err := drift.BuildPlausibility(inference.AppearanceNames, keepA, plausFeat, keepSl, keepS, sc.Threshold(), drift.PlausibilityConfig{FalseRejection: *falseRej, Seed: *seed})
+		if err != nil {
+			return err
+		}
+		f := &drift.PlausibilityFile{Schema: drift.PlausibilitySchema, ModelVersion: sc.Version(), ModelIdentity: bundle.ManifestSHA256, Plausibility: p, Field: fieldRef}
+		if err := f.Save(*plausOut); err != nil {
+			return err
+		}
+		printPlausibility(stdout, "crops", p)
+		if fieldRef != nil {
+			printPlausibility(stdout, "field cells", fieldRef)
+		}
+		fmt.Fprintf(stdout, "wrote %s for bundle %s (manifest sha256 %s); the bundle is unchanged\n", *plausOut, bundle.Dir, bundle.ManifestSHA256)
+		return nil
 	}
 	if *noFocus {
 		keepFoc = nil
@@ -142,12 +181,28 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
-	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), drift.BaselineConfig{
+	bc := drift.BaselineConfig{
 		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl, Focus: keepFoc, MaxReference: *maxRef,
 		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
-	})
+	}
+	if !*noPlaus {
+		if slides == nil {
+			return fmt.Errorf("%s/labels.csv has no slide column: the plausibility reference is calibrated on slides it was not fitted on (or pass -no-plausibility)", *data)
+		}
+		// The gate uses the features even when the embedding signal is off.
+		bc.Appearance, bc.AppearanceNames, bc.PlausibilityFeatures = keepA, inference.AppearanceNames, plausFeat
+		bc.Plausibility = drift.PlausibilityConfig{FalseRejection: *falseRej}
+	}
+	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), bc)
 	if err != nil {
 		return err
+	}
+	b.FieldPlausibility = fieldRef
+	if b.Plausibility != nil {
+		printPlausibility(stdout, "crops", b.Plausibility)
+	}
+	if fieldRef != nil {
+		printPlausibility(stdout, "field cells", fieldRef)
 	}
 	if *csvOut != "" {
 		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF); err != nil {
@@ -171,6 +226,62 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	return writeBaselineIntoBundle(bundle.Dir, b, *keyPath, stdout)
+}
+
+// printPlausibility summarises a plausibility reference.
+func printPlausibility(w io.Writer, what string, p *drift.Plausibility) {
+	fmt.Fprintf(w, "plausibility reference (%s): %d cells, target false rejection %.4g per predicted class (split at p = %.4g), refused on the calibration slides %.4g\n",
+		what, p.Cells(), p.FalseRejection, p.Threshold, p.CalibrationRejected())
+	for _, st := range []struct {
+		name string
+		s    *drift.Stratum
+	}{{"predicted uninfected", p.Uninfected}, {"predicted parasitized", p.Parasitized}} {
+		fmt.Fprintf(w, " %s: %d cells from %d slides, refused on the calibration slides %.4g\n", st.name, st.s.Cells, st.s.Slides, st.s.CalibrationRejected)
+		for _, r := range st.s.Stats {
+			fmt.Fprintf(w, "  %-16s %.4g .. %.4g\n", r.Name, r.Lo, r.Hi)
+		}
+		if f := st.s.Features; f != nil {
+			fmt.Fprintf(w, "  %-16s <= %.4g (%d-d, shrinkage %.3g)\n", drift.FeatureDistance, f.Threshold, f.Dim, f.Shrinkage)
+		}
+	}
+}
+
+// buildFieldPlausibility segments every field under dir as the daemon does
+// and calibrates the field-cell reference on the cells, by slide (the
+// name of each field's folder).
+func buildFieldPlausibility(ctx context.Context, clf *inference.Classifier, dir string, falseRej float64, seed uint64, stderr io.Writer) (*drift.Plausibility, error) {
+	images, err := listFieldImages([]string{dir})
+	if err != nil {
+		return nil, fmt.Errorf("-fields: %w", err)
+	}
+	fmt.Fprintf(stderr, "scopewatch baseline: segmenting %d nominal fields for the field-cell plausibility reference...\n", len(images))
+	var stats [][]float64
+	var feats [][]float32
+	var slides []string
+	var scores []float64
+	for _, path := range images {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("-fields: %w", err)
+		}
+		an, err := inference.AnalyzeField(ctx, clf, data, inference.SegmentOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("-fields: %s: %w", path, err)
+		}
+		slide := filepath.Base(filepath.Dir(path))
+		for _, c := range an.Cells {
+			stats, feats, slides = append(stats, c.Appearance.Values()), append(feats, c.Features), append(slides, slide)
+			scores = append(scores, c.PParasitized)
+		}
+	}
+	if len(feats) > 0 && feats[0] == nil {
+		feats = nil
+	}
+	p, err := drift.BuildPlausibility(inference.AppearanceNames, stats, feats, slides, scores, clf.Threshold(), drift.PlausibilityConfig{FalseRejection: falseRej, Seed: seed})
+	if err != nil {
+		return nil, fmt.Errorf("-fields %s: %w", dir, err)
+	}
+	return p, nil
 }
 
 // writeBaselineIntoBundle saves baseline.json into dir, names it in the

@@ -19,6 +19,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/labelset"
 )
@@ -31,8 +32,11 @@ is tried as an image whatever its extension). One record per image on stdout;
 a summary on stderr, with accuracy, sensitivity, specificity and AUC when a
 folder holds a labels.csv (path,label,slide). Each record carries the crop's
 focus (variance of the Laplacian inside the cell at the model's input size;
-lower is blurrier), which drift replay/eval read from the CSV. Exit status 1 when any image
-failed, after all the others were classified.
+lower is blurrier), which drift replay/eval read from the CSV. Images the
+daemon's plausibility gate would refuse (too small, colour or texture unlike
+a red cell, features far from nominal cells) get no class: their record
+carries "rejected" with the reason instead. Exit status 1 when any image
+failed (a refusal is not a failure), after all the others were classified.
 
 `
 
@@ -55,7 +59,7 @@ func runClassify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *format != "json" && *format != "csv" {
 		return fmt.Errorf("%w: --format must be json or csv, got %q", errUsage, *format)
 	}
-	clf, bundle, err := mf.open(inference.ClassifierOptions{NoFeatures: true})
+	clf, bundle, gate, err := mf.openGated(inference.ClassifierOptions{NoFeatures: true}, stderr)
 	if err != nil {
 		return err
 	}
@@ -85,6 +89,12 @@ func runClassify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	err = clf.Stream(ctx, len(inputs), func(i int) inference.Input {
 		return inference.Input{Path: inputs[i]}
 	}, func(r inference.Result) {
+		// The daemon's gate: what it would refuse gets no class here either.
+		if r.Err == nil {
+			if rerr := gate.Judge(r); rerr != nil {
+				r = inference.Result{Index: r.Index, Path: r.Path, Err: rerr}
+			}
+		}
 		out.write(r)
 		sum.add(r)
 		if bar != nil {
@@ -188,13 +198,16 @@ type jsonRecord struct {
 	Focus        *float64 `json:"focus,omitempty"`
 	Model        string   `json:"model,omitempty"`
 	Error        string   `json:"error,omitempty"`
+	// Rejected is the plausibility gate's refusal ("rejected: ..."): the
+	// image got no class.
+	Rejected string `json:"rejected,omitempty"`
 }
 
 func newRecordWriter(w io.Writer, format, version string) *recordWriter {
 	rw := &recordWriter{w: bufio.NewWriter(w), version: version}
 	if format == "csv" {
 		rw.csv = csv.NewWriter(rw.w)
-		rw.err = rw.csv.Write([]string{"path", "label", "p_parasitized", "model", "error", "focus"})
+		rw.err = rw.csv.Write([]string{"path", "label", "p_parasitized", "model", "error", "focus", "rejected"})
 	} else {
 		rw.json = json.NewEncoder(rw.w)
 	}
@@ -206,10 +219,13 @@ func (rw *recordWriter) write(r inference.Result) {
 		return
 	}
 	if rw.csv != nil {
-		rec := []string{r.Path, "", "", "", "", ""}
-		if r.Err != nil {
+		rec := []string{r.Path, "", "", "", "", "", ""}
+		switch {
+		case errors.Is(r.Err, drift.ErrImplausible):
+			rec[6] = r.Err.Error()
+		case r.Err != nil:
 			rec[4] = r.Err.Error()
-		} else {
+		default:
 			// Full precision: these scores feed drift replay/eval, where
 			// rounding collapses scores saturated near 0 and 1 into ties
 			// the baseline does not have.
@@ -220,9 +236,12 @@ func (rw *recordWriter) write(r inference.Result) {
 		return
 	}
 	rec := jsonRecord{Path: r.Path}
-	if r.Err != nil {
+	switch {
+	case errors.Is(r.Err, drift.ErrImplausible):
+		rec.Rejected = r.Err.Error()
+	case r.Err != nil:
 		rec.Error = r.Err.Error()
-	} else {
+	default:
 		p, f := r.PParasitized, r.Focus
 		rec.Label, rec.PParasitized, rec.Focus, rec.Model = r.Label, &p, &f, rw.version
 	}
@@ -248,12 +267,15 @@ type classifySummary struct {
 	truth      map[string]bool
 	ok, failed int
 	byReason   map[string]int
-	positives  int
-	scores     []labelledScore
-	labelled   int
-	tp, fn     int
-	tn, fp     int
-	unmatched  int // classified images without a labels.csv row
+	// rejected counts images the plausibility gate refused, by check.
+	rejected  int
+	byCheck   map[string]int
+	positives int
+	scores    []labelledScore
+	labelled  int
+	tp, fn    int
+	tn, fp    int
+	unmatched int // classified images without a labels.csv row
 }
 
 type labelledScore struct {
@@ -262,10 +284,19 @@ type labelledScore struct {
 }
 
 func newClassifySummary(truth map[string]bool) *classifySummary {
-	return &classifySummary{truth: truth, byReason: map[string]int{}}
+	return &classifySummary{truth: truth, byReason: map[string]int{}, byCheck: map[string]int{}}
 }
 
 func (s *classifySummary) add(r inference.Result) {
+	if errors.Is(r.Err, drift.ErrImplausible) {
+		s.rejected++
+		check := "size"
+		if rf, ok := errors.AsType[*drift.Refusal](r.Err); ok {
+			check = rf.Check
+		}
+		s.byCheck[check]++
+		return
+	}
 	if r.Err != nil {
 		s.failed++
 		s.byReason[failureKind(r.Err)]++
@@ -314,13 +345,24 @@ func failureKind(err error) string {
 }
 
 func (s *classifySummary) print(w io.Writer, elapsed time.Duration, clf *inference.Classifier) {
-	total := s.ok + s.failed
+	total := s.ok + s.failed + s.rejected
 	rate := 0.0
 	if elapsed > 0 {
 		rate = float64(s.ok) / elapsed.Seconds()
 	}
-	fmt.Fprintf(w, "classified %d of %d images in %.2fs (%.1f images/s), model %s, threshold %.4g: %d parasitized, %d uninfected, %d failed\n",
-		s.ok, total, elapsed.Seconds(), rate, clf.Version(), clf.Threshold(), s.positives, s.ok-s.positives, s.failed)
+	fmt.Fprintf(w, "classified %d of %d images in %.2fs (%.1f images/s), model %s, threshold %.4g: %d parasitized, %d uninfected, %d failed, %d rejected as implausible\n",
+		s.ok, total, elapsed.Seconds(), rate, clf.Version(), clf.Threshold(), s.positives, s.ok-s.positives, s.failed, s.rejected)
+	if s.rejected > 0 {
+		checks := make([]string, 0, len(s.byCheck))
+		for k := range s.byCheck {
+			checks = append(checks, k)
+		}
+		sort.Strings(checks)
+		for i, k := range checks {
+			checks[i] = fmt.Sprintf("%s %d", k, s.byCheck[k])
+		}
+		fmt.Fprintf(w, "rejected (no class), by the check that failed: %s\n", strings.Join(checks, ", "))
+	}
 	if s.failed > 0 {
 		kinds := make([]string, 0, len(s.byReason))
 		for k := range s.byReason {

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"image"
 	"image/jpeg"
+	"image/png"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -191,12 +193,13 @@ func TestClassifyBadFiles(t *testing.T) {
 }
 
 type classifyRecord struct {
-	Path  string   `json:"path"`
-	Label string   `json:"label"`
-	P     *float64 `json:"p_parasitized"`
-	Focus *float64 `json:"focus"`
-	Model string   `json:"model"`
-	Error string   `json:"error"`
+	Path     string   `json:"path"`
+	Label    string   `json:"label"`
+	P        *float64 `json:"p_parasitized"`
+	Focus    *float64 `json:"focus"`
+	Model    string   `json:"model"`
+	Error    string   `json:"error"`
+	Rejected string   `json:"rejected"`
 }
 
 func parseRecords(t *testing.T, format string, out []byte) map[string]classifyRecord {
@@ -218,11 +221,11 @@ func parseRecords(t *testing.T, format string, out []byte) map[string]classifyRe
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(rows[0], ",") != "path,label,p_parasitized,model,error,focus" {
+	if strings.Join(rows[0], ",") != "path,label,p_parasitized,model,error,focus,rejected" {
 		t.Fatalf("csv header %q", rows[0])
 	}
 	for _, row := range rows[1:] {
-		r := classifyRecord{Path: row[0], Label: row[1], Model: row[3], Error: row[4]}
+		r := classifyRecord{Path: row[0], Label: row[1], Model: row[3], Error: row[4], Rejected: row[6]}
 		if row[2] != "" {
 			var p float64
 			fmt.Sscan(row[2], &p)
@@ -236,6 +239,59 @@ func parseRecords(t *testing.T, format string, out []byte) map[string]classifyRe
 		recs[r.Path] = r
 	}
 	return recs
+}
+
+// classify applies the daemon's plausibility gate: a thumbnail and every
+// kind of junk get "rejected" with the reason and no class, nominal crops
+// are classified, and a refusal does not fail the run.
+func TestClassifyRefusesImplausible(t *testing.T) {
+	model, keys := classifyModel(t)
+	if _, err := os.Stat(model + ".plausibility.json"); err != nil {
+		t.Skipf("%s has no plausibility reference beside it: only the size check would run", model)
+	}
+	dir := t.TempDir()
+	junk := map[string]bool{}
+	write := func(name string, img image.Image) {
+		var buf bytes.Buffer
+		must(t, png.Encode(&buf, img))
+		must(t, os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o644))
+	}
+	for _, kind := range synth.JunkKinds {
+		var nom image.Image
+		if synth.JunkNeedsNominal(kind) {
+			nom = synth.CellAt(424307, synth.Knobs{}, 0, 0).Image
+		}
+		img, err := synth.Junk(kind, 0, 424307, nom)
+		must(t, err)
+		write(kind+".png", img)
+		junk[kind+".png"] = true
+	}
+	write("thumb.png", image.NewRGBA(image.Rect(0, 0, 8, 8)))
+	junk["thumb.png"] = true
+	for i := range 6 {
+		write(fmt.Sprintf("cell%d.png", i), synth.CellAt(424309, synth.Knobs{}, 3, i).Image)
+	}
+	for _, format := range []string{"json", "csv"} {
+		t.Run(format, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(context.Background(), []string{"classify", "--model", model, "--keys", keys, "--format", format, dir}, &stdout, &stderr); code != 0 {
+				t.Fatalf("exit %d, want 0 (a refusal is not a failure); stderr:\n%s", code, stderr.String())
+			}
+			for path, r := range parseRecords(t, format, stdout.Bytes()) {
+				name := filepath.Base(path)
+				if junk[name] {
+					if !strings.HasPrefix(r.Rejected, "rejected: ") || r.Label != "" || r.P != nil || r.Error != "" {
+						t.Errorf("%s: %+v, want rejected with a reason and no class", name, r)
+					}
+				} else if r.Rejected != "" || r.Label == "" {
+					t.Errorf("%s: nominal crop got %+v", name, r)
+				}
+			}
+			if want := fmt.Sprintf("%d rejected as implausible", len(junk)); !strings.Contains(stderr.String(), want) {
+				t.Errorf("summary lacks %q:\n%s", want, stderr.String())
+			}
+		})
+	}
 }
 
 func TestClassifyUsage(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/scopewatch/scopewatch/inference"
+	"github.com/scopewatch/scopewatch/internal/daemon"
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
@@ -45,6 +46,9 @@ type fieldCellRecord struct {
 	H            int     `json:"h"`
 	PParasitized float64 `json:"p_parasitized"`
 	Truth        string  `json:"truth,omitempty"`
+	// Rejected is the plausibility gate's refusal of the cell ("rejected:
+	// ..."); such a cell has no score and is not counted.
+	Rejected string `json:"rejected,omitempty"`
 }
 
 func runFields(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -66,7 +70,7 @@ func runFields(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *threshold < 0 || *threshold > 1 {
 		return fmt.Errorf("%w: --threshold must be within 0..1, got %g", errUsage, *threshold)
 	}
-	clf, bundle, err := mf.open(inference.ClassifierOptions{NoFeatures: true, NoFocus: true})
+	clf, bundle, gate, err := mf.openGated(inference.ClassifierOptions{NoFeatures: true, NoFocus: true}, stderr)
 	if err != nil {
 		return err
 	}
@@ -88,7 +92,7 @@ func runFields(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		slide := filepath.Base(filepath.Dir(path))
-		rows, truth, err := analyzeFieldFile(ctx, clf, path, slide)
+		rows, truth, err := analyzeFieldFile(ctx, clf, gate, path, slide)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -173,7 +177,7 @@ func readFieldTruth(imagePath string) (*fieldTruth, error) {
 	return t, nil
 }
 
-func analyzeFieldFile(ctx context.Context, clf *inference.Classifier, path, slide string) ([]fieldCellRecord, *fieldTruth, error) {
+func analyzeFieldFile(ctx context.Context, clf *inference.Classifier, gate *daemon.PlausibilityGate, path, slide string) ([]fieldCellRecord, *fieldTruth, error) {
 	truth, err := readFieldTruth(path)
 	if err != nil {
 		return nil, nil, err
@@ -192,6 +196,11 @@ func analyzeFieldFile(ctx context.Context, clf *inference.Classifier, path, slid
 			Slide: slide, Image: filepath.Base(path),
 			X: c.Box.Min.X, Y: c.Box.Min.Y, W: c.Box.Dx(), H: c.Box.Dy(),
 			PParasitized: c.PParasitized,
+		}
+		// The daemon's gate on segmented cells (no size check: the
+		// segmentation's own area filters bound a cell's size).
+		if err := gate.CheckField(c.Appearance, c.Features, c.PParasitized); err != nil {
+			rows[i].PParasitized, rows[i].Rejected = 0, err.Error()
 		}
 		if truth != nil {
 			rows[i].Truth = matchTruth(truth.cells, c.Box)
@@ -236,7 +245,7 @@ func newFieldWriter(w io.Writer, format string) *fieldWriter {
 	fw := &fieldWriter{format: format, w: w}
 	if format == "csv" {
 		fw.csv = csv.NewWriter(w)
-		fw.err = fw.csv.Write([]string{"slide", "image", "x", "y", "w", "h", "p_parasitized", "truth"})
+		fw.err = fw.csv.Write([]string{"slide", "image", "x", "y", "w", "h", "p_parasitized", "truth", "rejected"})
 	} else {
 		fw.enc = json.NewEncoder(w)
 	}
@@ -248,8 +257,12 @@ func (fw *fieldWriter) write(r fieldCellRecord) {
 		return
 	}
 	if fw.csv != nil {
+		p := strconv.FormatFloat(r.PParasitized, 'g', -1, 64)
+		if r.Rejected != "" {
+			p = ""
+		}
 		fw.err = fw.csv.Write([]string{r.Slide, r.Image, strconv.Itoa(r.X), strconv.Itoa(r.Y),
-			strconv.Itoa(r.W), strconv.Itoa(r.H), strconv.FormatFloat(r.PParasitized, 'g', -1, 64), r.Truth})
+			strconv.Itoa(r.W), strconv.Itoa(r.H), p, r.Truth, r.Rejected})
 		return
 	}
 	fw.err = fw.enc.Encode(r)
@@ -271,6 +284,8 @@ type fieldSummary struct {
 	order  []string
 	slides map[string]*slideCount
 	failed int
+	// rejected counts cells the plausibility gate refused (not counted).
+	rejected int
 	// Cell-level confusion over cells matched to a truth red cell.
 	tp, fn, tn, fp, unmatched int
 }
@@ -293,8 +308,12 @@ func (s *fieldSummary) add(slide string, rows []fieldCellRecord, truth *fieldTru
 		s.order = append(s.order, slide)
 	}
 	sc.fields++
-	sc.cells += len(rows)
 	for _, r := range rows {
+		if r.Rejected != "" {
+			s.rejected++
+			continue
+		}
+		sc.cells++
 		pos := r.PParasitized >= s.thr
 		if pos {
 			sc.infected++
@@ -321,7 +340,7 @@ func (s *fieldSummary) add(slide string, rows []fieldCellRecord, truth *fieldTru
 }
 
 func (s *fieldSummary) print(w io.Writer, version string) {
-	fmt.Fprintf(w, "model %s, counting threshold %.6g\n", version, s.thr)
+	fmt.Fprintf(w, "model %s, counting threshold %.6g; %d segmented cells rejected by the plausibility gate (not counted)\n", version, s.thr, s.rejected)
 	fmt.Fprintf(w, "%-16s %6s %7s %8s %12s %12s\n", "slide", "fields", "cells", "infected", "parasitemia%", "truth%")
 	var absErr float64
 	var withTruth int

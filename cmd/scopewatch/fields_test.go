@@ -42,11 +42,19 @@ func TestFieldsCommand(t *testing.T) {
 	if len(rows) < 100 {
 		t.Fatalf("%d rows for two 1920x1080 fields, want hundreds of cells", len(rows)-1)
 	}
-	if got := strings.Join(rows[0], ","); got != "slide,image,x,y,w,h,p_parasitized,truth" {
+	if got := strings.Join(rows[0], ","); got != "slide,image,x,y,w,h,p_parasitized,truth,rejected" {
 		t.Fatalf("header %q", got)
 	}
-	var labelled int
+	var labelled, rejected int
 	for _, r := range rows[1:] {
+		// A cell the plausibility gate refused has a reason and no score.
+		if r[8] != "" {
+			if r[6] != "" || !strings.HasPrefix(r[8], "rejected: ") {
+				t.Fatalf("row %v: a refused cell must have no score and a reason", r)
+			}
+			rejected++
+			continue
+		}
 		p, err := strconv.ParseFloat(r[6], 64)
 		if err != nil || p < 0 || p > 1 {
 			t.Fatalf("row %v: bad p_parasitized", r)
@@ -57,6 +65,10 @@ func TestFieldsCommand(t *testing.T) {
 	}
 	if labelled < (len(rows)-1)*9/10 {
 		t.Errorf("only %d of %d cells matched a truth cell", labelled, len(rows)-1)
+	}
+	// Nominal fields: the gate is calibrated to refuse 0.25% of their cells.
+	if rejected*100 > len(rows)-1 {
+		t.Errorf("%d of %d nominal field cells refused by the plausibility gate", rejected, len(rows)-1)
 	}
 	for _, want := range []string{filepath.Base(slides[0]), filepath.Base(slides[1]), "parasitemia MAE", "broken.png", "1 fields failed"} {
 		if !strings.Contains(stderr.String(), want) {

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 
 	"github.com/scopewatch/scopewatch/inference"
+	"github.com/scopewatch/scopewatch/internal/daemon"
 )
 
 // The flags and set-up shared by the commands that open a model bundle:
@@ -64,9 +67,22 @@ func addModelFlags(fs *flag.FlagSet, o modelFlagOptions) *modelFlags {
 // --ort-lib and, when the command takes them, --batch, --sessions and
 // --threads.
 func (f *modelFlags) open(opts inference.ClassifierOptions) (*inference.Classifier, *inference.Bundle, error) {
+	clf, b, _, err := f.openWith(opts, nil)
+	return clf, b, err
+}
+
+// openGated is open with the plausibility gate the daemon applies (see
+// daemon.PlausibilityGate): the classifier then produces what the gate
+// needs. A bundle without a plausibility reference gets a size-only gate
+// and a warning on warn.
+func (f *modelFlags) openGated(opts inference.ClassifierOptions, warn io.Writer) (*inference.Classifier, *inference.Bundle, *daemon.PlausibilityGate, error) {
+	return f.openWith(opts, warn)
+}
+
+func (f *modelFlags) openWith(opts inference.ClassifierOptions, warn io.Writer) (*inference.Classifier, *inference.Bundle, *daemon.PlausibilityGate, error) {
 	if f.opts.batch != "" {
 		if f.batch < 1 {
-			return nil, nil, fmt.Errorf("%w: --batch must be at least 1, got %d", errUsage, f.batch)
+			return nil, nil, nil, fmt.Errorf("%w: --batch must be at least 1, got %d", errUsage, f.batch)
 		}
 		opts.Batch = f.batch
 	}
@@ -79,23 +95,38 @@ func (f *modelFlags) open(opts inference.ClassifierOptions) (*inference.Classifi
 	if dir == "" {
 		var err error
 		if dir, err = defaultModelDir(); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	bopts, _, err := f.options()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	b, err := inference.OpenBundle(dir, bopts)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	var gate *daemon.PlausibilityGate
+	if warn != nil {
+		var gerr error
+		gate, gerr = daemon.NewPlausibilityGate(b, dir)
+		switch {
+		case errors.Is(gerr, daemon.ErrNoReference):
+			fmt.Fprintf(warn, "scopewatch: warning: plausibility gate checks the crop size only: %v\n", gerr)
+		case gerr != nil:
+			b.Close()
+			return nil, nil, nil, gerr
+		}
+		if gate.NeedsFeatures() {
+			opts.NoFeatures = false
+		}
 	}
 	clf, err := inference.NewClassifier(b, opts)
 	if err != nil {
 		b.Close()
-		return nil, nil, fmt.Errorf("bundle %s: %w", dir, err)
+		return nil, nil, nil, fmt.Errorf("bundle %s: %w", dir, err)
 	}
-	return clf, b, nil
+	return clf, b, gate, nil
 }
 
 // throughputSessions resolves --sessions for the batch tools. By default

@@ -45,6 +45,16 @@ type analysis struct {
 	Kind          string // crop or field
 	Width, Height int
 	Cells         []cellResult
+	// Rejected are a field's segmented cells the plausibility gate refused:
+	// not classified, not counted.
+	Rejected []rejectedCell
+}
+
+// rejectedCell is a segmented cell refused by the plausibility gate.
+type rejectedCell struct {
+	Box    image.Rectangle
+	Check  string // the statistic that failed (metric label)
+	Reason string // "rejected: <statistic> <value> outside ..."
 }
 
 // analyzer turns image bytes into classified cells. kind is auto, crop or
@@ -61,6 +71,9 @@ type analyzer interface {
 // is a short metric label (empty, not_image, too_large, truncated,
 // corrupt, unsupported, no_cells), Err the detailed cause.
 type badImageError struct {
+	// Check is the plausibility check that refused it (Reason
+	// "implausible"), "" otherwise.
+	Check  string
 	Reason string
 	Err    error
 }
@@ -467,9 +480,13 @@ func (d *Daemon) process(j job) (r jobResult) {
 		j.data = data
 	}
 	an, err := d.model.Analyze(ctx, j.data, kind)
+	d.countRejected(an)
 	if err != nil {
 		var bad *badImageError
 		if errors.As(err, &bad) {
+			if bad.Check != "" {
+				d.metrics.implausible.WithLabelValues("crop", bad.Check).Inc()
+			}
 			d.metrics.errors.WithLabelValues(bad.Reason).Inc()
 			d.metrics.images.WithLabelValues(j.source, "rejected").Inc()
 		} else {
@@ -525,6 +542,13 @@ func (d *Daemon) process(j job) (r jobResult) {
 		d.slideCompleted(*stored.Completed)
 	}
 	return jobResult{an: an, stored: stored}
+}
+
+// countRejected counts a field's cells refused by the plausibility gate.
+func (d *Daemon) countRejected(an analysis) {
+	for _, c := range an.Rejected {
+		d.metrics.implausible.WithLabelValues("field", c.Check).Inc()
+	}
 }
 
 // summarise builds a slide's summary and its outbox record; it runs inside

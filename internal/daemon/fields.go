@@ -28,7 +28,7 @@ func (f *segmentedFields) AnalyzeField(ctx context.Context, data []byte) (int, i
 	}
 	cells := make([]fieldCell, len(an.Cells))
 	for i, c := range an.Cells {
-		cells[i] = fieldCell{Box: c.Box, P: c.PParasitized, Focus: c.Focus}
+		cells[i] = fieldCell{Box: c.Box, P: c.PParasitized, Focus: c.Focus, Appearance: c.Appearance, Features: c.Features}
 	}
 	return an.Width, an.Height, cells, nil
 }

@@ -89,17 +89,25 @@ type uploadCell struct {
 }
 
 type uploadResponse struct {
-	Slide        string        `json:"slide"`
-	Image        string        `json:"image"`
-	Kind         string        `json:"kind"`
-	Width        int           `json:"width"`
-	Height       int           `json:"height"`
-	Cells        int           `json:"cells"`
-	Infected     int           `json:"infected"`
-	Predictions  []uploadCell  `json:"predictions"`
-	ModelVersion string        `json:"model_version"`
-	SlideState   slideProgress `json:"slide_state"`
-	Summary      *slideSummary `json:"summary,omitempty"`
+	Slide       string       `json:"slide"`
+	Image       string       `json:"image"`
+	Kind        string       `json:"kind"`
+	Width       int          `json:"width"`
+	Height      int          `json:"height"`
+	Cells       int          `json:"cells"`
+	Infected    int          `json:"infected"`
+	Predictions []uploadCell `json:"predictions"`
+	// Rejected are the field's segmented cells the plausibility gate
+	// refused: no class, not counted.
+	Rejected     []uploadRejected `json:"rejected"`
+	ModelVersion string           `json:"model_version"`
+	SlideState   slideProgress    `json:"slide_state"`
+	Summary      *slideSummary    `json:"summary,omitempty"`
+}
+
+type uploadRejected struct {
+	Box    [4]int `json:"box"` // x, y, w, h
+	Reason string `json:"reason"`
 }
 
 type slideProgress struct {
@@ -189,9 +197,12 @@ func (d *Daemon) handleUpload(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := uploadResponse{
 		Slide: slide, Image: name, Kind: res.an.Kind, Width: res.an.Width, Height: res.an.Height,
-		Cells: len(res.an.Cells), ModelVersion: d.model.ModelVersion(), Predictions: []uploadCell{},
+		Cells: len(res.an.Cells), ModelVersion: d.model.ModelVersion(), Predictions: []uploadCell{}, Rejected: []uploadRejected{},
 		SlideState: slideProgress{State: res.stored.Slide.State, Images: res.stored.Slide.Images, Cells: res.stored.Slide.Cells, Infected: res.stored.Slide.Infected},
 		Summary:    res.stored.Completed,
+	}
+	for _, c := range res.an.Rejected {
+		resp.Rejected = append(resp.Rejected, uploadRejected{Box: [4]int{c.Box.Min.X, c.Box.Min.Y, c.Box.Dx(), c.Box.Dy()}, Reason: c.Reason})
 	}
 	for _, c := range res.an.Cells {
 		if c.Parasitized {

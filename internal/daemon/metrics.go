@@ -16,6 +16,7 @@ type serveMetrics struct {
 	slides              *prometheus.CounterVec
 	verdicts            *prometheus.CounterVec
 	errors              *prometheus.CounterVec
+	implausible         *prometheus.CounterVec
 	httpErrors          *prometheus.CounterVec
 	alerts              *prometheus.CounterVec
 	analyzeSeconds      *prometheus.HistogramVec
@@ -56,6 +57,8 @@ func newServeMetrics() *serveMetrics {
 		reg: prometheus.NewRegistry(),
 		images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_images_total",
 			Help: "Images taken, by source (inbox, http, camera) and outcome (ok, rejected, skipped, failed)."}, []string{"source", "outcome"}),
+		implausible: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_implausible_total",
+			Help: "Crops and segmented field cells refused by the plausibility gate (never classified), by kind (crop, field) and the check that failed (size, a colour or texture statistic, feature_distance)."}, []string{"kind", "check"}),
 		cells: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_cells_total",
 			Help: "Cells classified, by label."}, []string{"label"}),
 		slides: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slides_completed_total",
@@ -123,7 +126,7 @@ func newServeMetrics() *serveMetrics {
 		labelsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_labels_rejected_total",
 			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.images, m.cells, m.slides, m.verdicts, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
+	m.reg.MustRegister(m.images, m.implausible, m.cells, m.slides, m.verdicts, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttConnectFailures, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,

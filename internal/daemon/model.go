@@ -23,6 +23,11 @@ type modelAnalyzer struct {
 	threshold    atomic.Uint64 // float64 bits; 0 means the manifest's
 	fields       fieldAnalyzer
 	focus        bool // the classifier measures each crop's focus
+	gate         *PlausibilityGate
+	// keepFeatures: the embedding drift detector wants each crop's
+	// features (the gate may need them even when it does not).
+	keepFeatures bool
+	metrics      *serveMetrics
 }
 
 // fieldAnalyzer segments a whole field into cells and classifies each.
@@ -31,9 +36,11 @@ type fieldAnalyzer interface {
 }
 
 type fieldCell struct {
-	Box   image.Rectangle
-	P     float64
-	Focus float64
+	Box        image.Rectangle
+	P          float64
+	Focus      float64
+	Appearance inference.Appearance
+	Features   []float32
 }
 
 var (
@@ -72,6 +79,12 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	if err != nil {
 		return nil, err
 	}
+	gate, gerr := NewPlausibilityGate(b, cfg.Model.Path)
+	if gerr != nil && !errors.Is(gerr, ErrNoReference) {
+		b.Close()
+		return nil, gerr
+	}
+	keepFeatures := cfg.Drift.Enabled && cfg.Drift.Embedding
 	// One session with model.threads intra-op threads: a second session
 	// was ~10% faster per field here but cost ~20 MB of resident memory,
 	// and the device budget is 200 MB. Crops are prepared on as many
@@ -80,8 +93,9 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{
 		Batch:   cfg.Model.Batch,
 		Workers: cfg.Model.Threads,
-		// Features only for the embedding drift detector: a copy per cell.
-		NoFeatures: !cfg.Drift.Enabled || !cfg.Drift.Embedding,
+		// Features only for the embedding drift detector and the
+		// plausibility gate: a copy per cell.
+		NoFeatures: !keepFeatures && !gate.NeedsFeatures(),
 		// Focus only for the focus drift detector, which runs on crops.
 		NoFocus: !focus,
 		// No ORT arena: it would pin the peak of a field's batches for the
@@ -94,12 +108,14 @@ func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
 		b.Close()
 		return nil, err
 	}
-	a := &modelAnalyzer{bundle: b, clf: clf, fieldMinSide: cfg.Images.FieldMinSide, manifestThr: clf.Threshold(), focus: focus}
+	a := &modelAnalyzer{bundle: b, clf: clf, fieldMinSide: cfg.Images.FieldMinSide, manifestThr: clf.Threshold(), focus: focus,
+		gate: gate, keepFeatures: keepFeatures}
 	a.SetThreshold(cfg.Model.Threshold)
 	a.fields = newFieldAnalyzer(clf)
 	releaseStartPages(cfg, log, "model load")
 	log.Info("model loaded", "version", clf.Version(), "path", cfg.Model.Path, "threshold", a.currentThreshold(),
 		"signed_by", signerName(b), "fields", a.fields != nil)
+	logGate(log, gate, gerr)
 	return a, nil
 }
 
@@ -171,18 +187,31 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 			return analysis{}, asBadImage(err)
 		}
 		an.Width, an.Height = fw, fh
+		var firstRefusal error
 		for _, c := range cells {
+			// A segmented cell that fails the gate gets no class and is
+			// not counted: it is reported with the reason instead.
+			if err := a.gate.CheckField(c.Appearance, c.Features, c.P); err != nil {
+				an.Rejected = append(an.Rejected, rejectedCell{Box: c.Box, Check: refusalReason(err), Reason: err.Error()})
+				if firstRefusal == nil {
+					firstRefusal = err
+				}
+				continue
+			}
 			fc := cell(c.Box, c.P, thr)
 			fc.Focus = c.Focus
 			an.Cells = append(an.Cells, fc)
 		}
+		if len(an.Cells) == 0 && len(an.Rejected) > 0 {
+			// Nothing in the field is a cell the model can judge: the field
+			// gives no count at all rather than a count of zero.
+			return an, &badImageError{Reason: "implausible",
+				Err: fmt.Errorf("field: all %d segmented cells refused by the plausibility gate (first: %w)", len(an.Rejected), firstRefusal)}
+		}
 		return an, nil
 	}
-	if w < minCropSide || h < minCropSide {
-		// The model sees crops at 128 px; a thumbnail of a few pixels
-		// scaled up is not a cell it can judge, and must not get a class.
-		return analysis{}, &badImageError{Reason: "implausible",
-			Err: fmt.Errorf("crop %dx%d px: a red blood cell crop is at least %d px across; refused, not classified", w, h, minCropSide)}
+	if err := a.gate.CheckSize(w, h); err != nil {
+		return an, &badImageError{Reason: "implausible", Check: refusalReason(err), Err: err}
 	}
 	res, err := a.clf.Classify(ctx, []inference.Input{{Data: data}})
 	if err != nil {
@@ -191,19 +220,20 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 	if res[0].Err != nil {
 		return analysis{}, asBadImage(res[0].Err)
 	}
+	if err := a.gate.Check(res[0].Appearance, res[0].Features, res[0].PParasitized); err != nil {
+		return an, &badImageError{Reason: "implausible", Check: refusalReason(err), Err: err}
+	}
 	c := cell(image.Rect(0, 0, w, h), res[0].PParasitized, thr)
-	c.Features, c.Focus = res[0].Features, res[0].Focus
+	c.Focus = res[0].Focus
+	if a.keepFeatures {
+		c.Features = res[0].Features
+	}
 	an.Cells = []cellResult{c}
 	return an, nil
 }
 
 // asBadImage marks the decoder's refusals as bad input (quarantine, 4xx),
 // with a short reason for the metrics; other errors pass unchanged.
-// minCropSide is the smallest crop side the daemon classifies. The shipped
-// model's crops (synthetic and NIH-style) are 100-200 px; 32 px leaves room
-// for smaller cameras without letting a thumbnail through.
-const minCropSide = 32
-
 func asBadImage(err error) error {
 	for _, r := range []struct {
 		sentinel error

@@ -44,6 +44,10 @@ def read_cells(path):
     unmatched = 0
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            # Cells the plausibility gate refused get no class in the
+            # daemon either; they have no score.
+            if row.get("rejected"):
+                continue
             if row["truth"] not in ("parasitized", "uninfected"):
                 unmatched += 1
                 continue

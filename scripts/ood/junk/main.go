@@ -1,79 +1,104 @@
 // Command junk writes a labelled folder of images that are not blood cells
-// (noise, solid black, white and colours, gradients, colour blocks; 20 of
-// each, 128 px) for measuring a plausibility gate:
+// the model can judge, 20 of each of synth.JunkKinds (noise, solid black,
+// white and colours, gradients, colour blocks, text, natural-image-like
+// textures, blank smear, foreign objects, and from nominal crops:
+// out-of-focus, too small, too large), for measuring the plausibility gate:
 //
-//	go run ./scripts/ood/junk DIR
-//	bin/scopewatch tune features --data DIR --out junk.features
+//	go run ./scripts/ood/junk [--seed S] DIR NOMINAL_DIR
+//	bin/scopewatch classify --format csv DIR > junk.csv   # rejected column per image
 //
-// The slide column names the kind, so the features keep it.
+// NOMINAL_DIR is a `scopewatch synth cells` folder (at least 60 crops) from
+// a seed the gate was not calibrated on. labels.csv's slide column names
+// the kind, so features kept by `tune features` keep it too
+// (scripts/ood/mahalanobis reads them).
 package main
 
 import (
+	"encoding/csv"
+	"flag"
 	"fmt"
 	"image"
-	"image/color"
 	"image/png"
-	"math/rand/v2"
+	"log"
 	"os"
 	"path/filepath"
+
+	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
-func save(dir, name string, img image.Image, rows *[]string, kind string) {
-	f, _ := os.Create(filepath.Join(dir, name))
-	png.Encode(f, img)
+func main() {
+	seed := flag.Uint64("seed", 1, "generator seed (keep it apart from any calibration data)")
+	flag.Parse()
+	if flag.NArg() != 2 {
+		log.Fatal("usage: junk [--seed S] DIR NOMINAL_DIR")
+	}
+	dir, nomDir := flag.Arg(0), flag.Arg(1)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(nomDir, "labels.csv"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	recs, err := csv.NewReader(f).ReadAll()
 	f.Close()
-	*rows = append(*rows, fmt.Sprintf("%s,uninfected,%s", name, kind))
+	if err != nil || len(recs) < 61 {
+		log.Fatalf("%s/labels.csv: want at least 60 crops (%v)", nomDir, err)
+	}
+	rows := [][]string{{"path", "label", "slide"}}
+	nominal := 0
+	for _, kind := range synth.JunkKinds {
+		for i := range 20 {
+			var nom image.Image
+			if synth.JunkNeedsNominal(kind) {
+				nom = load(filepath.Join(nomDir, recs[1+nominal%(len(recs)-1)][0]))
+				nominal++
+			}
+			img, err := synth.Junk(kind, i, *seed, nom)
+			if err != nil {
+				log.Fatal(err)
+			}
+			name := fmt.Sprintf("%s%02d.png", kind, i)
+			save(filepath.Join(dir, name), img)
+			rows = append(rows, []string{name, "uninfected", kind})
+		}
+	}
+	out, err := os.Create(filepath.Join(dir, "labels.csv"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cw := csv.NewWriter(out)
+	cw.WriteAll(rows)
+	if err := cw.Error(); err != nil {
+		log.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		log.Fatal(err)
+	}
 }
 
-func main() {
-	dir := os.Args[1]
-	os.MkdirAll(dir, 0o755)
-	r := rand.New(rand.NewPCG(1, 2))
-	rows := []string{"path,label,slide"}
-	for i := 0; i < 20; i++ {
-		n := image.NewRGBA(image.Rect(0, 0, 128, 128))
-		for j := range n.Pix {
-			n.Pix[j] = uint8(r.UintN(256))
-			if j%4 == 3 {
-				n.Pix[j] = 255
-			}
-		}
-		save(dir, fmt.Sprintf("noise%d.png", i), n, &rows, "noise")
-		solid := func(c color.RGBA) *image.RGBA {
-			m := image.NewRGBA(image.Rect(0, 0, 128, 128))
-			for y := 0; y < 128; y++ {
-				for x := 0; x < 128; x++ {
-					m.Set(x, y, c)
-				}
-			}
-			return m
-		}
-		save(dir, fmt.Sprintf("black%d.png", i), solid(color.RGBA{uint8(i), uint8(i), uint8(i), 255}), &rows, "black")
-		save(dir, fmt.Sprintf("white%d.png", i), solid(color.RGBA{uint8(235 + i), uint8(235 + i), uint8(235 + i), 255}), &rows, "white")
-		save(dir, fmt.Sprintf("color%d.png", i), solid(color.RGBA{uint8(r.UintN(256)), uint8(r.UintN(256)), uint8(r.UintN(256)), 255}), &rows, "color")
-		g := image.NewRGBA(image.Rect(0, 0, 128, 128))
-		for y := 0; y < 128; y++ {
-			for x := 0; x < 128; x++ {
-				g.Set(x, y, color.RGBA{uint8(2 * x), uint8(2 * y), uint8(i * 12), 255})
-			}
-		}
-		save(dir, fmt.Sprintf("grad%d.png", i), g, &rows, "grad")
-		b := image.NewRGBA(image.Rect(0, 0, 128, 128))
-		for by := 0; by < 16; by++ {
-			for bx := 0; bx < 16; bx++ {
-				c := color.RGBA{uint8(r.UintN(256)), uint8(r.UintN(256)), uint8(r.UintN(256)), 255}
-				for y := 0; y < 8; y++ {
-					for x := 0; x < 8; x++ {
-						b.Set(bx*8+x, by*8+y, c)
-					}
-				}
-			}
-		}
-		save(dir, fmt.Sprintf("blocks%d.png", i), b, &rows, "blocks")
+func load(path string) image.Image {
+	f, err := os.Open(path)
+	if err != nil {
+		log.Fatal(err)
 	}
-	f, _ := os.Create(filepath.Join(dir, "labels.csv"))
-	for _, l := range rows {
-		fmt.Fprintln(f, l)
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		log.Fatal(err)
 	}
-	f.Close()
+	return img
+}
+
+func save(path string, img image.Image) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := png.Encode(f, img); err != nil {
+		log.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		log.Fatal(err)
+	}
 }
