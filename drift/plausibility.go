@@ -84,8 +84,6 @@ type FeatureGate struct {
 	Chol      []float32 `json:"chol"`
 	Shrinkage float64   `json:"shrinkage"`
 	Threshold float64   `json:"threshold"`
-
-	mean, chol []float64
 }
 
 // ErrImplausible is wrapped by the refusal of a cell that fails the gate.
@@ -377,35 +375,26 @@ func fitFeatureGate(features [][]float32, rows []int, shrink float64) (*FeatureG
 	}
 	// The distances (and so the threshold) are computed from the stored
 	// float32 values, as after a reload.
-	fg.init()
 	return fg, nil
 }
 
-func (g *FeatureGate) init() {
-	g.mean = make([]float64, len(g.Mean))
-	for j, v := range g.Mean {
-		g.mean[j] = float64(v)
-	}
-	g.chol = make([]float64, len(g.Chol))
-	for j, v := range g.Chol {
-		g.chol[j] = float64(v)
-	}
-}
-
 // distance is the Mahalanobis distance of f: |L^-1 (f - mean)|, by forward
-// substitution on the packed factor (d^2/2 multiply-adds).
+// substitution on the packed factor (d^2/2 multiply-adds), accumulated in
+// float64 from the stored float32 values: the daemon keeps four 576-d
+// factors, and float64 copies would cost another 5 MB of its memory
+// budget.
 func (g *FeatureGate) distance(f []float32) float64 {
 	d := g.Dim
 	y := make([]float64, d)
 	var sum float64
 	off := 0
 	for a := range d {
-		s := float64(f[a]) - g.mean[a]
-		row := g.chol[off : off+a+1]
+		s := float64(f[a]) - float64(g.Mean[a])
+		row := g.Chol[off : off+a+1]
 		for k := range a {
-			s -= row[k] * y[k]
+			s -= float64(row[k]) * y[k]
 		}
-		y[a] = s / row[a]
+		y[a] = s / float64(row[a])
 		sum += y[a] * y[a]
 		off += a + 1
 	}
@@ -416,9 +405,6 @@ func (p *Stratum) prepare() {
 	p.index = make(map[string]int, len(p.Stats))
 	for j, s := range p.Stats {
 		p.index[s.Name] = j
-	}
-	if p.Features != nil {
-		p.Features.init()
 	}
 }
 
