@@ -343,34 +343,70 @@ func Options(cfg Config, log *slog.Logger, hooks Hooks) (*mqtt.ClientOptions, er
 // ConnectRetry it keeps trying until Disconnect, so a broker that is down
 // at boot is not an error. It does not wait for the connection.
 //
-// Until the first connection, attempts back off exponentially from
+// Connection attempts back off exponentially from
 // ConnectRetryInterval to MaxReconnectInterval with ±20% jitter, so that a
 // fleet refused by its broker (a wrong password after a rotation, a broker
-// restart) does not hammer it in step; after it, paho's reconnect backoff
-// takes over. Disconnect stops the attempts.
+// restart) does not hammer it in step; so do reconnects after a lost
+// connection. Disconnect stops the attempts.
 func New(cfg Config, log *slog.Logger, hooks Hooks) (mqtt.Client, error) {
 	o, err := Options(cfg, log, hooks)
 	if err != nil {
 		return nil, err
 	}
+	// Reconnects after a lost connection take the same jittered backoff as
+	// the first connection (paho's own reconnect doubles its interval in
+	// step across a fleet): paho's is off, and a lost connection starts
+	// the loop again.
 	o.SetConnectRetry(false)
-	c := &client{Client: mqtt.NewClient(o), stop: make(chan struct{})}
-	first := orDefault(cfg.ConnectRetryInterval, 2*time.Second)
-	limit := orDefault(cfg.MaxReconnectInterval, 30*time.Second)
-	go c.connect(first, limit, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(len(cfg.ClientID)))))
+	o.SetAutoReconnect(false)
+	c := &client{stop: make(chan struct{}),
+		first: orDefault(cfg.ConnectRetryInterval, 2*time.Second), limit: orDefault(cfg.MaxReconnectInterval, 30*time.Second),
+		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(len(cfg.ClientID))))}
+	lost := o.OnConnectionLost
+	o.SetConnectionLostHandler(func(cl mqtt.Client, err error) {
+		if lost != nil {
+			lost(cl, err)
+		}
+		go c.connect()
+	})
+	c.Client = mqtt.NewClient(o)
+	go c.connect()
 	return c, nil
 }
 
-// client is a paho client whose first connection is retried with backoff
-// until it succeeds or Disconnect is called.
+// client is a paho client whose connections (the first, and every one
+// after a loss) are retried with jittered exponential backoff until one
+// succeeds or Disconnect is called.
 type client struct {
 	mqtt.Client
-	stop     chan struct{}
-	stopOnce sync.Once
+	stop         chan struct{}
+	stopOnce     sync.Once
+	first, limit time.Duration
+	mu           sync.Mutex // guards rng and connecting
+	rng          *rand.Rand
+	connecting   bool
 }
 
-func (c *client) connect(wait, limit time.Duration, rng *rand.Rand) {
+func (c *client) connect() {
+	c.mu.Lock()
+	if c.connecting {
+		c.mu.Unlock()
+		return
+	}
+	c.connecting = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.connecting = false
+		c.mu.Unlock()
+	}()
+	wait := c.first
 	for {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
 		tok := c.Client.Connect()
 		tok.Wait()
 		select {
@@ -384,13 +420,15 @@ func (c *client) connect(wait, limit time.Duration, rng *rand.Rand) {
 		if tok.Error() == nil {
 			return
 		}
-		jittered := time.Duration(float64(wait) * (0.8 + 0.4*rng.Float64()))
+		c.mu.Lock()
+		jittered := time.Duration(float64(wait) * (0.8 + 0.4*c.rng.Float64()))
+		c.mu.Unlock()
 		select {
 		case <-c.stop:
 			return
 		case <-time.After(jittered):
 		}
-		wait = min(2*wait, limit)
+		wait = min(2*wait, c.limit)
 	}
 }
 

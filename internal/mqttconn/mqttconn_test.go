@@ -320,3 +320,42 @@ func TestFirstConnectionBacksOff(t *testing.T) {
 		t.Fatalf("attempts went on after Disconnect: %d then %d", n, len(at))
 	}
 }
+
+// TestReconnectBacksOff: after a lost connection, while the broker stays
+// unreachable, attempts back off as the first connection's do (paho's own
+// reconnect would run in step across a fleet), and the link comes back
+// when the broker does.
+func TestReconnectBacksOff(t *testing.T) {
+	b := testutil.StartMosquitto(t)
+	p := testutil.StartProxy(t, b.Addr())
+	var connects atomic.Int32
+	var mu sync.Mutex
+	var failed []time.Time
+	c, err := New(Config{Broker: p.URL(), ClientID: "reconnect-backoff", KeepAlive: 2 * time.Second,
+		ConnectRetryInterval: 100 * time.Millisecond, MaxReconnectInterval: 5 * time.Second}, nil,
+		Hooks{OnConnect: func(mqtt.Client) { connects.Add(1) }, OnConnectFailed: func(string, error) {
+			mu.Lock()
+			failed = append(failed, time.Now())
+			mu.Unlock()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(100)
+	testutil.Eventually(t, 10*time.Second, func() bool { return connects.Load() == 1 }, "no first connect")
+	p.Cut()
+	testutil.Eventually(t, 15*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(failed) > 0 }, "no reconnect attempt after the cut")
+	time.Sleep(2500 * time.Millisecond)
+	mu.Lock()
+	n := len(failed)
+	gaps := make([]time.Duration, 0, n)
+	for i := 1; i < n; i++ {
+		gaps = append(gaps, failed[i].Sub(failed[i-1]))
+	}
+	mu.Unlock()
+	if n < 3 || n > 9 || gaps[len(gaps)-1] < 2*gaps[0] {
+		t.Fatalf("%d attempts in about 2.5 s after the loss, gaps %v: want an exponential backoff", n, gaps)
+	}
+	p.Restore()
+	testutil.Eventually(t, 15*time.Second, func() bool { return connects.Load() == 2 }, "no reconnect after the broker came back")
+}
