@@ -87,6 +87,9 @@ type Inbox struct {
 	RescanInterval time.Duration `yaml:"rescan_interval"`
 	StableFor      time.Duration `yaml:"stable_for"`
 	Extensions     []string      `yaml:"extensions"`
+	// StuckAfter: a file still in the inbox this long after it appeared
+	// is logged (once) and shows in scopewatch_inbox_oldest_seconds.
+	StuckAfter time.Duration `yaml:"stuck_after"`
 }
 
 // Slides says when a slide is complete.
@@ -267,6 +270,7 @@ func Default() Config {
 			RescanInterval: 30 * time.Second,
 			StableFor:      2 * time.Second,
 			Extensions:     []string{".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"},
+			StuckAfter:     2 * time.Minute,
 		},
 		Slides: Slides{
 			Marker:      ".done",
@@ -677,6 +681,7 @@ func (c *Config) Validate() Errors {
 		}
 		oneOf("inbox.after_process", c.Inbox.AfterProcess, AfterProcess)
 		positiveDur("inbox.rescan_interval", c.Inbox.RescanInterval)
+		positiveDur("inbox.stuck_after", c.Inbox.StuckAfter)
 		if c.Inbox.StableFor < 0 {
 			add("inbox.stable_for", "must not be negative", "a Go duration such as 2s (0 takes files as soon as they appear; only safe with write-then-rename)")
 		}

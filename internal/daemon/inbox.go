@@ -42,6 +42,8 @@ type fileSig struct {
 	size  int64
 	mtime time.Time
 	since time.Time // first time this signature was seen
+	first time.Time // first time the path was seen, whatever its signature
+	told  bool      // logged as stuck
 }
 
 // inboxDeps is what the inbox needs of the daemon, given at construction.
@@ -223,13 +225,32 @@ func (in *inbox) scan(ctx context.Context, w *fsnotify.Watcher) (pending bool) {
 			pending = true
 		}
 	}
+	now := in.now()
+	var oldest time.Duration
+	var stuck []string
 	in.mu.Lock()
-	for p := range in.seen {
+	for p, sig := range in.seen {
 		if !live[p] {
 			delete(in.seen, p)
+			continue
+		}
+		wait := now.Sub(sig.first)
+		oldest = max(oldest, wait)
+		if wait >= cfg.Inbox.StuckAfter && !sig.told {
+			sig.told = true
+			in.seen[p] = sig
+			stuck = append(stuck, p)
 		}
 	}
 	in.mu.Unlock()
+	in.metrics.inboxOldest.Set(oldest.Seconds())
+	for _, p := range stuck {
+		// Nothing waits in the inbox unseen: a file still being written,
+		// a queue that stays full or a store that keeps failing shows here.
+		in.log.Warn("image waiting in the inbox", "path", p, "waiting", cfg.Inbox.StuckAfter.String(),
+			"hint", "still being written (size or mtime changing), the image queue full, or storing it failing; see the errors metric")
+		in.metrics.inboxStuck.Inc()
+	}
 	return pending
 }
 
@@ -337,7 +358,11 @@ func (in *inbox) consider(ctx context.Context, path, slide, kind string, live ma
 	in.mu.Lock()
 	sig, ok := in.seen[path]
 	if !ok || sig.size != st.Size() || !sig.mtime.Equal(st.ModTime()) {
-		sig = fileSig{size: st.Size(), mtime: st.ModTime(), since: now}
+		first, told := now, false
+		if ok {
+			first, told = sig.first, sig.told
+		}
+		sig = fileSig{size: st.Size(), mtime: st.ModTime(), since: now, first: first, told: told}
 		in.seen[path] = sig
 	}
 	in.mu.Unlock()

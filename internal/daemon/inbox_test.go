@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -183,5 +184,45 @@ func TestModelRefusesThumbnailCrops(t *testing.T) {
 	}
 	if _, err := a.Analyze(context.Background(), crop.Bytes(), "crop"); err != nil {
 		t.Fatalf("a real crop refused: %v", err)
+	}
+}
+
+// TestInboxReportsStuckFiles: a file that never becomes stable (a writer
+// that keeps appending) is not taken, but it does not wait unseen: after
+// inbox.stuck_after it is logged once and counted, and the gauge shows how
+// long it has waited.
+func TestInboxReportsStuckFiles(t *testing.T) {
+	td := startTestDaemon(t, func(c *config.Config) {
+		c.Inbox.StableFor = 2 * time.Second
+		c.Inbox.RescanInterval = 100 * time.Millisecond
+		c.Inbox.StuckAfter = 300 * time.Millisecond
+	})
+	path := filepath.Join(td.cfg.Inbox.Dir, "s-stuck", "growing.png")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := pngBytes(t, 40, 40, 9)
+	stop := time.Now().Add(1500 * time.Millisecond)
+	for i := 0; time.Now().Before(stop); i++ {
+		if err := os.WriteFile(path, append(data, make([]byte, i)...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	text := metricsText(t, td.url)
+	if !strings.Contains(text, "scopewatch_inbox_stuck_total 1\n") {
+		t.Fatalf("stuck counter not 1:\n%s", grepLines(text, "scopewatch_inbox_"))
+	}
+	var oldest float64
+	for _, l := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(l, "scopewatch_inbox_oldest_seconds "); ok {
+			oldest, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if oldest < 1 {
+		t.Fatalf("oldest wait %v s, want above 1 s after 1.5 s of writing", oldest)
+	}
+	if n := strings.Count(td.logs.String(), "image waiting in the inbox"); n != 1 {
+		t.Fatalf("%d stuck warnings, want 1:\n%s", n, td.logs.String())
 	}
 }

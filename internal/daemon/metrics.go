@@ -15,6 +15,8 @@ type serveMetrics struct {
 	cells               *prometheus.CounterVec
 	slides              *prometheus.CounterVec
 	verdicts            *prometheus.CounterVec
+	inboxOldest         prometheus.Gauge
+	inboxStuck          prometheus.Counter
 	errors              *prometheus.CounterVec
 	implausible         *prometheus.CounterVec
 	httpErrors          *prometheus.CounterVec
@@ -63,6 +65,10 @@ func newServeMetrics() *serveMetrics {
 			Help: "Cells classified, by label."}, []string{"label"}),
 		slides: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slides_completed_total",
 			Help: "Slides completed, by stopping reason."}, []string{"reason"}),
+		inboxOldest: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scopewatch_inbox_oldest_seconds",
+			Help: "How long the image waiting longest in the inbox has been there (0: none waiting)."}),
+		inboxStuck: prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_inbox_stuck_total",
+			Help: "Images that waited in the inbox longer than inbox.stuck_after (each counted once)."}),
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slide_verdicts_total",
 			Help: "Slides completed, by verdict (ok, flagged, inconclusive)."}, []string{"verdict"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_errors_total",
@@ -126,7 +132,7 @@ func newServeMetrics() *serveMetrics {
 		labelsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_labels_rejected_total",
 			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.images, m.implausible, m.cells, m.slides, m.verdicts, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
+	m.reg.MustRegister(m.images, m.implausible, m.cells, m.slides, m.verdicts, m.inboxOldest, m.inboxStuck, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttConnectFailures, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,
