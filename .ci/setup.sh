@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what scopewatch needs to build, test and run on Debian 12:
-# Debian packages (OpenCV, mosquitto, SQLite headers, systemd tools) and the
+# Debian packages (OpenCV, mosquitto, SQLite headers, systemd tools, torch for
+# the retune's trainer) and the
 # ONNX Runtime shared library taken from the npm package onnxruntime-node
 # (pinned, sha256-verified). Running it again changes nothing and is quick.
 #
@@ -14,7 +15,11 @@ ORT_VERSION=1.30.0
 ORT_TGZ_SHA256=6e3390d6b783e7be946fad629292799da28d0b42f84856e50d2c1b0383291e75
 ORT_DIR=${ORT_DIR:-$here/.cache/onnxruntime}
 
-packages=(libopencv-dev pkg-config gcc mosquitto mosquitto-clients sqlite3 systemd)
+# python3-torch, -torchvision and -onnx are the retune's trainer
+# (models/recipe/finetune.py, run by `tune retune`'s network study as
+# /usr/bin/python3) and the recipe's.
+packages=(libopencv-dev pkg-config gcc mosquitto mosquitto-clients sqlite3 systemd
+  python3-torch python3-torchvision python3-onnx)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

@@ -127,10 +127,13 @@ type Finalist struct {
 	// Values and Seeds are the complete replicates'. The search trial's own
 	// value is left out: it was picked for being good, so counting it would
 	// bias the mean towards luck.
-	Values     []float64 `json:"values"`
-	Seeds      []int64   `json:"seeds"`
-	Replicates int       `json:"replicates"`
-	Mean       float64   `json:"mean"`
+	Values []float64 `json:"values"`
+	Seeds  []int64   `json:"seeds"`
+	// Runs are the replicate trials' numbers, parallel to Values: the
+	// folder under trials/ that holds what each replicate wrote.
+	Runs       []int   `json:"runs"`
+	Replicates int     `json:"replicates"`
+	Mean       float64 `json:"mean"`
 	// Std is the sample standard deviation (n-1); NaN with one value.
 	Std float64 `json:"std"`
 }
@@ -468,6 +471,7 @@ func (a *Analysis) finalists() {
 		if t.State == StateComplete && !math.IsNaN(t.Value) {
 			f.Values = append(f.Values, t.Value)
 			f.Seeds = append(f.Seeds, t.Seed)
+			f.Runs = append(f.Runs, t.Trial)
 		}
 	}
 	for i := range a.Finalists {

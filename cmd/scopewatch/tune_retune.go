@@ -23,7 +23,9 @@ func tuneRetune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&nominal, "nominal", "labelled folder of the incumbent's own domain, so that the new model is trained and tested on it too; repeat for several")
 	out := fs.String("out", "", "output folder: snapshot, features, study, decision.json and, when accepted, bundle/ (rerun with the same inputs to resume)")
 	keyPath := fs.String("key", "", "fleet private key to sign the new bundle (from bundle keygen)")
-	studyPath := fs.String("study", "", "study file replacing the default retune study (builtin: head)")
+	studyPath := fs.String("study", retune.StudyNetwork, retuneStudyHelp)
+	recipe := fs.String("recipe", "", recipeHelp)
+	python := fs.String("python", defaultPython, pythonHelp)
 	ledger := fs.String("ledger", "", "sealed-test ledger (default $XDG_STATE_HOME/scopewatch/sealed-tests.jsonl, else ~/.local/state/...)")
 	minSamples := fs.Int("min-samples", 200, "fewest labelled images a retune accepts")
 	sims := fs.Int("baseline-sims", 0, "drift calibration streams for the new baseline (0: as the incumbent's)")
@@ -33,17 +35,15 @@ func tuneRetune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if len(data) == 0 || *out == "" || *keyPath == "" || len(pos) != 0 {
-		return fmt.Errorf("%w: want tune retune --model DIR --data DIR [--data DIR ...] [--nominal DIR ...] --out DIR --key FILE [--study FILE]", errUsage)
+		return fmt.Errorf("%w: want tune retune --model DIR --data DIR [--data DIR ...] [--nominal DIR ...] --out DIR --key FILE [--study network|head|FILE] [--recipe DIR]", errUsage)
 	}
 	key, err := inference.LoadPrivateKey(*keyPath)
 	if err != nil {
 		return err
 	}
-	var study *tuning.Study
-	if *studyPath != "" {
-		if study, err = tuning.Load(*studyPath); err != nil {
-			return err
-		}
+	study, recipeDir, err := retuneStudy(*studyPath, *recipe)
+	if err != nil {
+		return err
 	}
 	lp := *ledger
 	if lp == "" {
@@ -59,7 +59,7 @@ func tuneRetune(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	defer clf.Close()
 	dec, err := retune.Run(ctx, retune.Config{
 		Incumbent: bundle, Scorer: clf, Nominal: nominal, Feedback: data, Out: *out, Key: key,
-		Ledger: tuning.OpenLedger(lp), Study: study, Snapshot: tuning.SnapshotOptions{MinSamples: *minSamples},
+		Ledger: tuning.OpenLedger(lp), Study: study, Recipe: recipeDir, Python: *python, Snapshot: tuning.SnapshotOptions{MinSamples: *minSamples},
 		BaselineSims: *sims, Log: slog.New(slog.NewTextHandler(stderr, nil)),
 	})
 	if dec != nil {
@@ -108,7 +108,10 @@ func printDecision(w io.Writer, d *retune.Decision, out string) {
 		}
 	}
 	if d.Accepted {
-		fmt.Fprintf(w, "accepted: %s, signed bundle in %s\n", d.Version, d.Bundle)
+		fmt.Fprintf(w, "accepted: %s, signed bundle in %s (trained: %s)\n", d.Version, d.Bundle, d.Trained)
+		for _, x := range d.Warnings {
+			fmt.Fprintf(w, "  warning: %s\n", x)
+		}
 	} else {
 		fmt.Fprintf(w, "refused:\n")
 		for _, r := range d.Reasons {
@@ -116,4 +119,46 @@ func printDecision(w io.Writer, d *retune.Decision, out string) {
 		}
 	}
 	fmt.Fprintf(w, "report: %s\n", filepath.Join(out, retune.StudyDir, "report.html"))
+}
+
+// retuneStudyHelp and recipeHelp are the retune commands' --study and
+// --recipe flags.
+const (
+	retuneStudyHelp = `retune study: "network" (default: the whole network fine-tuned by models/recipe/finetune.py, needs the recipe's Python), "head" (only the head, on the incumbent's features, in Go) or a study file`
+	recipeHelp      = "folder holding finetune.py, for the network study (default: models/recipe under the working folder, else share/scopewatch/recipe beside the executable's bin/)"
+)
+
+// defaultPython is the interpreter Debian's python3-torch is installed
+// for (the README's set-up); a python3 earlier on PATH (a pyenv or venv)
+// usually lacks torch.
+const defaultPython = "/usr/bin/python3"
+
+const pythonHelp = "Python interpreter with torch, torchvision and onnx, for the network study"
+
+// retuneStudy resolves --study and --recipe.
+func retuneStudy(name, recipe string) (*tuning.Study, string, error) {
+	study := retune.StudyNamed(name)
+	if name == "" {
+		study = retune.DefaultStudy()
+	}
+	if study == nil {
+		var err error
+		if study, err = tuning.Load(name); err != nil {
+			return nil, "", err
+		}
+	}
+	if recipe != "" {
+		return study, recipe, nil
+	}
+	cands := []string{filepath.Join("models", "recipe")}
+	if exe, err := os.Executable(); err == nil {
+		cands = append(cands, filepath.Join(filepath.Dir(filepath.Dir(exe)), "share", "scopewatch", "recipe"))
+	}
+	for _, c := range cands {
+		if _, err := os.Stat(filepath.Join(c, retune.FinetuneScript)); err == nil {
+			return study, c, nil
+		}
+	}
+	// Left empty: a study that needs it says so, naming --recipe.
+	return study, "", nil
 }

@@ -39,7 +39,9 @@ func tuneWorker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&models, "model", "bundle folder the worker may retune from (its version must match a request's model_version); repeat for several")
 	fs.Var(&nominal, "nominal", "labelled folder of the models' nominal domain, trained and tested on in every retune; repeat for several")
 	share := fs.String("share", "", `shared subscription group for retune requests, e.g. tuners ("" for a plain subscription; see collect --help)`)
-	studyPath := fs.String("study", "", "study file replacing the default retune study (builtin: head)")
+	studyPath := fs.String("study", retune.StudyNetwork, retuneStudyHelp)
+	recipe := fs.String("recipe", "", recipeHelp)
+	python := fs.String("python", defaultPython, pythonHelp)
 	minSamples := fs.Int("min-samples", 200, "fewest labelled images a retune accepts")
 	sims := fs.Int("baseline-sims", 0, "drift calibration streams for each new baseline (0: as the incumbent's)")
 	root := fs.String("topic-root", mqttconn.Root, "topic root of the fleet (the devices' mqtt.topic_root)")
@@ -60,11 +62,9 @@ func tuneWorker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	var study *tuning.Study
-	if *studyPath != "" {
-		if study, err = tuning.Load(*studyPath); err != nil {
-			return err
-		}
+	study, recipeDir, err := retuneStudy(*studyPath, *recipe)
+	if err != nil {
+		return err
 	}
 	bopts, _, err := check.options()
 	if err != nil {
@@ -108,7 +108,7 @@ func tuneWorker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer db.Close()
 	w, err := retune.NewWorker(ctx, retune.WorkerConfig{
-		DB: db, Dir: *out, Dataset: coll, Topics: topics, Key: key, Models: models, Nominal: nominal, Study: study,
+		DB: db, Dir: *out, Dataset: coll, Topics: topics, Key: key, Models: models, Nominal: nominal, Study: study, Recipe: recipeDir, Python: *python,
 		Snapshot: tuning.SnapshotOptions{MinSamples: *minSamples}, BaselineSims: *sims, Log: log.With("part", "retune"), Metrics: wm,
 		OpenModel: func(dir string) (*inference.Bundle, *inference.Classifier, error) {
 			b, err := inference.OpenBundle(dir, bopts)

@@ -13,7 +13,7 @@ import (
 
 // card renders MODEL_CARD.md from the decision: every figure in it is one
 // this retune measured.
-func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
+func (r *run) card(version string, base *drift.Baseline, backboneSHA string) ([]byte, error) {
 	d := r.dec
 	inc := r.cfg.Incumbent.Manifest
 	var b bytes.Buffer
@@ -21,7 +21,7 @@ func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
 	p("# %s %s\n\n", inc.Name, version)
 	p("Retuned by `scopewatch tune retune` on %s from **%s %s** (manifest sha256 %s).\n\n",
 		r.now().UTC().Format("2006-01-02 15:04 UTC"), inc.Name, inc.Version, r.cfg.Incumbent.ManifestSHA256)
-	p("**Trained:** %s (backbone.onnx sha256 %s).\n\n", trainedLayers, inc.Files["backbone.onnx"])
+	p("**Trained:** %s (backbone.onnx sha256 %s).\n\n", d.Trained, backboneSHA)
 
 	p("## Snapshot\n\n")
 	p("- Snapshot `%s`: sha256 over each image's content hash with its label, slide, device and domain, sorted. %d images", d.Snapshot, d.Samples)
@@ -51,8 +51,13 @@ func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
 		}
 		p("\n")
 	}
-	p("Chosen: trial %d (%s), seed %d, %s %.4f, retrained to the identical value; batch size %d (throughput probe), at most %d epochs with early stopping.\n\n",
-		st.Winner, st.Params.String(), st.Seed, st.Metric, st.Value, st.BatchSize, st.Epochs)
+	if r.newFeat == nil {
+		p("Chosen: trial %d (%s), seed %d, %s %.4f, retrained to the identical value; batch size %d, at most %d epochs with early stopping.\n\n",
+			st.Winner, st.Params.String(), st.Seed, st.Metric, st.Value, st.BatchSize, st.Epochs)
+	} else {
+		p("Chosen: trial %d (%s); shipped: the network its replicate trial %d (seed %d, %s %.4f) exported, at most %d epochs with early stopping from the incumbent's weights. Its scores here are ONNX Runtime's on the exported network, as a device computes them.\n\n",
+			st.Winner, st.Params.String(), st.Run, st.Seed, st.Metric, st.Value, st.Epochs)
+	}
 	for _, w := range st.Warnings {
 		p("- Warning: %s\n", w)
 	}
@@ -98,13 +103,35 @@ func (r *run) card(version string, base *drift.Baseline) ([]byte, error) {
 	p("Accepted because the accuracy difference's interval lies above 0 and the nominal domain's accuracy fell by at most %.3f.\n\n", r.cfg.MaxNominalDrop)
 
 	p("## Baseline\n\n")
-	p("`baseline.json` is built from the sealed test split's %d cells with the new head's scores, focus and features, as `scopewatch baseline` builds one", base.TestSize)
+	p("`baseline.json` is built from the sealed test split's %d cells with the new model's scores, focus and features, as `scopewatch baseline` builds one", base.TestSize)
 	if base.Detector != nil {
 		p(", detectors calibrated for an expected run time of %d cells without drift (%d simulated streams)", base.Detector.ERT, base.Detector.Sims)
 	}
 	p(".\n\n")
+	if base.Plausibility != nil {
+		p("The plausibility gate's crop reference is calibrated on the validation and test cells (%d; colour and texture statistics, and the new model's features), targeting %.2f%% of such cells refused. ", base.Plausibility.Cells(), 100*base.Plausibility.FalseRejection)
+	} else {
+		p("**No plausibility reference for crops**: too few validation and test cells to calibrate one; a device serving this bundle refuses only crops under its minimum size. ")
+	}
+	switch {
+	case base.FieldPlausibility == nil:
+		p("The incumbent had no reference for segmented field cells, so field cells are checked for size only.\n\n")
+	case r.newFeat == nil:
+		p("The reference for segmented field cells is the incumbent's (the backbone is unchanged).\n\n")
+	default:
+		p("The reference for segmented field cells keeps the incumbent's colour and texture ranges; its feature gate, made in the old backbone's feature space, is dropped, so field cells are not checked on features until a field reference is made for this model (`scopewatch baseline --fields`).\n\n")
+	}
+	if len(d.Warnings) > 0 {
+		p("## Warnings\n\n")
+		for _, w := range d.Warnings {
+			p("- %s\n", w)
+		}
+		p("\n")
+	}
 	p("## Limits\n\n")
-	p("- Only the head was retrained. A shift the incumbent's backbone features cannot separate (measured: a 60° stain hue shift on synthetic crops) is not fully recovered by a head.\n")
+	if r.newFeat == nil {
+		p("- Only the head was retrained. A shift the incumbent's backbone features cannot separate (measured: a 60° stain hue shift on synthetic crops) is not fully recovered by a head.\n")
+	}
 	p("- The threshold was chosen on validation crops reweighted to a counting prevalence, not on segmented field cells as the default bundle's was.\n")
 	p("- The test split is %d%% of the snapshot's slides; its intervals are wide when the snapshot has few slides.\n", int(math.Round(100*testShare(d.Splits))))
 	return b.Bytes(), nil

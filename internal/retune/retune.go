@@ -15,7 +15,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/scopewatch/scopewatch/drift"
@@ -47,18 +46,45 @@ const DecisionSchema = "scopewatch.retune/v1"
 // justify a new model. The decision file says why; no bundle is written.
 var ErrRefused = errors.New("retune refused")
 
-//go:embed default-study.yaml
-var defaultStudy []byte
+var (
+	//go:embed network-study.yaml
+	networkStudy []byte
+	//go:embed head-study.yaml
+	headStudy []byte
+)
 
-// DefaultStudy is the study a retune runs unless given another: the head's
-// learning rate, weight decay and dropout are nuisance parameters (tuned,
-// then reported, never the question), the architecture and schedule the
-// seed's. It has no scientific parameter: a retune asks for the best head
-// on this data, not which of two choices is better.
-func DefaultStudy() *tuning.Study {
-	s, err := tuning.Decode(bytes.NewReader(defaultStudy))
+// Names of the built-in studies (StudyNamed).
+const (
+	StudyNetwork = "network"
+	StudyHead    = "head"
+)
+
+// DefaultStudy is the study a retune runs unless given another: the
+// network study. Neither built-in study has a scientific parameter: a
+// retune asks for the best model on this data, not which of two choices is
+// better, so everything it tunes is a nuisance parameter (tuned, then
+// reported).
+func DefaultStudy() *tuning.Study { return StudyNamed(StudyNetwork) }
+
+// StudyNamed returns a built-in study: "network" fine-tunes the whole
+// network through models/recipe/finetune.py (network-study.yaml; needs
+// Config.Recipe and the recipe's Python), "head" trains only the head on
+// the incumbent's cached features in Go (head-study.yaml: quick, no
+// Python, but it cannot absorb a shift the features do not separate). It
+// returns nil for another name.
+func StudyNamed(name string) *tuning.Study {
+	var raw []byte
+	switch name {
+	case StudyNetwork:
+		raw = networkStudy
+	case StudyHead:
+		raw = headStudy
+	default:
+		return nil
+	}
+	s, err := tuning.Decode(bytes.NewReader(raw))
 	if err != nil {
-		panic("retune: default study: " + err.Error())
+		panic("retune: built-in study " + name + ": " + err.Error())
 	}
 	return s
 }
@@ -83,8 +109,18 @@ type Config struct {
 	Out               string
 	Key               ed25519.PrivateKey
 	Ledger            *tuning.Ledger
-	// Study replaces DefaultStudy; it must use the built-in head.
-	Study    *tuning.Study
+	// Study replaces DefaultStudy: the built-in head, or a trial command
+	// that writes backbone.onnx and head.safetensors into its trial folder
+	// (models/recipe/finetune.py), its arguments holding the placeholders
+	// in network.go.
+	Study *tuning.Study
+	// Recipe is the folder holding finetune.py, for a study whose command
+	// names {recipe}.
+	Recipe string
+	// Python is the interpreter for a study whose command names {python}:
+	// one that has the recipe's torch (Debian's python3-torch is
+	// /usr/bin/python3's).
+	Python   string
 	Snapshot tuning.SnapshotOptions
 	// BaselineSims overrides the incumbent's number of calibration
 	// streams (0: the incumbent's).
@@ -125,6 +161,8 @@ type Decision struct {
 	BundleSHA  string                       `json:"bundle_manifest_sha256,omitempty"`
 	ModelID    string                       `json:"model_id,omitempty"`
 	Trained    string                       `json:"trained"`
+	// Warnings are what a reviewer must know about an accepted bundle.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // StudyResult is the part of the study the card reports.
@@ -138,15 +176,25 @@ type StudyResult struct {
 	Finalists []tuning.Finalist `json:"finalists"`
 	Warnings  []string          `json:"warnings,omitempty"`
 	Winner    int               `json:"winner_trial"`
-	Params    tuning.Params     `json:"params"`
-	Seed      int64             `json:"seed"`
-	Value     float64           `json:"value"`
-	Epochs    int               `json:"epochs"`
-	BatchSize int               `json:"batch_size"`
+	// Run is the trial whose model is shipped: the winner's best
+	// replicate (its folder under trials/ holds what a command wrote).
+	Run       int           `json:"run"`
+	Params    tuning.Params `json:"params"`
+	Seed      int64         `json:"seed"`
+	Value     float64       `json:"value"`
+	Epochs    int           `json:"epochs"`
+	BatchSize int           `json:"batch_size"`
 }
 
-// trainedLayers is what the card says was trained.
-const trainedLayers = "the classifier head only (fc1 576->hidden, ReLU, fc2 hidden->2); the backbone is the incumbent's, byte for byte"
+// trainedHead is what the card says the built-in head study trained.
+const trainedHead = "the classifier head only (fc1 576->hidden, ReLU, fc2 hidden->2); the backbone is the incumbent's, byte for byte"
+
+// Names of the bundle's files a retune writes besides the backbone.
+const (
+	headFile     = "head.safetensors"
+	baselineFile = "baseline.json"
+	cardFile     = "MODEL_CARD.md"
+)
 
 // Run performs the retune. A refusal returns the decision and an error
 // wrapping ErrRefused; an error that stops the retune otherwise (cancelled,
@@ -173,12 +221,23 @@ func Run(ctx context.Context, cfg Config) (*Decision, error) {
 	if r.cfg.Study == nil {
 		r.cfg.Study = DefaultStudy()
 	}
-	if r.cfg.Study.Objective.Builtin != tuning.BuiltinHead {
-		return nil, fmt.Errorf("retune: study %s: objective must be builtin: head (the retune exports the trained head)", r.cfg.Study.Name)
+	if o := r.cfg.Study.Objective; o.Builtin != tuning.BuiltinHead && len(o.Command) == 0 {
+		return nil, fmt.Errorf("retune: study %s: objective must be builtin: head or a trial command that exports backbone.onnx and head.safetensors", r.cfg.Study.Name)
 	}
 	var err error
 	if r.out, err = filepath.Abs(cfg.Out); err != nil {
 		return nil, fmt.Errorf("retune: %w", err)
+	}
+	if r.cfg.Recipe != "" {
+		if r.cfg.Recipe, err = filepath.Abs(r.cfg.Recipe); err != nil {
+			return nil, fmt.Errorf("retune: %w", err)
+		}
+	}
+	if isCommand(r.cfg.Study) {
+		// A misconfigured trainer is found before the features pass.
+		if _, err := r.commandArgv(); err != nil {
+			return nil, err
+		}
 	}
 	return r.run(ctx)
 }
@@ -197,8 +256,12 @@ type run struct {
 	feats  *tuning.Features
 	pOld   []float64
 	focus  []float64
+	appear [][]float64 // each row's appearance statistics
 	pNew   []float64
-	labels []int // 1 = parasitized, per row
+	// newFeat are the chosen network's features of the rows it scored
+	// (nil with the head study: the backbone, hence feats, is unchanged).
+	newFeat [][]float32
+	labels  []int // 1 = parasitized, per row
 }
 
 func (r *run) run(ctx context.Context) (*Decision, error) {
@@ -223,7 +286,7 @@ func (r *run) run(ctx context.Context) (*Decision, error) {
 	if r.prevalence == 0 && r.incBase != nil {
 		r.prevalence = r.incBase.Prevalence
 	}
-	r.dec = &Decision{Schema: DecisionSchema, Incumbent: m.Version, Trained: trainedLayers,
+	r.dec = &Decision{Schema: DecisionSchema, Incumbent: m.Version, Trained: trainedBy(r.cfg.Study, nil),
 		Inputs: map[string][]string{DomainNominal: r.cfg.Nominal, DomainFeedback: r.cfg.Feedback}}
 
 	samples, err := r.readSamples(pos)
@@ -367,6 +430,9 @@ type incumbentScores struct {
 	Model string    `json:"model"`
 	P     []float64 `json:"p"`
 	Focus []float64 `json:"focus"`
+	// Appearance is each row's inference.AppearanceNames statistics, for
+	// the new baseline's plausibility reference.
+	Appearance [][]float64 `json:"appearance"`
 }
 
 // features runs every sample through the incumbent once, or reads the
@@ -384,8 +450,8 @@ func (r *run) features(ctx context.Context, pos int) error {
 	}
 	if f, err := tuning.ReadFeatures(fpath); err == nil && f.Model == model && f.N() == n {
 		var sc incumbentScores
-		if raw, err := os.ReadFile(spath); err == nil && json.Unmarshal(raw, &sc) == nil && sc.Model == model && len(sc.P) == n {
-			r.feats, r.pOld, r.focus = f, sc.P, sc.Focus
+		if raw, err := os.ReadFile(spath); err == nil && json.Unmarshal(raw, &sc) == nil && sc.Model == model && len(sc.P) == n && len(sc.Appearance) == n {
+			r.feats, r.pOld, r.focus, r.appear = f, sc.P, sc.Focus, sc.Appearance
 			r.log.Info("retune features reused", "file", fpath)
 			return nil
 		}
@@ -399,7 +465,7 @@ func (r *run) features(ctx context.Context, pos int) error {
 		return fmt.Errorf("retune: features: %w", err)
 	}
 	f := &tuning.Features{Model: model, Dim: b.Manifest.Outputs.FeaturesDim, Classes: b.Manifest.Classes}
-	sc := incumbentScores{Model: model, P: make([]float64, n), Focus: make([]float64, n)}
+	sc := incumbentScores{Model: model, P: make([]float64, n), Focus: make([]float64, n), Appearance: make([][]float64, n)}
 	var failed []string
 	for i, x := range res {
 		s := r.snap.Samples[i]
@@ -411,7 +477,7 @@ func (r *run) features(ctx context.Context, pos int) error {
 		f.Label = append(f.Label, s.Label)
 		f.Slide = append(f.Slide, s.Slide)
 		f.Path = append(f.Path, s.Path)
-		sc.P[i], sc.Focus[i] = x.PParasitized, x.Focus
+		sc.P[i], sc.Focus[i], sc.Appearance[i] = x.PParasitized, x.Focus, x.Appearance.Values()
 	}
 	if len(failed) > 0 {
 		// A snapshot is a fixed set; training on the rows that happened to
@@ -428,7 +494,7 @@ func (r *run) features(ctx context.Context, pos int) error {
 	if err := writeAtomic(spath, j); err != nil {
 		return err
 	}
-	r.feats, r.pOld, r.focus = f, sc.P, sc.Focus
+	r.feats, r.pOld, r.focus, r.appear = f, sc.P, sc.Focus, sc.Appearance
 	return nil
 }
 
@@ -436,31 +502,19 @@ func (r *run) features(ctx context.Context, pos int) error {
 // rows and retrains the winner.
 func (r *run) study(ctx context.Context) error {
 	s := r.cfg.Study
-	train, val := r.snap.Rows(tuning.SplitTrain, ""), r.snap.Rows(tuning.SplitVal, "")
-	obj, err := tuning.HeadObjectiveOn(r.feats, train, val, s.Objective.Metric)
-	if err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
 	dir := filepath.Join(r.out, StudyDir)
+	var trial tuning.TrialFunc
 	var batch int
-	if v, ok := s.Fixed()[tuning.HeadBatchSize]; ok {
-		cfg, err := tuning.ParseHeadParams(tuning.Params{tuning.HeadBatchSize: v})
-		if err != nil {
-			return fmt.Errorf("retune: study %s: %w", s.Name, err)
+	if isCommand(s) {
+		var err error
+		if trial, err = r.commandTrial(); err != nil {
+			return err
 		}
-		batch = cfg.BatchSize
-	} else if batch = tuning.JournalledBatchSize(dir); batch == 0 {
-		// A probed batch size depends on the machine's load; the journal
-		// keeps it for a resume, but another machine may choose another.
-		batch = tuning.ProbeBatchSize(r.feats, nil, time.Now)
-	}
-	trial := func(ctx context.Context, in tuning.TrialInput, keep func(int, float64) bool) (tuning.Outcome, error) {
-		ps := maps.Clone(in.Params)
-		if _, ok := ps[tuning.HeadBatchSize]; !ok {
-			ps[tuning.HeadBatchSize] = batch
+	} else {
+		var err error
+		if trial, batch, err = r.headTrial(dir); err != nil {
+			return err
 		}
-		in.Params = ps
-		return obj(ctx, in, keep)
 	}
 	runner := &tuning.Runner{Study: s, Dir: dir, Trial: trial, Log: r.log, Now: r.now}
 	sum, err := runner.Run(ctx)
@@ -480,7 +534,7 @@ func (r *run) study(ctx context.Context) error {
 	// The winner is the finalist with the best mean over its replicates
 	// (its search value was picked for being good); the replicate kept is
 	// its best seed. Without replicates it is the best search trial.
-	res.Winner, res.Params, res.Value, res.Seed = sum.Best.Trial, sum.Best.Params, sum.Best.Value, 0
+	res.Winner, res.Run, res.Params, res.Value, res.Seed = sum.Best.Trial, sum.Best.Trial, sum.Best.Params, sum.Best.Value, 0
 	if seed, ok := r.trialSeed(dir, sum.Best.Trial); ok {
 		res.Seed = seed
 	}
@@ -492,10 +546,43 @@ func (r *run) study(ctx context.Context) error {
 				k = i
 			}
 		}
-		res.Winner, res.Params, res.Value, res.Seed = f.Trial, f.Params, f.Values[k], f.Seeds[k]
+		res.Winner, res.Run, res.Params, res.Value, res.Seed = f.Trial, f.Runs[k], f.Params, f.Values[k], f.Seeds[k]
 	}
 	r.dec.Study = res
+	r.dec.Trained = trainedBy(s, res.Params)
 	return nil
+}
+
+// headTrial is the built-in head's trial on the cached features, with the
+// batch size every trial and the retrained winner use.
+func (r *run) headTrial(dir string) (tuning.TrialFunc, int, error) {
+	s := r.cfg.Study
+	train, val := r.snap.Rows(tuning.SplitTrain, ""), r.snap.Rows(tuning.SplitVal, "")
+	obj, err := tuning.HeadObjectiveOn(r.feats, train, val, s.Objective.Metric)
+	if err != nil {
+		return nil, 0, fmt.Errorf("retune: %w", err)
+	}
+	var batch int
+	if v, ok := s.Fixed()[tuning.HeadBatchSize]; ok {
+		cfg, err := tuning.ParseHeadParams(tuning.Params{tuning.HeadBatchSize: v})
+		if err != nil {
+			return nil, 0, fmt.Errorf("retune: study %s: %w", s.Name, err)
+		}
+		batch = cfg.BatchSize
+	} else if batch = tuning.JournalledBatchSize(dir); batch == 0 {
+		// A probed batch size depends on the machine's load; the journal
+		// keeps it for a resume, but another machine may choose another.
+		batch = tuning.ProbeBatchSize(r.feats, nil, time.Now)
+	}
+	trial := func(ctx context.Context, in tuning.TrialInput, keep func(int, float64) bool) (tuning.Outcome, error) {
+		ps := maps.Clone(in.Params)
+		if _, ok := ps[tuning.HeadBatchSize]; !ok {
+			ps[tuning.HeadBatchSize] = batch
+		}
+		in.Params = ps
+		return obj(ctx, in, keep)
+	}
+	return trial, batch, nil
 }
 
 // trialSeed reads a search trial's seed from the journal.
@@ -512,51 +599,36 @@ func (r *run) trialSeed(dir string, trial int) (int64, bool) {
 	return 0, false
 }
 
-// finish retrains the winner, seals and runs the test, decides, and writes
-// the bundle when the decision is to ship.
+// finish obtains the chosen model (the head retrained, or the network a
+// trial exported) and scores it, seals and runs the test, decides, and
+// writes the bundle when the decision is to ship.
 func (r *run) finish(ctx context.Context) (*Decision, error) {
-	res := r.dec.Study
-	s := r.cfg.Study
-	cfg, err := tuning.ParseHeadParams(res.Params)
-	if err != nil {
-		return nil, fmt.Errorf("retune: winner's parameters: %w", err)
-	}
-	if cfg.BatchSize == 0 {
-		cfg.BatchSize = res.BatchSize
-	}
-	train, val := r.snap.Rows(tuning.SplitTrain, ""), r.snap.Rows(tuning.SplitVal, "")
-	w, o, err := tuning.TrainHead(ctx, r.feats, train, val, cfg, res.Seed, s.Budget.MaxEpochs, s.Objective.Metric)
-	if err != nil {
-		return nil, fmt.Errorf("retune: retrain the winner: %w", err)
-	}
-	if o.Value != res.Value {
-		// The trainer is deterministic by seed; a different value means
-		// the head exported is not the one the study chose.
-		return nil, fmt.Errorf("retune: retraining trial %d with seed %d gave %s %v, the study recorded %v", res.Winner, res.Seed, s.Objective.Metric, o.Value, res.Value)
-	}
 	m := r.cfg.Incumbent.Manifest
+	var backbone, headBytes []byte
+	var cand *candidate
+	var err error
+	if isCommand(r.cfg.Study) {
+		if backbone, headBytes, err = r.winnerFiles(); err != nil {
+			return nil, err
+		}
+		if cand, err = r.openCandidate(backbone, headBytes); err != nil {
+			return nil, err
+		}
+		defer cand.close()
+		// Validation first: the threshold and the model's identity are
+		// fixed before any test image is scored.
+		if err := r.score(ctx, cand, r.snap.Rows(tuning.SplitVal, "")); err != nil {
+			return nil, err
+		}
+	} else {
+		if backbone, err = r.cfg.Incumbent.ReadFile(inference.BackboneFile); err != nil {
+			return nil, fmt.Errorf("retune: incumbent backbone: %w", err)
+		}
+		if headBytes, err = r.retrainHead(ctx); err != nil {
+			return nil, err
+		}
+	}
 	pos := m.ClassIndex("parasitized")
-	head, err := inference.NewHead(w.In, w.Hidden, w.Classes, w.W1, w.B1, w.W2, w.B2)
-	if err != nil {
-		return nil, fmt.Errorf("retune: %w", err)
-	}
-	headBytes, err := inference.EncodeSafetensors(map[string]inference.Tensor{
-		inference.HeadFC1Weight: inference.F32Tensor([]int{w.Hidden, w.In}, w.W1),
-		inference.HeadFC1Bias:   inference.F32Tensor([]int{w.Hidden}, w.B1),
-		inference.HeadFC2Weight: inference.F32Tensor([]int{w.Classes, w.Hidden}, w.W2),
-		inference.HeadFC2Bias:   inference.F32Tensor([]int{w.Classes}, w.B2),
-	}, map[string]string{"snapshot": r.snap.Hash, "trial": fmt.Sprint(res.Winner), "seed": fmt.Sprint(res.Seed)})
-	if err != nil {
-		return nil, fmt.Errorf("retune: %w", err)
-	}
-	// The scores are computed by inference.Head itself, the code a device
-	// runs, so the test measures exactly what will be deployed.
-	r.pNew = make([]float64, r.feats.N())
-	probs := make([]float64, w.Classes)
-	for i := range r.feats.N() {
-		head.Probabilities(r.feats.Row(i), probs)
-		r.pNew[i] = probs[pos]
-	}
 	pick := func(v []float64, rows []int) []float64 {
 		out := make([]float64, len(rows))
 		for k, i := range rows {
@@ -571,11 +643,11 @@ func (r *run) finish(ctx context.Context) (*Decision, error) {
 		}
 		return out
 	}
+	val := r.snap.Rows(tuning.SplitVal, "")
 	r.dec.Threshold = tuning.ChooseThreshold(pick(r.pNew, val), pickInt(r.labels, val), r.prevalence)
 	r.dec.Prevalence = r.prevalence
-	backboneSHA := m.Files[inference.BackboneFile]
 	id := sha256.New()
-	fmt.Fprintf(id, "%s\n%s\n%v\n", backboneSHA, sha256hex(headBytes), r.dec.Threshold)
+	fmt.Fprintf(id, "%s\n%s\n%v\n", sha256hex(backbone), sha256hex(headBytes), r.dec.Threshold)
 	r.dec.ModelID = hex.EncodeToString(id.Sum(nil))
 
 	// The inputs must still be the snapshot: a folder that changed during
@@ -605,6 +677,11 @@ func (r *run) finish(ctx context.Context) (*Decision, error) {
 		return nil, fmt.Errorf("retune: %w", err)
 	}
 	test := r.snap.Rows(tuning.SplitTest, "")
+	if cand != nil {
+		if err := r.score(ctx, cand, test); err != nil {
+			return nil, err
+		}
+	}
 	seed := uint64(len(test))
 	cmp := tuning.Compare(pick(r.pNew, test), pick(r.pOld, test), pickInt(r.labels, test), r.slidesOf(test), r.dec.Threshold, m.Threshold, r.cfg.BootstrapReps, seed)
 	r.dec.Test = &cmp
@@ -634,7 +711,7 @@ func (r *run) finish(ctx context.Context) (*Decision, error) {
 		r.dec.Reasons = reasons
 		return r.refuse("", nil)
 	}
-	if err := r.writeBundle(ctx, version, headBytes); err != nil {
+	if err := r.writeBundle(ctx, version, backbone, headBytes); err != nil {
 		return nil, err
 	}
 	r.dec.Accepted, r.dec.Version = true, version
@@ -642,6 +719,114 @@ func (r *run) finish(ctx context.Context) (*Decision, error) {
 		return nil, err
 	}
 	return r.dec, nil
+}
+
+// retrainHead retrains the head study's winner, which must reproduce the
+// study's value, and scores every row with it.
+func (r *run) retrainHead(ctx context.Context) ([]byte, error) {
+	res := r.dec.Study
+	s := r.cfg.Study
+	cfg, err := tuning.ParseHeadParams(res.Params)
+	if err != nil {
+		return nil, fmt.Errorf("retune: winner's parameters: %w", err)
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = res.BatchSize
+	}
+	train, val := r.snap.Rows(tuning.SplitTrain, ""), r.snap.Rows(tuning.SplitVal, "")
+	w, o, err := tuning.TrainHead(ctx, r.feats, train, val, cfg, res.Seed, s.Budget.MaxEpochs, s.Objective.Metric)
+	if err != nil {
+		return nil, fmt.Errorf("retune: retrain the winner: %w", err)
+	}
+	if o.Value != res.Value {
+		// The trainer is deterministic by seed; a different value means
+		// the head exported is not the one the study chose.
+		return nil, fmt.Errorf("retune: retraining trial %d with seed %d gave %s %v, the study recorded %v", res.Winner, res.Seed, s.Objective.Metric, o.Value, res.Value)
+	}
+	pos := r.cfg.Incumbent.Manifest.ClassIndex("parasitized")
+	head, err := inference.NewHead(w.In, w.Hidden, w.Classes, w.W1, w.B1, w.W2, w.B2)
+	if err != nil {
+		return nil, fmt.Errorf("retune: %w", err)
+	}
+	headBytes, err := inference.EncodeSafetensors(map[string]inference.Tensor{
+		inference.HeadFC1Weight: inference.F32Tensor([]int{w.Hidden, w.In}, w.W1),
+		inference.HeadFC1Bias:   inference.F32Tensor([]int{w.Hidden}, w.B1),
+		inference.HeadFC2Weight: inference.F32Tensor([]int{w.Classes, w.Hidden}, w.W2),
+		inference.HeadFC2Bias:   inference.F32Tensor([]int{w.Classes}, w.B2),
+	}, map[string]string{"snapshot": r.snap.Hash, "trial": fmt.Sprint(res.Winner), "seed": fmt.Sprint(res.Seed)})
+	if err != nil {
+		return nil, fmt.Errorf("retune: %w", err)
+	}
+	// The scores are computed by inference.Head itself, the code a device
+	// runs, so the test measures exactly what will be deployed.
+	r.pNew = make([]float64, r.feats.N())
+	probs := make([]float64, w.Classes)
+	for i := range r.feats.N() {
+		head.Probabilities(r.feats.Row(i), probs)
+		r.pNew[i] = probs[pos]
+	}
+	return headBytes, nil
+}
+
+// plausibility calibrates the gate's crop reference on the validation
+// and test cells (never trained on; the test split alone is too small for
+// the gate's fit and calibration parts), with the new model's scores and
+// features: a device refuses a cell unlike those this model was validated
+// on, so the domain the retune learned is accepted and noise still is
+// not. Too few cells leave the bundle without one, said in the decision
+// and the card: the device then checks crop sizes only.
+func (r *run) plausibility() *drift.Plausibility {
+	rows := append(r.snap.Rows(tuning.SplitVal, ""), r.snap.Rows(tuning.SplitTest, "")...)
+	stats, feats, slides, scores := make([][]float64, len(rows)), make([][]float32, len(rows)), make([]string, len(rows)), make([]float64, len(rows))
+	for k, i := range rows {
+		stats[k], scores[k] = r.appear[i], r.pNew[i]
+		feats[k] = r.feats.Row(i)
+		if r.newFeat != nil {
+			feats[k] = r.newFeat[i]
+		}
+		s := r.snap.Samples[i]
+		slides[k] = s.Domain + ":" + s.Device + "/" + s.Slide
+	}
+	// 40 % of the slides calibrate (the gate's default is 30 %): a
+	// retune's held-out cells are few, and each part needs 200 per
+	// predicted class (measured: 904 cells of 36 slides left 186 to
+	// calibrate at 30 %).
+	pc := drift.PlausibilityConfig{Seed: tuning.HashSeed(r.snap.Hash) ^ 0x7, Holdout: 0.4}
+	if old := r.incBase; old != nil && old.Plausibility != nil {
+		pc.FalseRejection = old.Plausibility.FalseRejection
+	}
+	p, err := drift.BuildPlausibility(inference.AppearanceNames, stats, feats, slides, scores, r.dec.Threshold, pc)
+	if err != nil {
+		r.dec.Warnings = append(r.dec.Warnings, fmt.Sprintf("no plausibility reference for crops (%v): a device serving this bundle refuses only crops under its minimum size; give more labelled slides", err))
+		return nil
+	}
+	return p
+}
+
+// fieldPlausibility carries the incumbent's reference for segmented field
+// cells over: the test split holds crops, not fields, so a new one cannot
+// be calibrated here. Its colour and texture ranges describe the cells,
+// not the model, and stay valid; its feature gate measures distances in
+// the incumbent backbone's feature space and is kept only when the
+// backbone is unchanged.
+func (r *run) fieldPlausibility() *drift.Plausibility {
+	old := r.incBase
+	if old == nil || old.FieldPlausibility == nil {
+		return nil
+	}
+	p := *old.FieldPlausibility
+	if r.newFeat == nil {
+		return &p
+	}
+	for _, st := range []**drift.Stratum{&p.Uninfected, &p.Parasitized} {
+		if *st == nil {
+			continue
+		}
+		c := **st
+		c.Features = nil
+		*st = &c
+	}
+	return &p
 }
 
 func sha256hex(b []byte) string {
@@ -701,60 +886,25 @@ func (r *run) writeDecision() error {
 
 // writeBundle assembles the new bundle in a temporary folder, seals it,
 // verifies it as a device would, and renames it into place.
-func (r *run) writeBundle(ctx context.Context, version string, headBytes []byte) error {
-	inc := r.cfg.Incumbent
-	tmp := filepath.Join(r.out, BundleDir+".tmp")
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	backbone, err := inc.ReadFile(inference.BackboneFile)
-	if err != nil {
-		return fmt.Errorf("retune: incumbent backbone: %w", err)
-	}
-	const headName, baselineName = "head.safetensors", "baseline.json"
-	if err := os.WriteFile(filepath.Join(tmp, inference.BackboneFile), backbone, 0o644); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, headName), headBytes, 0o644); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
+func (r *run) writeBundle(ctx context.Context, version string, backbone, headBytes []byte) error {
 	base, err := r.baseline(ctx, version)
 	if err != nil {
 		return err
 	}
-	if err := base.Save(filepath.Join(tmp, baselineName)); err != nil {
-		return fmt.Errorf("retune: %w", err)
+	// As drift.Baseline.Save writes it.
+	bj, err := json.MarshalIndent(base, "", " ")
+	if err != nil {
+		return fmt.Errorf("retune: baseline: %w", err)
 	}
-	card, err := r.card(version, base)
+	bj = append(bj, '\n')
+	card, err := r.card(version, base, sha256hex(backbone))
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, "MODEL_CARD.md"), card, 0o644); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	man := *inc.Manifest
-	hn := headName
-	man.Version, man.Created, man.Threshold, man.Head, man.Baseline = version, r.now().UTC().Truncate(time.Second), r.dec.Threshold, &hn, baselineName
-	man.Classes = slices.Clone(inc.Manifest.Classes)
-	man.Files, man.Signer, man.Signature = map[string]string{}, "", ""
-	mj, err := inference.MarshalManifest(&man)
+	tmp := filepath.Join(r.out, BundleDir+".tmp")
+	b, err := r.assemble(tmp, version, backbone, headBytes, r.dec.Threshold, map[string][]byte{baselineFile: bj, cardFile: card})
 	if err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, inference.ManifestFile), mj, 0o644); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	if _, err := inference.SealBundle(tmp, r.cfg.Key); err != nil {
-		return fmt.Errorf("retune: %w", err)
-	}
-	// Verified as a device verifies an offer: hashes, the signature by a
-	// trusted key (the fleet key's public half), shapes and a smoke run.
-	b, err := inference.OpenBundle(tmp, inference.BundleOptions{TrustedKeys: []ed25519.PublicKey{r.cfg.Key.Public().(ed25519.PublicKey)}})
-	if err != nil {
-		return fmt.Errorf("retune: the new bundle does not verify: %w", err)
+		return fmt.Errorf("retune: the new bundle: %w", err)
 	}
 	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{})
 	if err != nil {
@@ -794,9 +944,13 @@ func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, er
 	}
 	test := r.snap.Rows(tuning.SplitTest, "")
 	scores, labels, feats, focus, slides := make([]float64, len(test)), make([]int, len(test)), make([][]float32, len(test)), make([]float64, len(test)), make([]string, len(test))
+	appear := make([][]float64, len(test))
 	for k, i := range test {
-		scores[k], labels[k], focus[k] = r.pNew[i], r.labels[i], r.focus[i]
+		scores[k], labels[k], focus[k], appear[k] = r.pNew[i], r.labels[i], r.focus[i], r.appear[i]
 		feats[k] = r.feats.Row(i)
+		if r.newFeat != nil {
+			feats[k] = r.newFeat[i]
+		}
 		slides[k] = r.snap.Samples[i].Device + "/" + r.snap.Samples[i].Slide
 	}
 	r.log.Info("retune baseline", "cells", len(test), "sims", cc.Sims)
@@ -806,5 +960,7 @@ func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, er
 	if err != nil {
 		return nil, fmt.Errorf("retune: baseline: %w", err)
 	}
+	b.Plausibility = r.plausibility()
+	b.FieldPlausibility = r.fieldPlausibility()
 	return b, nil
 }

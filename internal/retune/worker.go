@@ -79,10 +79,12 @@ type WorkerConfig struct {
 	OpenModel func(dir string) (*inference.Bundle, *inference.Classifier, error)
 	// Models are bundle folders the worker can retune from, besides the
 	// bundles it made itself.
-	Models   []string
-	Nominal  []string
-	Study    *tuning.Study
-	Snapshot tuning.SnapshotOptions
+	Models  []string
+	Nominal []string
+	Study   *tuning.Study
+	// Recipe and Python are Config's.
+	Recipe, Python string
+	Snapshot       tuning.SnapshotOptions
 	// BaselineSims and BootstrapReps are passed to Run (0: its defaults).
 	BaselineSims, BootstrapReps int
 	Log                         *slog.Logger
@@ -463,7 +465,7 @@ func (w *Worker) retune(ctx context.Context, j job, log *slog.Logger) (*Decision
 	defer clf.Close()
 	dec, err := Run(ctx, Config{
 		Incumbent: b, Scorer: clf, Nominal: w.cfg.Nominal, Feedback: []string{data}, Out: out, Key: w.cfg.Key,
-		Ledger: tuning.OpenLedger(filepath.Join(w.cfg.Dir, "sealed-tests.jsonl")), Study: w.cfg.Study, Snapshot: w.cfg.Snapshot,
+		Ledger: tuning.OpenLedger(filepath.Join(w.cfg.Dir, "sealed-tests.jsonl")), Study: w.cfg.Study, Recipe: w.cfg.Recipe, Python: w.cfg.Python, Snapshot: w.cfg.Snapshot,
 		BaselineSims: w.cfg.BaselineSims, BootstrapReps: w.cfg.BootstrapReps, Log: log, Now: w.cfg.Now,
 	})
 	if err == nil {
