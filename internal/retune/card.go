@@ -61,6 +61,9 @@ func (r *run) card(version string, base *drift.Baseline, backboneSHA string) ([]
 	for _, w := range st.Warnings {
 		p("- Warning: %s\n", w)
 	}
+	if len(st.Warnings) > 0 {
+		p("\n")
+	}
 	prev := "the split's own prevalence"
 	if d.Prevalence > 0 {
 		prev = fmt.Sprintf("%.1f%% parasitized, the incumbent baseline's prevalence", 100*d.Prevalence)
