@@ -89,9 +89,10 @@ var (
 )
 
 // validVersion accepts what a topic level and a bundle version both
-// allow: 1-64 bytes of [a-z0-9._-].
+// allow: 1-64 bytes of [a-z0-9._-], starting with a letter or digit (a
+// device names a folder after the version: "." and ".." must not pass).
 func validVersion(v string) bool {
-	if v == "" || len(v) > 64 {
+	if v == "" || len(v) > 64 || !(v[0] >= 'a' && v[0] <= 'z' || v[0] >= '0' && v[0] <= '9') {
 		return false
 	}
 	for i := 0; i < len(v); i++ {

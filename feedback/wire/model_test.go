@@ -78,6 +78,8 @@ func TestModelOfferRefused(t *testing.T) {
 	}{
 		{"version with a wildcard", func(o *ModelOffer) { o.Version = "2026.12.03-1+x" }},
 		{"upper-case version", func(o *ModelOffer) { o.Version = "V1" }},
+		{"version naming a parent folder", func(o *ModelOffer) { o.Version = ".." }},
+		{"version starting with a dot", func(o *ModelOffer) { o.Version = ".hidden" }},
 		{"chunks disagree with size", func(o *ModelOffer) { o.Chunks++ }},
 		{"no sha256", func(o *ModelOffer) { o.SHA256 = "" }},
 		{"no created", func(o *ModelOffer) { o.Created = time.Time{} }},
