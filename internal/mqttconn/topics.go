@@ -175,6 +175,16 @@ func (t Topics) ModelChunk(site, version string, i int) (string, error) {
 	return topic, nil
 }
 
+// ModelChunkFilter is the subscription filter for every chunk of one
+// offered version: {root}/{site}/model/chunk/{version}/+.
+func (t Topics) ModelChunkFilter(site, version string) (string, error) {
+	topic, err := t.ModelChunk(site, version, 0)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSuffix(topic, "/0") + "/+", nil
+}
+
 // SharedFilter is the subscription filter through which a group of workers
 // shares messages: $share/{group}/{root}/+/+/{kind} for a device kind
 // across every site and device. An empty group gives the plain filter.
