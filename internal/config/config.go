@@ -41,6 +41,7 @@ type Config struct {
 	Storage  Storage  `yaml:"storage"`
 	Drift    Drift    `yaml:"drift"`
 	Feedback Feedback `yaml:"feedback"`
+	Rollout  Rollout  `yaml:"rollout"`
 	Memory   Memory   `yaml:"memory"`
 	Shutdown Shutdown `yaml:"shutdown"`
 }
@@ -207,6 +208,49 @@ type Feedback struct {
 	Retune     Retune `yaml:"retune"`
 }
 
+// Rollout says how the device takes a model offered over MQTT: two slots
+// under Dir, a golden-set check, a shadow run beside the champion, then
+// promotion (see internal/rollout).
+type Rollout struct {
+	Enabled bool `yaml:"enabled"`
+	// Dir holds the model slots and the pointer the daemon loads from;
+	// empty means state_dir/models. model.path is copied into it at the
+	// first start.
+	Dir string `yaml:"dir"`
+	// Golden is a labelled folder (labels.csv: path,label) a candidate is
+	// scored on before it runs in shadow.
+	Golden         string  `yaml:"golden"`
+	MinAccuracy    float64 `yaml:"min_accuracy"`
+	MinSensitivity float64 `yaml:"min_sensitivity"`
+	// MaxArchiveBytes bounds an offered archive (download and disk).
+	MaxArchiveBytes int64  `yaml:"max_archive_bytes"`
+	Shadow          Shadow `yaml:"shadow"`
+	// WatchCells: after a promotion, a drift alarm of the new model (on
+	// its scores or features) within its first watch_cells cells rolls it
+	// back automatically.
+	WatchCells int `yaml:"watch_cells"`
+}
+
+// Shadow is the candidate's trial beside the champion and the rules that
+// promote it.
+type Shadow struct {
+	// Share is the fraction of live images the candidate also classifies.
+	Share float64 `yaml:"share"`
+	// Slides completed with shadowed cells before the decision.
+	Slides int `yaml:"slides"`
+	// MinCells shadowed cells at least before the decision.
+	MinCells int `yaml:"min_cells"`
+	// MaxDisagreement is the largest share of shadowed cells the two
+	// models may label differently.
+	MaxDisagreement float64 `yaml:"max_disagreement"`
+	// MaxParasitemiaDiff is the largest per-slide difference of
+	// parasitemia on the shadowed cells, in percentage points.
+	MaxParasitemiaDiff float64 `yaml:"max_parasitemia_diff"`
+	// MaxLatencyRatio bounds the candidate's time per shadowed image
+	// against the champion's on the same images.
+	MaxLatencyRatio float64 `yaml:"max_latency_ratio"`
+}
+
 // Retune says when to publish a retune request: at least K of the last M
 // feedback windows alarmed and at least MinLabelled labelled samples exist,
 // at most once per Cooldown.
@@ -328,6 +372,18 @@ func Default() Config {
 				MinLabelled: 200,
 				Cooldown:    24 * time.Hour,
 			},
+		},
+		Rollout: Rollout{
+			Enabled:         false,
+			Golden:          "/usr/share/scopewatch/golden",
+			MinAccuracy:     0.97,
+			MinSensitivity:  0.95,
+			MaxArchiveBytes: 64 << 20,
+			Shadow: Shadow{
+				Share: 0.2, Slides: 5, MinCells: 200,
+				MaxDisagreement: 0.25, MaxParasitemiaDiff: 5, MaxLatencyRatio: 1.5,
+			},
+			WatchCells: 2000,
 		},
 		Memory:   Memory{GoLimit: 24 << 20, ReleaseFilePages: true},
 		Shutdown: Shutdown{Timeout: 20 * time.Second},
@@ -595,6 +651,9 @@ func (c *Config) resolvePaths() {
 	if c.Feedback.SecretFile == "" {
 		c.Feedback.SecretFile = filepath.Join(c.StateDir, "feedback.key")
 	}
+	if c.Rollout.Dir == "" {
+		c.Rollout.Dir = filepath.Join(c.StateDir, "models")
+	}
 	if c.Inbox.Dir == "" {
 		c.Inbox.Dir = filepath.Join(c.StateDir, "inbox")
 	}
@@ -778,6 +837,9 @@ func (c *Config) Validate() Errors {
 	if c.Feedback.Enabled {
 		c.validateFeedback(add)
 	}
+	if c.Rollout.Enabled {
+		c.validateRollout(add)
+	}
 	if c.Memory.GoLimit < 8<<20 || c.Memory.GoLimit > 64<<30 {
 		add("memory.go_limit", fmt.Sprintf("%d bytes out of range", c.Memory.GoLimit), "bytes in [8388608, 68719476736] (8 MiB..64 GiB)")
 	}
@@ -851,6 +913,46 @@ func (c *Config) validateFeedback(add func(path, problem, accepted string)) {
 		if r.Cooldown <= 0 {
 			add("feedback.retune.cooldown", fmt.Sprintf("%s must be positive", r.Cooldown), "a Go duration such as 24h")
 		}
+	}
+}
+
+func (c *Config) validateRollout(add func(path, problem, accepted string)) {
+	r := c.Rollout
+	if !c.MQTT.Enabled {
+		add("rollout.enabled", "needs mqtt.enabled (offers arrive over MQTT)", "false, or mqtt.enabled true")
+	}
+	if r.Dir == "" {
+		add("rollout.dir", "must not be empty", "a folder (created when missing)")
+	}
+	if r.Golden == "" {
+		add("rollout.golden", "must not be empty", "a labelled folder (labels.csv: path,label) of cells never trained on")
+	}
+	frac := func(path string, v float64) {
+		if !(v > 0 && v <= 1) {
+			add(path, fmt.Sprintf("%g out of range", v), "a number in (0, 1]")
+		}
+	}
+	frac("rollout.min_accuracy", r.MinAccuracy)
+	frac("rollout.min_sensitivity", r.MinSensitivity)
+	frac("rollout.shadow.share", r.Shadow.Share)
+	frac("rollout.shadow.max_disagreement", r.Shadow.MaxDisagreement)
+	if r.MaxArchiveBytes < 1<<20 {
+		add("rollout.max_archive_bytes", fmt.Sprintf("%d too small", r.MaxArchiveBytes), "an integer >= 1048576 (bytes)")
+	}
+	if r.Shadow.Slides < 1 || r.Shadow.Slides > 1000 {
+		add("rollout.shadow.slides", fmt.Sprintf("%d out of range", r.Shadow.Slides), "1..1000 slides")
+	}
+	if r.Shadow.MinCells < 1 {
+		add("rollout.shadow.min_cells", fmt.Sprintf("%d too small", r.Shadow.MinCells), "an integer >= 1")
+	}
+	if !(r.Shadow.MaxParasitemiaDiff > 0 && r.Shadow.MaxParasitemiaDiff <= 100) {
+		add("rollout.shadow.max_parasitemia_diff", fmt.Sprintf("%g out of range", r.Shadow.MaxParasitemiaDiff), "percentage points in (0, 100]")
+	}
+	if !(r.Shadow.MaxLatencyRatio >= 1) {
+		add("rollout.shadow.max_latency_ratio", fmt.Sprintf("%g out of range", r.Shadow.MaxLatencyRatio), "a ratio >= 1")
+	}
+	if r.WatchCells < 0 {
+		add("rollout.watch_cells", fmt.Sprintf("%d is negative", r.WatchCells), "an integer >= 0 (0: no automatic rollback)")
 	}
 }
 

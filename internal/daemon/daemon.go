@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	cryptorand "crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,8 @@ import (
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 	"github.com/scopewatch/scopewatch/internal/store"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // cellResult is one classified cell: its box in the image (the whole image
@@ -118,6 +121,7 @@ type Daemon struct {
 	inbox    *inbox
 	drift    *driftWatch   // nil when drift.enabled is false
 	fb       *feedbackLink // nil when feedback.enabled is false
+	ro       *rolloutLink  // nil when rollout.enabled is false
 	ready    atomic.Bool
 	degraded sync.Map // reason -> detail
 	lastBeat atomic.Int64
@@ -139,6 +143,9 @@ type daemonDeps struct {
 	// OpenModel loads a model for a reload (SIGHUP); nil disables model
 	// reloading.
 	OpenModel func(config.Config, *slog.Logger) (analyzer, error)
+	// Rollout is the model rollout (rollout.enabled): its slots hold the
+	// model the daemon serves.
+	Rollout *rolloutLink
 }
 
 // New opens the configured model and builds the daemon of cfg; Run starts
@@ -149,11 +156,26 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, level *slog.L
 	// the dynamic loader and constructors now, those of building the ONNX
 	// Runtime session when the model is loaded (openAnalyzer).
 	releaseStartPages(cfg, log, "start")
+	var ro *rolloutLink
+	if cfg.Rollout.Enabled {
+		var seed [8]byte
+		if _, err := cryptorand.Read(seed[:]); err != nil {
+			return nil, err
+		}
+		var err error
+		ro, err = newRolloutLink(rolloutDeps{log: log, now: time.Now, open: openAnalyzer, seed: binary.LittleEndian.Uint64(seed[:])}, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("rollout: %w", err)
+		}
+		// The daemon serves the slot the pointer names, not model.path
+		// (copied into the slots at the first start).
+		cfg.Model.Path = ro.ServingPath()
+	}
 	model, err := openAnalyzer(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("load model %s: %w", cfg.Model.Path, err)
 	}
-	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model, OpenModel: openAnalyzer})
+	d, err := newDaemon(ctx, cfg, daemonDeps{Log: log, Level: level, Model: model, OpenModel: openAnalyzer, Rollout: ro})
 	if err != nil {
 		model.Close()
 		return nil, err
@@ -162,6 +184,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, level *slog.L
 }
 
 func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon, error) {
+	rollout := deps.Rollout
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
@@ -236,7 +259,23 @@ func newDaemon(ctx context.Context, cfg config.Config, deps daemonDeps) (*Daemon
 			}
 			deps.subscribe = d.fb.subscribe
 		}
+		if ro := rollout; ro != nil {
+			d.ro = ro
+			ro.config, ro.metrics, ro.alert, ro.serve, ro.champGated = d.config, d.metrics, d.alert, d.serveModel, d.model.gated
+			ro.journal = func(ctx context.Context, level, kind, detail string) { d.db.event(ctx, level, kind, "", detail) }
+			deps.rollout = ro.status
+			labels := deps.subscribe
+			deps.subscribe = func(ctx context.Context, c mqtt.Client) {
+				if labels != nil {
+					labels(ctx, c)
+				}
+				ro.subscribe(c)
+			}
+		}
 		d.mq = newMQTTLink(deps, outbox)
+		if d.ro != nil {
+			d.ro.changed = d.mq.publishStatus
+		}
 	}
 	return d, nil
 }
@@ -289,6 +328,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// save holds every cell.
 		bg.Add(1)
 		go func() { defer bg.Done(); d.drift.run(bgCtx) }()
+	}
+	if d.ro != nil {
+		d.ro.start()
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			<-bgCtx.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := d.ro.close(ctx); err != nil {
+				d.log.Warn("stopping the model rollout", "err", err)
+			}
+		}()
 	}
 
 	var srv *http.Server
@@ -533,6 +585,9 @@ func (d *Daemon) process(j job) (r jobResult) {
 	if d.fb != nil {
 		d.fb.offer(ctx, j.slide, j.data, an)
 	}
+	if d.ro != nil {
+		d.ro.shadowImage(ctx, j.slide, j.data, kind, an, analysed.Sub(start))
+	}
 	d.metrics.cells.WithLabelValues("parasitized").Add(float64(infected))
 	d.metrics.cells.WithLabelValues("uninfected").Add(float64(len(an.Cells) - infected))
 	d.metrics.processSeconds.WithLabelValues(an.Kind).Observe(d.now().Sub(start).Seconds())
@@ -584,6 +639,9 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback
 }
 
 func (d *Daemon) slideCompleted(s slideSummary) {
+	if d.ro != nil {
+		d.ro.slideDone(s.Slide, s.Cells)
+	}
 	d.metrics.slides.WithLabelValues(s.StoppingReason).Inc()
 	d.metrics.verdicts.WithLabelValues(s.Verdict).Inc()
 	attrs := []any{"slide", s.Slide, "reason", s.StoppingReason, "verdict", s.Verdict, "cells", s.Cells, "infected", s.Infected, "model", s.ModelVersion}
@@ -695,6 +753,10 @@ func (d *Daemon) Reload(next config.Config) {
 		}
 	}
 	cfg := old.WithReloaded(next)
+	if d.ro != nil {
+		// The slots decide what serves; model.path only seeded them.
+		cfg.Model.Path = d.ro.ServingPath()
+	}
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	if d.level != nil {
@@ -714,16 +776,37 @@ func (d *Daemon) reloadModel(cfg config.Config) {
 	if d.open == nil {
 		return
 	}
-	next, err := d.open(cfg, d.log)
-	if err != nil {
+	if err := d.loadModel(cfg); err != nil {
 		d.log.Error("new model rejected; the running model keeps serving", "path", cfg.Model.Path, "err", err,
 			"serving", d.model.ModelVersion())
 		d.alert(context.Background(), "model_rejected", fmt.Sprintf("%s: %v", cfg.Model.Path, err))
-		return
+	}
+}
+
+// serveModel makes the daemon serve the bundle at path (the rollout's
+// promotion or rollback): loaded, then swapped in once the images in
+// flight are done with the old one, so no image is lost and a slide in
+// progress goes on with the new model.
+func (d *Daemon) serveModel(path string) error {
+	d.cfgMu.Lock()
+	d.cfg.Model.Path = path
+	cfg := d.cfg
+	d.cfgMu.Unlock()
+	if d.open == nil {
+		return errors.New("this daemon cannot load models")
+	}
+	return d.loadModel(cfg)
+}
+
+// loadModel loads cfg's model and swaps it in when it is another bundle.
+func (d *Daemon) loadModel(cfg config.Config) error {
+	next, err := d.open(cfg, d.log)
+	if err != nil {
+		return err
 	}
 	if identity(next) == d.model.identity() {
 		next.Close()
-		return
+		return nil
 	}
 	old := d.model.ModelVersion()
 	if err := d.model.swap(next); err != nil {
@@ -742,6 +825,7 @@ func (d *Daemon) reloadModel(cfg config.Config) {
 	if d.mq != nil {
 		d.mq.publishStatus()
 	}
+	return nil
 }
 
 // ParseLevel is the log level a configuration names (log.level); the

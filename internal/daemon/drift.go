@@ -672,6 +672,9 @@ func (d *Daemon) driftEvent(ctx context.Context, ev drift.Event, model string) {
 		d.log.Info("drift "+ev.Level+" ended", "signal", ev.Signal, "window", ev.Window, "since", ev.Since, "index", ev.Index, "model", model)
 		return
 	}
+	if d.ro != nil {
+		d.ro.driftAlarm(ev, model)
+	}
 	d.metrics.driftEvents.WithLabelValues(ev.Signal, ev.Level).Inc()
 	d.metrics.driftLastStatistic.WithLabelValues(ev.Signal, ev.Level).Set(ev.Statistic)
 	d.metrics.driftLastThreshold.WithLabelValues(ev.Signal, ev.Level).Set(ev.Threshold)

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/scopewatch/scopewatch/internal/config"
+	"github.com/scopewatch/scopewatch/internal/rollout"
 )
 
 // httpHandler serves:
@@ -41,6 +42,8 @@ func (d *Daemon) httpHandler() http.Handler {
 	mux.HandleFunc("POST /v1/slides/{id}/complete", d.authorized(d.handleComplete))
 	mux.HandleFunc("GET /v1/drift", d.authorized(d.handleDriftStatus))
 	mux.HandleFunc("POST /v1/drift/ack", d.authorized(d.handleDriftAck))
+	mux.HandleFunc("GET /v1/model", d.authorized(d.handleModel))
+	mux.HandleFunc("POST /v1/model/rollback", d.authorized(d.handleRollback))
 	mux.HandleFunc("GET /healthz", d.handleHealth)
 	mux.HandleFunc("GET /readyz", d.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
@@ -357,4 +360,41 @@ func (d *Daemon) handleDriftAck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"reset": true, "model_version": model, "cells_since_previous_reset": since})
+}
+
+// handleModel is GET /v1/model: the serving model and, with the rollout
+// on, the slots, the candidate's stage and its shadow evidence.
+func (d *Daemon) handleModel(w http.ResponseWriter, r *http.Request) {
+	out := map[string]any{"model_version": d.model.ModelVersion(), "threshold": d.model.threshold(), "rollout": d.ro != nil}
+	if d.ro != nil {
+		out["state"] = d.ro.state()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleRollback is POST /v1/model/rollback?by=WHO: the previous slot
+// serves again, and the version left is never taken again from an offer.
+func (d *Daemon) handleRollback(w http.ResponseWriter, r *http.Request) {
+	if d.ro == nil {
+		d.fail(w, http.StatusNotFound, "rollout_disabled", "the model rollout is disabled (rollout.enabled: false): there is no previous slot")
+		return
+	}
+	by := r.URL.Query().Get("by")
+	if by == "" {
+		by = "http"
+	}
+	if len(by) > 64 {
+		d.fail(w, http.StatusBadRequest, "bad_request", "by: at most 64 characters")
+		return
+	}
+	slot, err := d.ro.rollback(r.Context(), "asked by "+by)
+	switch {
+	case errors.Is(err, rollout.ErrNoPrevious):
+		d.fail(w, http.StatusConflict, "no_previous_model", "no previous model to roll back to (none was promoted on this device, or a candidate now occupies its slot)")
+		return
+	case err != nil:
+		d.fail(w, http.StatusInternalServerError, "rollback_failed", "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model_version": slot.Version, "slot": slot.Name, "state": d.ro.state()})
 }

@@ -51,6 +51,9 @@ type serveMetrics struct {
 	feedbackAgreement prometheus.Gauge
 	retuneRequests    prometheus.Counter
 	labelsRejected    *prometheus.CounterVec
+
+	rolloutStage *prometheus.GaugeVec
+	shadowCells  prometheus.Counter
 }
 
 func newServeMetrics() *serveMetrics {
@@ -132,12 +135,17 @@ func newServeMetrics() *serveMetrics {
 		labelsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_labels_rejected_total",
 			Help: "Inbound label messages rejected, by reason."}, []string{"reason"}),
 	}
+	m.rolloutStage = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "scopewatch_rollout_stage",
+		Help: "1 for the model rollout's current stage (idle, downloading, validating, shadow, promoted, refused, rolled_back) and the version it concerns."}, []string{"stage", "version"})
+	m.shadowCells = prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_shadow_cells_total",
+		Help: "Cells a candidate model classified in shadow beside the serving model."})
 	m.reg.MustRegister(m.images, m.implausible, m.cells, m.slides, m.verdicts, m.inboxOldest, m.inboxStuck, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttConnectFailures, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,
 		m.driftCells, m.driftSkipped, m.driftResets, m.driftSaves, m.driftActive,
 		m.feedbackSamples, m.feedbackWindows, m.feedbackLabelled, m.feedbackAgreement, m.retuneRequests, m.labelsRejected,
+		m.rolloutStage, m.shadowCells,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var err error
 	if m.outbox, err = feedback.NewPromMetrics(m.reg); err != nil {

@@ -128,6 +128,9 @@ func signerName(b *inference.Bundle) string {
 
 func (a *modelAnalyzer) ModelVersion() string { return a.clf.Version() }
 
+// HasPlausibility reports whether the gate checks more than sizes.
+func (a *modelAnalyzer) HasPlausibility() bool { return a.gate != nil && a.gate.HasReference() }
+
 // Identity is the sha256 of the bundle's manifest, which covers every file.
 func (a *modelAnalyzer) Identity() string { return a.bundle.ManifestSHA256 }
 

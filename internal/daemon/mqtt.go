@@ -42,10 +42,11 @@ type statusPayload struct {
 	// Instance and Boot say which database and start of the device sent
 	// it: a status with another pair, after this one started, means a
 	// second process uses the same device identity.
-	Instance string    `json:"instance"`
-	Boot     int64     `json:"boot"`
-	Since    time.Time `json:"since"`
-	At       time.Time `json:"at"`
+	Instance string         `json:"instance"`
+	Boot     int64          `json:"boot"`
+	Since    time.Time      `json:"since"`
+	At       time.Time      `json:"at"`
+	Rollout  *statusRollout `json:"rollout,omitempty"`
 }
 
 // mqttDeps is what the link needs of the daemon, given at construction.
@@ -65,6 +66,17 @@ type mqttDeps struct {
 	// subscribe, when set, takes the device's inbound topics on every
 	// connect (labels); their messages are acknowledged once stored.
 	subscribe func(ctx context.Context, c mqtt.Client)
+	// rollout, when set, is the model rollout's state for the status.
+	rollout func() *statusRollout
+}
+
+// statusRollout is the model rollout in the retained status: its stage,
+// the version the stage concerns, and the candidate in the other slot.
+type statusRollout struct {
+	Stage     string `json:"stage"`
+	Version   string `json:"version,omitempty"`
+	Candidate string `json:"candidate,omitempty"`
+	Previous  string `json:"previous,omitempty"`
 }
 
 func newMQTTLink(deps mqttDeps, outbox *feedback.Outbox) *mqttLink {
@@ -74,7 +86,7 @@ func newMQTTLink(deps mqttDeps, outbox *feedback.Outbox) *mqttLink {
 func (m *mqttLink) status(state string, reasons []string) []byte {
 	cfg := m.config()
 	b, err := json.Marshal(statusPayload{Schema: "scopewatch.status/v1", Site: cfg.Site, Device: cfg.Device, State: state, Reasons: reasons,
-		ModelVersion: m.modelVersion(), Instance: m.instance, Boot: m.boot, Since: m.since, At: m.now().UTC()})
+		ModelVersion: m.modelVersion(), Instance: m.instance, Boot: m.boot, Since: m.since, At: m.now().UTC(), Rollout: m.rolloutStatus()})
 	if err != nil {
 		// Strings and times only: cannot fail; an empty status is still a
 		// retained message the fleet can see.
@@ -111,6 +123,13 @@ func (m *mqttLink) onStatus(_ mqtt.Client, msg mqtt.Message) {
 	m.log.Warn("duplicate device identity on the broker", "other_instance", p.Instance, "other_boot", p.Boot, "detail", detail)
 	m.metrics.duplicateIdentity.Inc()
 	m.setDegraded("duplicate_identity", detail, true)
+}
+
+func (m *mqttLink) rolloutStatus() *statusRollout {
+	if m.rollout == nil {
+		return nil
+	}
+	return m.rollout()
 }
 
 func (m *mqttLink) connected() bool {

@@ -95,3 +95,11 @@ func (s *swappableModel) Close() error {
 	defer s.mu.Unlock()
 	return s.cur.Close()
 }
+
+// gated reports whether the serving model's plausibility gate has a
+// reference.
+func (s *swappableModel) gated() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return gated(s.cur)
+}

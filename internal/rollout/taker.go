@@ -77,8 +77,9 @@ type TakerConfig struct {
 	// Score loads a staged bundle for the golden check; close releases it.
 	Score  func(dir string) (s Scorer, close func(), err error)
 	Golden Golden
-	// Ready receives a candidate that passed the golden set.
-	Ready func(Candidate)
+	// Ready receives a candidate that passed the golden set and starts
+	// its shadow run; an error refuses it.
+	Ready func(Candidate) error
 	// Events receives every stage change.
 	Events func(Event)
 	Log    *slog.Logger     // nil: discard
@@ -374,9 +375,13 @@ func (t *Taker) check(version, manifestSHA string, dir string) {
 		t.refuse(version, err.Error(), &g)
 		return
 	}
+	if err := t.cfg.Ready(Candidate{Version: version, ManifestSHA256: manifestSHA, Dir: dir, Golden: g}); err != nil {
+		t.cfg.Slots.Discard()
+		t.refuse(version, err.Error(), &g)
+		return
+	}
 	t.emit(Event{Stage: StageShadow, Version: version, Golden: &g,
 		Detail: fmt.Sprintf("golden set: accuracy %.4f, sensitivity %.4f on %d images", g.Accuracy, g.Sensitivity, g.Images)})
-	t.cfg.Ready(Candidate{Version: version, ManifestSHA256: manifestSHA, Dir: dir, Golden: g})
 }
 
 func (t *Taker) refuse(version, detail string, g *GoldenResult) {

@@ -117,7 +117,7 @@ func startTaker(t *testing.T, dir, golden string, b *testutil.Broker, id string)
 			return c, func() { c.Close(); bb.Close() }, nil
 		},
 		Golden: Golden{Dir: golden},
-		Ready:  func(c Candidate) { r.ready <- c },
+		Ready:  func(c Candidate) error { r.ready <- c; return nil },
 		Events: func(e Event) { r.mu.Lock(); r.events = append(r.events, e); r.mu.Unlock() },
 	})
 	if err != nil {
