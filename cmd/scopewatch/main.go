@@ -37,6 +37,7 @@ var commands = []command{
 	{"drift", "replay score streams through the drift detectors; evaluate them", runDrift},
 	{"feedback", "label feedback samples (publish an operator label)", runFeedback},
 	{"fields", "segment and classify whole thin-smear fields offline (per-cell rows, per-slide parasitemia)", runFields},
+	{"model", "the serving model and its rollout on a running daemon; roll back to the previous model", runModel},
 	{"serve", "run the daemon: inbox, HTTP uploads, slides, SQLite, MQTT", runServe},
 	{"synth", "generate synthetic cell crops or thin-smear fields", runSynth},
 	{"tune", "run hyperparameter studies, redraw their reports, cache features for the built-in head", runTune},
