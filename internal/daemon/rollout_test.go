@@ -17,6 +17,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/feedback/wire"
 	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/config"
@@ -416,3 +417,56 @@ func TestRolloutSwapsKeepMemory(t *testing.T) {
 		t.Errorf("resident set grew by %d kB over 100 model swaps, more than 10 MB", after-before)
 	}
 }
+
+// TestRolloutWatchRollsBack: a promoted model whose drift monitor alarms
+// on its scores within its first watch_cells cells is rolled back with
+// the reason; a focus alarm (the images, not the model) and an alarm after
+// the watch ended are not.
+func TestRolloutWatchRollsBack(t *testing.T) {
+	b := testutil.StartMosquitto(t)
+	f := newFleet(t)
+	base := rolloutConfig(t, b.URL(), f, goldenDir(t))
+	td := startRolloutDaemon(t, t.TempDir(), func(c *config.Config) { base(c); c.Rollout.WatchCells = 30 })
+	ro := td.d.ro
+	shipped := td.d.model.ModelVersion()
+	promote := func(v string) {
+		t.Helper()
+		if _, err := ro.slots.Stage(f.candidateBundle(t, v, 0.8309396110366593), v, v); err != nil {
+			t.Fatal(err)
+		}
+		ro.decide(&shadowRun{cand: rollout.Candidate{Version: v}, model: nopAnalyzer{}, images: 1, cells: 200, agree: 200, champNS: 10, candNS: 10,
+			done: []shadowSlideResult{{Slide: "s", Cells: 200}}})
+		if got := td.d.model.ModelVersion(); got != v {
+			t.Fatalf("promotion of %s: serving %s (%+v)", v, got, ro.state())
+		}
+	}
+	alarm := func(signal string) drift.Event {
+		return drift.Event{Signal: signal, Level: drift.LevelAlarm, Statistic: 9, Threshold: 1, Window: 50, Index: 10}
+	}
+
+	promote("2026.12.03-1_watch")
+	ro.driftAlarm(alarm(drift.SignalFocus), "2026.12.03-1_watch")
+	if td.d.model.ModelVersion() != "2026.12.03-1_watch" {
+		t.Fatal("a focus alarm rolled the model back")
+	}
+	ro.driftAlarm(alarm(drift.SignalScores), "2026.12.03-1_watch")
+	st := ro.state()
+	if td.d.model.ModelVersion() != shipped || st.Stage != rollout.StageRolledBack || !strings.Contains(st.Last.Detail, "scores_cvm") {
+		t.Fatalf("after a score alarm in the watch: serving %s, %+v", td.d.model.ModelVersion(), st)
+	}
+
+	promote("2026.12.04-1_watch")
+	sendSlide(t, td.url, "w1", 100960, 30) // the watch's 30 cells
+	ro.driftAlarm(alarm(drift.SignalScores), "2026.12.04-1_watch")
+	if td.d.model.ModelVersion() != "2026.12.04-1_watch" {
+		t.Fatal("an alarm after the watch ended rolled the model back")
+	}
+}
+
+// nopAnalyzer stands for a candidate already unloaded.
+type nopAnalyzer struct{}
+
+func (nopAnalyzer) Analyze(context.Context, []byte, string) (analysis, error) { return analysis{}, nil }
+func (nopAnalyzer) ModelVersion() string                                      { return "nop" }
+func (nopAnalyzer) SetThreshold(float64)                                      {}
+func (nopAnalyzer) Close() error                                              { return nil }
