@@ -192,11 +192,24 @@ func TestSlotsSurviveKill(t *testing.T) {
 		cmd := exec.Command(self, "-test.run=^$")
 		cmd.Env = append(os.Environ(), "ROLLOUT_CHILD_DIR="+dir, "ROLLOUT_CHILD_SRC="+src)
 		out, _ := os.CreateTemp(t.TempDir(), "child")
-		cmd.Stdout, cmd.Stderr = out, out
+		cmd.Stderr = out
+		progress, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
+		// The kill lands at a random moment after the child's first
+		// promotion, whatever the machine's load makes its start cost.
+		line := make([]byte, 1)
+		if _, err := progress.Read(line); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			raw, _ := os.ReadFile(out.Name())
+			t.Fatalf("round %d: the child never promoted: %v\n%s", round, err, raw)
+		}
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
 		s, err := OpenSlots(dir, "", identify(trusted(t)), nil)
@@ -243,5 +256,6 @@ func childPromotions(dir, src string) error {
 		if _, err := s.Promote(); err != nil {
 			return err
 		}
+		os.Stdout.Write([]byte{'.'})
 	}
 }
