@@ -346,12 +346,8 @@ func (d *Daemon) handleDriftAck(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, http.StatusNotFound, "drift_disabled", "drift detection is disabled (drift.enabled: false)")
 		return
 	}
-	by := r.URL.Query().Get("by")
-	if by == "" {
-		by = "http"
-	}
-	if len(by) > 64 {
-		d.fail(w, http.StatusBadRequest, "bad_request", "by: at most 64 characters")
+	by, ok := d.requester(w, r)
+	if !ok {
 		return
 	}
 	model, since, ok := d.drift.ack(r.Context(), by)
@@ -379,12 +375,8 @@ func (d *Daemon) handleRollback(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, http.StatusNotFound, "rollout_disabled", "the model rollout is disabled (rollout.enabled: false): there is no previous slot")
 		return
 	}
-	by := r.URL.Query().Get("by")
-	if by == "" {
-		by = "http"
-	}
-	if len(by) > 64 {
-		d.fail(w, http.StatusBadRequest, "bad_request", "by: at most 64 characters")
+	by, ok := d.requester(w, r)
+	if !ok {
 		return
 	}
 	slot, err := d.ro.rollback(r.Context(), "asked by "+by)
@@ -397,4 +389,18 @@ func (d *Daemon) handleRollback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"model_version": slot.Version, "slot": slot.Name, "state": d.ro.state()})
+}
+
+// requester is who asked, from ?by= ("http" when absent); false when the
+// request was answered with an error.
+func (d *Daemon) requester(w http.ResponseWriter, r *http.Request) (string, bool) {
+	by := r.URL.Query().Get("by")
+	if by == "" {
+		by = "http"
+	}
+	if len(by) > 64 {
+		d.fail(w, http.StatusBadRequest, "bad_request", "by: at most 64 characters")
+		return "", false
+	}
+	return by, true
 }

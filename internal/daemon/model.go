@@ -63,18 +63,11 @@ func CheckModel(cfg config.Config, log *slog.Logger) (version string, err error)
 
 // openAnalyzer loads and verifies the configured model bundle.
 func openAnalyzer(cfg config.Config, log *slog.Logger) (analyzer, error) {
-	keysPath := cfg.Model.Keys
-	if keysPath == "" {
-		keysPath = inference.DefaultKeysPath()
+	keys, err := trustedKeys(cfg)
+	if err != nil {
+		return nil, err
 	}
-	opts := inference.BundleOptions{AllowUnsigned: cfg.Model.AllowUnsigned}
-	if keysPath != "" {
-		keys, err := inference.LoadPublicKeys(keysPath)
-		if err != nil {
-			return nil, fmt.Errorf("model.keys: %w", err)
-		}
-		opts.TrustedKeys = keys
-	}
+	opts := inference.BundleOptions{AllowUnsigned: cfg.Model.AllowUnsigned, TrustedKeys: keys}
 	b, err := inference.OpenBundle(cfg.Model.Path, opts)
 	if err != nil {
 		return nil, err

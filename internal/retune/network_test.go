@@ -122,6 +122,13 @@ func TestRetuneFineTunesTheNetwork(t *testing.T) {
 		t.Errorf("the scoring bundle was left behind: %v", err)
 	}
 
+	checkTestAccuracy(t, b, test, dec)
+}
+
+// checkTestAccuracy: the shipped bundle's own classifier, in ONNX Runtime,
+// gives exactly the sealed test's accuracy the decision reports.
+func checkTestAccuracy(t *testing.T, b *inference.Bundle, test []tuning.Sample, dec *Decision) {
+	t.Helper()
 	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{})
 	if err != nil {
 		t.Fatal(err)

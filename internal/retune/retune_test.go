@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -193,38 +192,7 @@ func TestRetuneAcceptsAShiftedDomain(t *testing.T) {
 	}
 	// The new model scores the test crops the way the decision says: its
 	// own classifier, in ONNX Runtime, agrees with the retune's figures.
-	clf, err := inference.NewClassifier(b, inference.ClassifierOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer clf.Close()
-	raw, _ := os.ReadFile(filepath.Join(r.cfg.Out, SnapshotFile))
-	var snap snapshotRecord
-	if err := json.Unmarshal(raw, &snap); err != nil {
-		t.Fatal(err)
-	}
-	var test []tuning.Sample
-	for _, s := range snap.Samples {
-		if s.Split == tuning.SplitTest {
-			test = append(test, s)
-		}
-	}
-	correct := 0
-	err = clf.Stream(context.Background(), len(test), func(i int) inference.Input { return inference.Input{Path: test[i].Path} }, func(res inference.Result) {
-		if res.Err != nil {
-			t.Errorf("%s: %v", test[res.Index].Path, res.Err)
-			return
-		}
-		if (res.Label == "parasitized") == (test[res.Index].Label == b.Manifest.ClassIndex("parasitized")) {
-			correct++
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := float64(correct) / float64(len(test)); got != dec.Test.New.Accuracy.Value {
-		t.Fatalf("the bundle's accuracy on the test split is %v, the decision says %v", got, dec.Test.New.Accuracy.Value)
-	}
+	checkTestAccuracy(t, b, testSamples(t, r.cfg.Out), dec)
 }
 
 // TestSealedTestEvaluatedOnce: a second retune of the same snapshot, into
