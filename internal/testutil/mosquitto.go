@@ -24,14 +24,17 @@ var MosquittoPath = "/usr/sbin/mosquitto"
 // Broker is a mosquitto process owned by a test. Its port stays the same
 // across Stop/Start so clients configured with Addr reconnect to it.
 type Broker struct {
-	t       testing.TB
-	dir     string
-	port    int
-	extra   string
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logPath string
+	t     testing.TB
+	dir   string
+	port  int
+	extra string
+	// listener, when set, renders the listener and access configuration
+	// for the broker's port in place of the default anonymous one.
+	listener func(port int) string
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	logPath  string
 }
 
 // BrokerOption adjusts the generated mosquitto.conf.
@@ -40,6 +43,15 @@ type BrokerOption func(*Broker)
 // WithConfig appends raw lines to the generated configuration.
 func WithConfig(lines ...string) BrokerOption {
 	return func(b *Broker) { b.extra += strings.Join(lines, "\n") + "\n" }
+}
+
+// WithListenerConfig replaces the default listener (plain MQTT on
+// 127.0.0.1, anonymous access, no queue or packet limit) with the lines
+// render returns for the broker's port: a test runs a shipped
+// configuration this way, on mosquitto's defaults otherwise. The
+// persistence and log settings stay, so that Log and the restarts work.
+func WithListenerConfig(render func(port int) string) BrokerOption {
+	return func(b *Broker) { b.listener = render }
 }
 
 // StartMosquitto starts a broker listening on 127.0.0.1 on a free port,
@@ -104,9 +116,13 @@ func (b *Broker) start() error {
 	if err := os.MkdirAll(b.persistDir(), 0o755); err != nil {
 		return err
 	}
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
-allow_anonymous true
-persistence true
+	// The default test broker queues without limit, so that outage tests
+	// lose nothing to the broker's queue.
+	listener := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_packet_size 1048576\n", b.port)
+	if b.listener != nil {
+		listener = b.listener(b.port) + "\n"
+	}
+	conf := fmt.Sprintf(`%spersistence true
 persistence_location %s
 autosave_interval 1
 log_dest file %s
@@ -114,9 +130,7 @@ log_type error
 log_type warning
 log_type notice
 log_type information
-max_queued_messages 0
-max_packet_size 1048576
-%s`, b.port, b.persistDir(), b.logPath, b.extra)
+%s`, listener, b.persistDir(), b.logPath, b.extra)
 	if os.Geteuid() == 0 {
 		// As root, mosquitto switches to the "mosquitto" user, which cannot
 		// write the test's temporary directory.
@@ -211,6 +225,28 @@ func (b *Broker) signal(sig syscall.Signal) {
 		<-b.exited
 	}
 	b.cmd, b.exited = nil, nil
+}
+
+// Reload sends SIGHUP, on which mosquitto re-reads its ACL and password
+// files, and waits until the log says it did. mosquitto logs that line
+// just before it reloads, in its one event loop, so every packet a client
+// sends after Reload returns meets the new files.
+func (b *Broker) Reload() {
+	b.t.Helper()
+	b.mu.Lock()
+	cmd := b.cmd
+	b.mu.Unlock()
+	if cmd == nil {
+		b.t.Fatal("reload: broker not running")
+	}
+	const done = "Reloading config."
+	before := strings.Count(b.Log(), done)
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		b.t.Fatalf("reload mosquitto: %v", err)
+	}
+	if !WaitFor(5*time.Second, func() bool { return strings.Count(b.Log(), done) > before }) {
+		b.t.Fatalf("mosquitto did not log %q within 5 s after SIGHUP:\n%s", done, tail(b.Log()))
+	}
 }
 
 // Running reports whether the broker process is up.
