@@ -14,7 +14,7 @@ import (
 	"github.com/scopewatch/scopewatch/internal/mqttconn"
 )
 
-const feedbackUsage = "usage: scopewatch feedback label --broker URL --site S --device D --id FEEDBACK_ID --label parasitized|uninfected --who NAME"
+const feedbackUsage = "usage: scopewatch feedback label --broker URL [--ca CA --cert CERT --key KEY] --site S --device D --id FEEDBACK_ID --label parasitized|uninfected --who NAME"
 
 func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "label" {
@@ -33,6 +33,8 @@ func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	label := fs.String("label", "", "parasitized or uninfected")
 	who := fs.String("who", os.Getenv("USER"), "who labels (name or e-mail)")
 	ca := fs.String("ca", "", "PEM CA bundle for the broker certificate")
+	cert := fs.String("cert", "", "client certificate (PEM), for a broker that requires one (systemd/mosquitto: the labeller's)")
+	key := fs.String("key", "", "client key (PEM)")
 	root := fs.String("topic-root", mqttconn.Root, "topic root of the fleet (the devices' mqtt.topic_root)")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up when the broker has not acknowledged by then")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -53,7 +55,7 @@ func runFeedback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *clientID == "" {
 		*clientID = fmt.Sprintf("labeller-%d", os.Getpid())
 	}
-	cfg := mqttconn.Config{Broker: *broker, ClientID: *clientID, CAFile: *ca, CleanSession: true}
+	cfg := mqttconn.Config{Broker: *broker, ClientID: *clientID, CAFile: *ca, CertFile: *cert, KeyFile: *key, CleanSession: true}
 	cfg.ApplyEnv(os.LookupEnv)
 	opts, err := mqttconn.Options(cfg, nil, mqttconn.Hooks{})
 	if err != nil {
