@@ -493,11 +493,27 @@ func TestShippedACLWill(t *testing.T) {
 	}
 }
 
-// The certificate is the identity: a username the client sends is
-// ignored. An unlisted certificate gets nothing until its device is added
-// to the list and mosquitto reloads.
+// The certificate is the identity: without one there is no connection,
+// and a username the client sends is ignored. An unlisted certificate gets
+// nothing until its device is added to the list and mosquitto reloads.
 func TestShippedACLIdentity(t *testing.T) {
 	f := startFleet(t)
+	for name, cfg := range map[string]Config{
+		"no certificate":                   {CAFile: f.tls.CA},
+		"no certificate, a known username": {CAFile: f.tls.CA, Username: tuner, Password: "anything"},
+	} {
+		cfg.Broker, cfg.ClientID, cfg.ConnectTimeout = f.TLSURL(), "acl-anonymous", 5*time.Second
+		o, err := Options(cfg, nil, Hooks{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := mqtt.NewClient(o.SetConnectRetry(false).SetAutoReconnect(false))
+		if err := Wait(c.Connect(), 10*time.Second); err == nil {
+			c.Disconnect(50)
+			t.Errorf("%s: the broker took the connection", name)
+		}
+	}
+
 	offer := f.siteTopic(t, f.tp.ModelOffer, "lab-a")
 	liar := f.connect(t, devA1, func(cfg *Config) { cfg.Username, cfg.Password = tuner, "anything" })
 	p := f.payload("offer from a device claiming to be the tuner")
