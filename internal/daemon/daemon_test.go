@@ -124,6 +124,22 @@ func startTestDaemon(t *testing.T, mutate func(*config.Config)) *testDaemon {
 	return startTestDaemonWith(t, t.TempDir(), &pixelAnalyzer{}, mutate)
 }
 
+// runTestDaemon runs d until its test stops it, once its HTTP server
+// listens.
+func runTestDaemon(t *testing.T, d *Daemon, cfg config.Config, logs *bytes.Buffer) *testDaemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	td := &testDaemon{d: d, cfg: cfg, cancel: cancel, done: make(chan error, 1), logs: logs}
+	go func() { td.done <- d.Run(ctx) }()
+	select {
+	case addr := <-d.httpAddr:
+		td.url = "http://" + addr
+	case err := <-td.done:
+		t.Fatalf("daemon stopped at start: %v", err)
+	}
+	return td
+}
+
 // startTestDaemonWith runs a daemon on state directory dir (reused to
 // test restarts) with the given model.
 func startTestDaemonWith(t *testing.T, dir string, model analyzer, mutate func(*config.Config)) *testDaemon {
@@ -153,15 +169,7 @@ func startTestDaemonWith(t *testing.T, dir string, model analyzer, mutate func(*
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	td := &testDaemon{d: d, cfg: c, cancel: cancel, done: make(chan error, 1), logs: logs}
-	go func() { td.done <- d.Run(ctx) }()
-	select {
-	case addr := <-d.httpAddr:
-		td.url = "http://" + addr
-	case err := <-td.done:
-		t.Fatalf("daemon stopped at start: %v", err)
-	}
+	td := runTestDaemon(t, d, c, logs)
 	testutil.Eventually(t, 5*time.Second, func() bool { return d.ready.Load() }, "daemon ready")
 	t.Cleanup(func() {
 		td.stop(t)

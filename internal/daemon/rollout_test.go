@@ -157,15 +157,7 @@ func startRolloutDaemon(t *testing.T, dir string, mutate func(*config.Config)) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	td := &testDaemon{d: d, cfg: served, cancel: cancel, done: make(chan error, 1), logs: logs}
-	go func() { td.done <- d.Run(ctx) }()
-	select {
-	case addr := <-d.httpAddr:
-		td.url = "http://" + addr
-	case err := <-td.done:
-		t.Fatalf("daemon stopped at start: %v", err)
-	}
+	td := runTestDaemon(t, d, served, logs)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", logs.String())
