@@ -570,8 +570,11 @@ func (c *Calibration) validate(haveEmbedding, haveFocus bool) error {
 	if c.ERT < 2 || c.WarnERT < 2 || c.WarnERT > c.ERT {
 		return bad("ert %d, warn_ert %d: want 2 <= warn_ert <= ert", c.ERT, c.WarnERT)
 	}
-	if c.Null != NullExchangeable && c.Null != NullBootstrap {
-		return bad("null %q: want %q or %q", c.Null, NullExchangeable, NullBootstrap)
+	if !validNull(c.Null) {
+		return bad("null %q: want %q, %q or %q", c.Null, NullExchangeable, NullBootstrap, NullSlides)
+	}
+	if c.Null == NullSlides && c.SlideCells != [2]int{} && (c.SlideCells[0] < 10 || c.SlideCells[1] < c.SlideCells[0] || c.SlideCells[1] > 1000000) {
+		return bad("slide_cells %v: want 10 <= min <= max <= 1000000", c.SlideCells)
 	}
 	if len(c.Tests) == 0 || len(c.Tests) > 64 {
 		return bad("%d tests: want 1..64", len(c.Tests))

@@ -26,7 +26,30 @@ const (
 	// stream comes from the reference's empirical distribution. Right only
 	// for streams that literally resample the test set.
 	NullBootstrap = "bootstrap"
+	// NullSlides sends the stream slide after slide, as a microscope does:
+	// each simulated slide is one reference slide, drawn from a Pólya urn
+	// over the reference slides, and its cells are drawn from a Pólya urn
+	// over that slide's rows, for a length uniform in SlideCells. The
+	// windows then see one slide's stain, focus and parasitemia at a time,
+	// and the thresholds include that slide-to-slide spread, which the
+	// other null models average away (measured with them: a nominal stream
+	// sent slide by slide alarmed within its first slide). Needs a
+	// reference of whole slides (BaselineConfig.Slides, at least
+	// MinSlideRows cells on each of MinSlides slides).
+	NullSlides = "slides"
 )
+
+// Limits of a reference the slide null model can use: enough slides for
+// the urn to stand for new slides, and enough cells per slide for a window
+// within one slide to be drawn from it rather than copied.
+const (
+	MinSlides    = 20
+	MinSlideRows = 50
+)
+
+func validNull(null string) bool {
+	return null == NullExchangeable || null == NullBootstrap || null == NullSlides
+}
 
 // Calibration holds the thresholds of every test for both tiers, per block
 // of steps since reset: Blocks[j] is the first step (1-based) of block j and
@@ -46,6 +69,8 @@ type Calibration struct {
 	Start []int       `json:"start"`
 	Warn  [][]float64 `json:"warn"`
 	Alarm [][]float64 `json:"alarm"`
+	// SlideCells is the simulated slides' length range (NullSlides only).
+	SlideCells [2]int `json:"slide_cells,omitzero"`
 }
 
 // Config is the configuration this calibration was made with (its ERTs,
@@ -53,7 +78,7 @@ type Calibration struct {
 // smallest first): the starting point for calibrating it again with a few
 // settings changed.
 func (c *Calibration) Config() CalibrationConfig {
-	cc := CalibrationConfig{ERT: c.ERT, WarnERT: c.WarnERT, Sims: c.Sims, Null: c.Null, Seed: c.Seed, Signals: map[string]float64{}}
+	cc := CalibrationConfig{ERT: c.ERT, WarnERT: c.WarnERT, Sims: c.Sims, Null: c.Null, Seed: c.Seed, SlideCells: c.SlideCells, Signals: map[string]float64{}}
 	for _, t := range c.Tests {
 		cc.Signals[t.Signal] = c.Weights[t.Signal]
 		if !slices.Contains(cc.Windows, t.Window) {
@@ -71,10 +96,17 @@ type CalibrationConfig struct {
 	Windows []int              // window sizes
 	Signals map[string]float64 // signal -> share of the false-alarm budget; nil means all available, equal shares
 	Sims    int                // simulated streams
-	Horizon int                // simulated steps per stream; 0 means 3 * largest window
-	Null    string             // NullExchangeable (default) or NullBootstrap
-	Seed    uint64
-	Workers int // 0 means min(2, GOMAXPROCS)
+	Horizon int                // simulated steps per stream; 0 means 3 * largest window (NullSlides: at least 6 slides)
+	Null    string             // NullExchangeable (default), NullBootstrap or NullSlides
+	// SlideCells is the length range [min, max] of the slides NullSlides
+	// simulates; zero means each reference slide's own cell count, so the
+	// reference should be made of slides as long as the device's. Ignored
+	// by the other nulls.
+	SlideCells [2]int
+	Seed       uint64
+	Workers    int // 0 means min(2, GOMAXPROCS)
+
+	slideHorizon bool // Horizon was defaulted: calibrate stretches it over slides
 }
 
 // DefaultWarnERT is the warn tier's expected run time for an alarm tier of
@@ -107,6 +139,9 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding, haveFocus bool) (Calibra
 		// fills; with 2x the last block's thresholds were measurably too
 		// high for the rest of the run.
 		o.Horizon = 3 * o.Windows[len(o.Windows)-1]
+		// A slide-by-slide stream's false alarms come at slide changes:
+		// the last block must hold several of them (see calibrate).
+		o.slideHorizon = o.Null == NullSlides
 	}
 	if o.Signals == nil {
 		o.Signals = map[string]float64{SignalScores: 1, SignalRate: 1}
@@ -126,8 +161,15 @@ func (c *CalibrationConfig) withDefaults(haveEmbedding, haveFocus bool) (Calibra
 		return o, fmt.Errorf("sims %d: want at least 100", o.Sims)
 	case o.Horizon < o.Windows[len(o.Windows)-1]+10:
 		return o, fmt.Errorf("horizon %d: want more than the largest window %d", o.Horizon, o.Windows[len(o.Windows)-1])
-	case o.Null != NullExchangeable && o.Null != NullBootstrap:
-		return o, fmt.Errorf("null %q: want %q or %q", o.Null, NullExchangeable, NullBootstrap)
+	case !validNull(o.Null):
+		return o, fmt.Errorf("null %q: want %q, %q or %q", o.Null, NullExchangeable, NullBootstrap, NullSlides)
+	}
+	if o.Null == NullSlides && o.SlideCells != [2]int{} {
+		if o.SlideCells[0] < 10 || o.SlideCells[1] < o.SlideCells[0] || o.SlideCells[1] > 1000000 {
+			return o, fmt.Errorf("slide cells %v: want 10 <= min <= max <= 1000000", o.SlideCells)
+		}
+	} else if o.Null != NullSlides {
+		o.SlideCells = [2]int{}
 	}
 	if n := int64(o.Sims) * int64(o.Horizon) * int64(len(o.Windows)*len(o.Signals)) * 4; n > 4<<30 {
 		return o, fmt.Errorf("calibration needs %d MiB (sims x horizon x tests x 4 bytes): lower sims or the largest window", n>>20)
@@ -202,6 +244,23 @@ func blockStarts(windows []int, horizon int) []int {
 // calibrate simulates cfg.Sims drift-free streams through the engine and
 // sets the thresholds of both tiers.
 func calibrate(ctx context.Context, ref *reference, cfg CalibrationConfig) (*Calibration, error) {
+	if cfg.Null == NullSlides {
+		if err := checkSlideReference(ref); err != nil {
+			return nil, fmt.Errorf("%w: detector: %w", ErrInvalidBaseline, err)
+		}
+		if cfg.slideHorizon {
+			longest := cfg.SlideCells[1]
+			for _, rows := range ref.slideRows {
+				if cfg.SlideCells[1] == 0 {
+					longest = max(longest, len(rows))
+				}
+			}
+			cfg.Horizon = max(cfg.Horizon, 6*longest)
+		}
+		if n := int64(cfg.Sims) * int64(cfg.Horizon) * int64(len(cfg.Windows)*len(cfg.Signals)) * 4; n > 4<<30 {
+			return nil, fmt.Errorf("calibration needs %d MiB (sims x horizon x tests x 4 bytes): lower sims, the largest window or the slide length", n>>20)
+		}
+	}
 	tests := testsFor(cfg.Signals, cfg.Windows)
 	B, T, K := cfg.Sims, cfg.Horizon, len(tests)
 	stats := make([]float32, B*T*K)
@@ -216,7 +275,7 @@ func calibrate(ctx context.Context, ref *reference, cfg CalibrationConfig) (*Cal
 		go func() {
 			defer wg.Done()
 			e := newEngine(ref, tests, cfg.Seed)
-			st := newNullStream(ref, cfg.Null)
+			st := newNullStream(ref, cfg.Null, cfg.SlideCells)
 			for b := range next {
 				e.reset()
 				st.reset(newRand(cfg.Seed, uint64(b)+1000))
@@ -255,7 +314,7 @@ feed:
 	}
 	c := &Calibration{
 		ERT: cfg.ERT, WarnERT: cfg.WarnERT, Null: cfg.Null, Sims: B, Horizon: T, Seed: cfg.Seed,
-		Weights: cfg.Signals, Tests: tests, Blocks: blockStarts(cfg.Windows, T),
+		Weights: cfg.Signals, Tests: tests, Blocks: blockStarts(cfg.Windows, T), SlideCells: cfg.SlideCells,
 	}
 	c.Start = make([]int, K)
 	for i, ts := range tests {
@@ -398,10 +457,32 @@ type nullStream struct {
 	}
 	urn []int32
 	cum []float64 // cumulative slide weights of this stream (slide-level null)
+
+	// NullSlides: the urn over slides, the current slide's urn over its
+	// rows (in urn), the cells left on it and the slide length range.
+	slideUrn   []int32
+	slide      int32
+	left       int
+	slideCells [2]int
 }
 
-func newNullStream(ref *reference, null string) *nullStream {
-	return &nullStream{ref: ref, null: null}
+func newNullStream(ref *reference, null string, slideCells [2]int) *nullStream {
+	return &nullStream{ref: ref, null: null, slideCells: slideCells}
+}
+
+// checkSlideReference says whether ref can carry the slide null model.
+func checkSlideReference(ref *reference) error {
+	n, small := len(ref.slideRows), 0
+	for _, rows := range ref.slideRows {
+		if len(rows) < MinSlideRows {
+			small++
+		}
+	}
+	if n-small < MinSlides {
+		return fmt.Errorf("null %s: the reference has %d slides with at least %d cells (%d smaller ones), want at least %d: build the baseline from whole slides (labels.csv slide column, more cells per slide)",
+			NullSlides, n-small, MinSlideRows, small, MinSlides)
+	}
+	return nil
 }
 
 func (s *nullStream) reset(r interface {
@@ -409,7 +490,17 @@ func (s *nullStream) reset(r interface {
 	Float64() float64
 }) {
 	s.r = r
-	if s.null == NullExchangeable && len(s.ref.slideRows) > 1 {
+	switch {
+	case s.null == NullSlides:
+		s.slideUrn = s.slideUrn[:0]
+		for k, rows := range s.ref.slideRows {
+			if len(rows) >= MinSlideRows {
+				s.slideUrn = append(s.slideUrn, int32(k))
+			}
+		}
+		s.left = 0
+		return
+	case s.null == NullExchangeable && len(s.ref.slideRows) > 1:
 		// Bayesian bootstrap over slides: this stream's distribution is the
 		// reference slides reweighted by Dirichlet(1, ..., 1) weights.
 		s.cum = s.cum[:0]
@@ -426,6 +517,19 @@ func (s *nullStream) reset(r interface {
 	}
 }
 
+// nextSlide starts a new simulated slide: a reference slide drawn
+// uniformly, and its length (the reference slide's own unless SlideCells
+// says otherwise).
+func (s *nullStream) nextSlide() {
+	s.slide = s.slideUrn[s.r.IntN(len(s.slideUrn))]
+	s.slideUrn = append(s.slideUrn, s.slide)
+	s.urn = append(s.urn[:0], s.ref.slideRows[s.slide]...)
+	s.left = len(s.urn)
+	if lo, hi := s.slideCells[0], s.slideCells[1]; hi > 0 {
+		s.left = lo + s.r.IntN(hi-lo+1)
+	}
+}
+
 // next returns the drawn reference row, the stream's score and (0 without
 // a focus reference) its focus.
 func (s *nullStream) next() (int, float64, float64) {
@@ -438,11 +542,29 @@ func (s *nullStream) next() (int, float64, float64) {
 		return i, s.ref.scores[i], f
 	}
 	var i int
-	if s.cum != nil && len(s.ref.slideRows) > 1 {
+	switch {
+	case s.null == NullSlides:
+		if s.left == 0 {
+			s.nextSlide()
+		}
+		s.left--
+		if len(s.urn) == 0 { // a simulated slide longer than the reference slide
+			s.urn = append(s.urn, s.ref.slideRows[s.slide]...)
+		}
+		// The slide's own cells in random order, without replacement: a
+		// window within one slide then varies as a real slide's does.
+		// Drawing with replacement (or from a Pólya urn) adds the cells'
+		// sampling noise a second time; measured, it made the positive-rate
+		// and embedding tests' run lengths twice the ERT.
+		j := s.r.IntN(len(s.urn))
+		i = int(s.urn[j])
+		s.urn[j] = s.urn[len(s.urn)-1]
+		s.urn = s.urn[:len(s.urn)-1]
+	case s.cum != nil && len(s.ref.slideRows) > 1:
 		k, _ := slices.BinarySearch(s.cum, s.r.Float64()*s.cum[len(s.cum)-1])
 		rows := s.ref.slideRows[min(k, len(s.cum)-1)]
 		i = int(rows[s.r.IntN(len(rows))])
-	} else {
+	default:
 		i = int(s.urn[s.r.IntN(len(s.urn))])
 		s.urn = append(s.urn, int32(i))
 	}

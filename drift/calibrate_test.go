@@ -2,8 +2,11 @@ package drift
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -103,5 +106,88 @@ func TestSlideNullOnNewSlides(t *testing.T) {
 	}
 	if !(cells < withSlides) {
 		t.Errorf("cell-level null ran %.0f, not shorter than slide-aware %.0f", cells, withSlides)
+	}
+}
+
+// TestSlidesNullOnSlideStreams: a stream sent slide by slide (as a
+// microscope sends it) sees one slide's offset at a time. The slide-mixing
+// null alarms on it long before its ERT; the slides null, calibrated on
+// whole reference slides, keeps the run length near the ERT.
+func TestSlidesNullOnSlideStreams(t *testing.T) {
+	s, l, ids := slideCells(60, 100, 1)
+	ns, nl, nids := slideCells(300, 100, 2) // new slides
+	rows := &EvalRows{Scores: ns, Labels: nl, Slides: nids}
+	order, err := NewSlideOrder(nids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(null string) float64 {
+		b, err := BuildBaseline(context.Background(), s, l, nil, 0.5, BaselineConfig{
+			Seed: 5, BootstrapReps: 20, DescriptiveSims: 10, Slides: ids, MaxReference: len(s),
+			Detector: CalibrationConfig{ERT: 300, WarnERT: 100, Windows: []int{20, 100}, Sims: 1000, Null: null, SlideCells: [2]int{100, 100}, Horizon: 2000},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("null %s slide cells %v", b.Detector.Null, b.Detector.SlideCells)
+		res, err := b.EvalRunLengths(context.Background(), rows, func() Sampler { return order.Clone() }, 300, 5000, 9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Alarm.Mean
+	}
+	slides, mixed := run(NullSlides), run(NullExchangeable)
+	t.Logf("mean run length slide by slide: slides null %.0f, slide-mixing null %.0f (ERT 300)", slides, mixed)
+	if slides < 210 || slides > 390 {
+		t.Errorf("slides null: mean run length %.0f, want 300 +- 30%%", slides)
+	}
+	if !(mixed < 0.5*slides) {
+		t.Errorf("slide-mixing null ran %.0f on slide-ordered streams, want well below the slides null's %.0f", mixed, slides)
+	}
+}
+
+// TestSlidesNullNeedsWholeSlides: a reference of a few cells per slide
+// cannot stand for slides sent one at a time, and says so.
+func TestSlidesNullNeedsWholeSlides(t *testing.T) {
+	s, l, ids := slideCells(300, 3, 1)
+	_, err := BuildBaseline(context.Background(), s, l, nil, 0.5, BaselineConfig{
+		Seed: 5, BootstrapReps: 20, DescriptiveSims: 10, Slides: ids,
+		Detector: CalibrationConfig{ERT: 300, WarnERT: 100, Windows: []int{20, 100}, Sims: 200, Null: NullSlides},
+	})
+	if !errors.Is(err, ErrInvalidBaseline) || !strings.Contains(err.Error(), "at least 50 cells") {
+		t.Fatalf("err %v, want ErrInvalidBaseline naming the cells per slide needed", err)
+	}
+}
+
+// TestSlideOrderSendsWholeSlides: the sampler sends each slide's rows
+// together, every row once, before any slide repeats.
+func TestSlideOrderSendsWholeSlides(t *testing.T) {
+	ids := []string{"a", "b", "a", "c", "b", "a", "c", "c", "c"}
+	so, err := NewSlideOrder(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	seen := map[int]bool{}
+	var got []string
+	for range len(ids) {
+		i := so.Next(r)
+		if seen[i] {
+			t.Fatalf("row %d sent twice in one pass", i)
+		}
+		seen[i] = true
+		got = append(got, ids[i])
+	}
+	runs := 1
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1] {
+			runs++
+		}
+	}
+	if runs != 3 {
+		t.Errorf("slides sent as %v: want each slide's rows together (3 runs), got %d runs", got, runs)
+	}
+	if _, err := NewSlideOrder(nil); err == nil {
+		t.Error("no slide ids: want an error")
 	}
 }

@@ -80,11 +80,11 @@ func (b *Baseline) describe(live []float64) descValues {
 // simulateDescriptive draws sims drift-free windows of size n with the
 // detector's null model and returns the 99th percentiles.
 func (b *Baseline) simulateDescriptive(n, sims int, seed uint64) DescriptiveThreshold {
-	null := NullExchangeable
+	null, slideCells := NullExchangeable, [2]int{}
 	if b.Detector != nil {
-		null = b.Detector.Null
+		null, slideCells = b.Detector.Null, b.Detector.SlideCells
 	}
-	st := newNullStream(b.ref, null)
+	st := newNullStream(b.ref, null, slideCells)
 	var psi, js, w, ks, acc, sens, spec []float64
 	win := make([]float64, n)
 	for s := range sims {

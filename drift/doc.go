@@ -32,6 +32,27 @@
 // resampling of the reference) is available for comparison; it is too
 // permissive for new data with large windows.
 //
+// # Slides, one after another
+//
+// A microscope sends one slide after another, and each slide has its own
+// stain, light, focus and parasitemia, so a window of a few hundred cells
+// mostly sees one slide. Null models that mix the cells of all reference
+// slides describe a stream drawn from many slides at once; against a
+// stream sent slide by slide their thresholds are far too low (measured:
+// a nominal stream alarmed within its first slide). The "slides" null
+// model simulates what the device does: it draws whole reference slides,
+// from a Pólya urn over the slides (so new slides are exchangeable with
+// the reference's, and the reference's own sampling of slides counts), and
+// sends each slide's own cells in random order, without replacement, for
+// the slide's length (the reference slide's cell count, or a configured
+// range). Drawing a slide's cells with replacement would add their
+// sampling noise a second time; measured, it doubled the positive-rate and
+// embedding tests' run lengths. The simulated streams span at least six
+// slides, because false alarms come at slide changes. It needs a baseline
+// built from whole slides as long as the device's (at least 20 slides of
+// 50 cells; the shipped one has 160 slides of 250 cells), and its ERT,
+// stated in cells, is also a number of slides: ERT / cells per slide.
+//
 // # Focus
 //
 // A microscope drifting out of focus is something operators must hear about

@@ -98,6 +98,57 @@ func (s *Shuffled) Next(r *rand.Rand) int {
 	return s.perm[s.i-1]
 }
 
+// SlideOrder sends a pool slide by slide, as a microscope does: whole
+// slides in random order (each once until all were sent, then reshuffled),
+// each slide's rows in random order.
+type SlideOrder struct {
+	slides [][]int
+	order  []int
+	cur    []int
+	next   int
+}
+
+// NewSlideOrder groups rows by slide id for a SlideOrder sampler.
+func NewSlideOrder(slides []string) (*SlideOrder, error) {
+	if len(slides) == 0 {
+		return nil, fmt.Errorf("slide order: the pool has no slide ids (a slide column is needed)")
+	}
+	idx := map[string]int{}
+	s := &SlideOrder{}
+	for i, id := range slides {
+		k, ok := idx[id]
+		if !ok {
+			k = len(s.slides)
+			idx[id] = k
+			s.slides = append(s.slides, nil)
+		}
+		s.slides[k] = append(s.slides[k], i)
+	}
+	return s, nil
+}
+
+// Slides is the number of slides in the pool.
+func (s *SlideOrder) Slides() int { return len(s.slides) }
+
+// Clone returns a sampler over the same slides with its own position.
+func (s *SlideOrder) Clone() *SlideOrder { return &SlideOrder{slides: s.slides} }
+
+func (s *SlideOrder) Next(r *rand.Rand) int {
+	if len(s.cur) == 0 {
+		if s.next >= len(s.order) {
+			s.order = r.Perm(len(s.slides))
+			s.next = 0
+		}
+		rows := s.slides[s.order[s.next]]
+		s.next++
+		s.cur = append(s.cur[:0], rows...)
+		r.Shuffle(len(s.cur), func(i, j int) { s.cur[i], s.cur[j] = s.cur[j], s.cur[i] })
+	}
+	i := s.cur[len(s.cur)-1]
+	s.cur = s.cur[:len(s.cur)-1]
+	return i
+}
+
 // Resample draws rows with replacement.
 type Resample struct{ N int }
 

@@ -60,6 +60,8 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	warnERT := fs.Int("warn-ert", 0, "expected run time of the warn tier (0: ert/10)")
 	windows := fs.String("windows", "50,200,1000", "comma-separated detector window sizes")
 	sims := fs.Int("sims", 2000, "simulated drift-free streams for the threshold calibration")
+	null := fs.String("null-model", drift.NullExchangeable, "null model of the calibration: exchangeable (cells of all slides mixed), bootstrap, or slides (streams sent slide by slide; needs whole slides: at least 20 slides of 50 or more cells)")
+	slideCells := fs.String("slide-cells", "", "MIN,MAX cells per simulated slide of the slides null model (empty: each reference slide's own count, so make the test set of slides as long as the device's)")
 	noEmbed := fs.Bool("no-embedding", false, "do not use the embedding signal")
 	noFocus := fs.Bool("no-focus", false, "do not record the focus reference (no focus signal)")
 	scoreOnly := fs.Bool("score-only", false, "only classify the folder and write -csv (full-precision scores, truth, slide, focus, features): drift-free or shifted pools for drift eval")
@@ -68,6 +70,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	noPlaus := fs.Bool("no-plausibility", false, "do not add the plausibility reference (the daemon then checks only crop sizes)")
 	plausOut := fs.String("plausibility-out", "", "write only the plausibility reference, as its own file pinned to this bundle's manifest (for a bundle that cannot be re-sealed; the daemon reads MODEL.plausibility.json), and leave the bundle untouched")
 	fieldsDir := fs.String("fields", "", "nominal whole fields (a folder of slide folders, as `synth fields` writes) for the plausibility reference of segmented field cells; without it field cells go unchecked")
+	plausFrom := fs.String("plausibility-from", "", "take the plausibility references from this plausibility file (as -plausibility-out writes, for this bundle) instead of calibrating them: re-sealing a bundle whose gate was made beside it folds the gate into the signed baseline")
 	falseRej := fs.Float64("false-rejection", 0.005, "target share of nominal test cells the plausibility gate refuses (half on colour and texture statistics, half on the feature distance)")
 	maxRef := fs.Int("max-reference", 5000, "test-set rows kept as the drift reference (a larger reference keeps a baseline's drift-free run length closer to the ERT; memory and baseline.json grow with it)")
 	if err := fs.Parse(args); err != nil {
@@ -82,8 +85,19 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *plausOut != "" && (*scoreOnly || *out != "" || *noPlaus) {
 		return fmt.Errorf("%w: -plausibility-out writes only the plausibility reference; it does not combine with -score-only, -out or -no-plausibility", errUsage)
 	}
+	if *plausFrom != "" && (*scoreOnly || *noPlaus || *plausOut != "" || *fieldsDir != "") {
+		return fmt.Errorf("%w: -plausibility-from takes both references from its file; it does not combine with -score-only, -no-plausibility, -plausibility-out or -fields", errUsage)
+	}
 	if *out == "" && *keyPath == "" && !*scoreOnly && *plausOut == "" {
 		return fmt.Errorf("%w: writing into the bundle changes its hashes: pass -key KEY to re-seal it, or -out FILE to write the baseline elsewhere", errUsage)
+	}
+	var slideRange [2]int
+	if *slideCells != "" {
+		r, err := parseSlideCells("slide-cells", *slideCells)
+		if err != nil {
+			return err
+		}
+		slideRange = r
 	}
 	var ws []int
 	for _, f := range strings.Split(*windows, ",") {
@@ -183,9 +197,15 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fmt.Fprintf(stderr, "scopewatch baseline: building the baseline and calibrating the detectors (%d simulated streams)...\n", *sims)
 	bc := drift.BaselineConfig{
 		ModelVersion: sc.Version(), Seed: *seed, ReferencePrevalence: *refPrev, Slides: keepSl, Focus: keepFoc, MaxReference: *maxRef,
-		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims},
+		Detector: drift.CalibrationConfig{ERT: *ert, WarnERT: *warnERT, Windows: ws, Sims: *sims, Null: *null, SlideCells: slideRange},
 	}
-	if !*noPlaus {
+	var plausFile *drift.PlausibilityFile
+	if *plausFrom != "" {
+		if plausFile, err = readPlausibilityFile(*plausFrom, sc.Version(), bundle.ManifestSHA256); err != nil {
+			return err
+		}
+	}
+	if !*noPlaus && plausFile == nil {
 		if slides == nil {
 			return fmt.Errorf("%s/labels.csv has no slide column: the plausibility reference is calibrated on slides it was not fitted on (or pass -no-plausibility)", *data)
 		}
@@ -198,6 +218,9 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	b.FieldPlausibility = fieldRef
+	if plausFile != nil {
+		b.Plausibility, b.FieldPlausibility, fieldRef = plausFile.Plausibility, plausFile.Field, plausFile.Field
+	}
 	if b.Plausibility != nil {
 		printPlausibility(stdout, "crops", b.Plausibility)
 	}
@@ -226,6 +249,24 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	return writeBaselineIntoBundle(bundle.Dir, b, *keyPath, stdout)
+}
+
+// readPlausibilityFile reads a plausibility file and checks it was made
+// for this model (version and manifest).
+func readPlausibilityFile(path, version, manifestSHA string) (*drift.PlausibilityFile, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("-plausibility-from: %w", err)
+	}
+	defer fh.Close()
+	f, err := drift.DecodePlausibilityFile(fh)
+	if err != nil {
+		return nil, fmt.Errorf("-plausibility-from %s: %w", path, err)
+	}
+	if f.ModelVersion != version || f.ModelIdentity != manifestSHA {
+		return nil, fmt.Errorf("-plausibility-from %s: made for model %s (manifest %.12s), not for this bundle's %s (manifest %.12s)", path, f.ModelVersion, f.ModelIdentity, version, manifestSHA)
+	}
+	return f, nil
 }
 
 // printPlausibility summarises a plausibility reference.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -40,6 +41,7 @@ type calibrationFlags struct {
 	ert, warnERT, sims int
 	windows, signals   string
 	null               string
+	slideCells         string
 }
 
 func (c *calibrationFlags) register(fs *flag.FlagSet) {
@@ -48,11 +50,23 @@ func (c *calibrationFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.sims, "sims", 0, "simulated streams for recalibration (0: the baseline's)")
 	fs.StringVar(&c.windows, "windows", "", "comma-separated window sizes (empty: the baseline's)")
 	fs.StringVar(&c.signals, "signals", "", "comma-separated signals to run: scores_cvm, positive_rate, embedding_mmd, focus_cvm (empty: the baseline's)")
-	fs.StringVar(&c.null, "null-model", "", "null model for recalibration: exchangeable or bootstrap (empty: the baseline's)")
+	fs.StringVar(&c.null, "null-model", "", "null model for recalibration: exchangeable, bootstrap or slides (empty: the baseline's)")
+	fs.StringVar(&c.slideCells, "slide-cells", "", "MIN,MAX cells per simulated slide of the slides null model (empty: the baseline's; none: each reference slide's own count)")
+}
+
+// parseSlideCells parses MIN,MAX.
+func parseSlideCells(flagName, v string) ([2]int, error) {
+	a, b, ok := strings.Cut(v, ",")
+	lo, err1 := strconv.Atoi(strings.TrimSpace(a))
+	hi, err2 := strconv.Atoi(strings.TrimSpace(b))
+	if !ok || err1 != nil || err2 != nil {
+		return [2]int{}, fmt.Errorf("%w: -%s %q: want MIN,MAX cells per slide, e.g. 200,500", errUsage, flagName, v)
+	}
+	return [2]int{lo, hi}, nil
 }
 
 func (c *calibrationFlags) changed() bool {
-	return c.ert != 0 || c.warnERT != 0 || c.sims != 0 || c.windows != "" || c.signals != "" || c.null != ""
+	return c.ert != 0 || c.warnERT != 0 || c.sims != 0 || c.windows != "" || c.signals != "" || c.null != "" || c.slideCells != ""
 }
 
 // config returns the baseline's calibration settings with the overrides.
@@ -70,6 +84,13 @@ func (c *calibrationFlags) config(b *drift.Baseline) (drift.CalibrationConfig, e
 	}
 	if c.null != "" {
 		cfg.Null = c.null
+	}
+	if c.slideCells != "" {
+		sc, err := parseSlideCells("slide-cells", c.slideCells)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.SlideCells = sc
 	}
 	if c.windows != "" {
 		cfg.Windows = nil
@@ -239,7 +260,7 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlagSet("drift eval", stderr)
 	basePath := fs.String("baseline", "", "baseline.json (required)")
 	nullPath := fs.String("null", "", "CSV of drift-free cells (new slides); empty: the baseline's own reference rows")
-	nullMode := fs.String("null-sampling", "shuffle", "how drift-free streams draw from their pool: shuffle (without replacement, reshuffled) or resample (with replacement)")
+	nullMode := fs.String("null-sampling", "shuffle", "how streams draw from their pools: shuffle (without replacement, reshuffled), resample (with replacement) or slides (slide by slide, whole slides in random order; shifted pools too; needs a slide column)")
 	runs := fs.Int("runs", 200, "runs per condition")
 	nullRuns := fs.Int("null-runs", -1, "drift-free runs per detector (-1: as -runs; 0: skip the run-length table)")
 	maxSteps := fs.Int("max-steps", 0, "cap on a drift-free run (0: 10 x ERT)")
@@ -301,12 +322,29 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		nullRows.DropFeatures()
 	}
 	newNull := func() drift.Sampler { return &drift.Shuffled{N: len(nullRows.Scores)} }
+	newShift := func(r *drift.EvalRows) (func() drift.Sampler, error) {
+		return func() drift.Sampler { return &drift.Shuffled{N: len(r.Scores)} }, nil
+	}
 	switch *nullMode {
 	case "shuffle":
 	case "resample":
 		newNull = func() drift.Sampler { return drift.Resample{N: len(nullRows.Scores)} }
+	case "slides":
+		so, err := drift.NewSlideOrder(nullRows.Slides)
+		if err != nil {
+			return fmt.Errorf("-null-sampling slides: %s: %w", cmp.Or(*nullPath, "the baseline's reference"), err)
+		}
+		fmt.Fprintf(stderr, "scopewatch drift eval: drift-free pool of %d slides, sent slide by slide\n", so.Slides())
+		newNull = func() drift.Sampler { return so.Clone() }
+		newShift = func(r *drift.EvalRows) (func() drift.Sampler, error) {
+			so, err := drift.NewSlideOrder(r.Slides)
+			if err != nil {
+				return nil, err
+			}
+			return func() drift.Sampler { return so.Clone() }, nil
+		}
 	default:
-		return fmt.Errorf("%w: -null-sampling %q: want shuffle or resample", errUsage, *nullMode)
+		return fmt.Errorf("%w: -null-sampling %q: want shuffle, resample or slides", errUsage, *nullMode)
 	}
 	ert := b.Detector.ERT
 	if *maxSteps == 0 {
@@ -376,7 +414,11 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(stderr, "scopewatch drift eval: shift %s (%s)...\n", name, lvl)
 			c := dc
 			c.Level = lvl
-			res, err := b.EvalDelay(ctx, nullRows, newNull, r, func() drift.Sampler { return &drift.Shuffled{N: len(r.Scores)} }, c)
+			ns, err := newShift(r)
+			if err != nil {
+				return fmt.Errorf("shift %s: %w", name, err)
+			}
+			res, err := b.EvalDelay(ctx, nullRows, newNull, r, ns, c)
 			if err != nil {
 				return fmt.Errorf("shift %s: %w", name, err)
 			}

@@ -115,6 +115,22 @@ func TestDriftReplayAndEval(t *testing.T) {
 		}
 	}
 
+	// Slide by slide needs slide ids, in the pool and in the baseline.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--null-sampling", "slides"}, "slide column"},
+		{[]string{"--null-model", "slides"}, "slides with at least 50 cells"},
+		{[]string{"--null-model", "slides", "--slide-cells", "300"}, "want MIN,MAX"},
+	} {
+		errOut.Reset()
+		args := append([]string{"drift", "eval", "--baseline", bpath, "--null", filepath.Join(dir, "null.csv"), "--runs", "5"}, c.args...)
+		if code := run(context.Background(), args, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), c.want) {
+			t.Errorf("eval %v: exit %d, stderr %q: want a failure naming %q", c.args, code, errOut.String(), c.want)
+		}
+	}
+
 	// Bad input: a CSV without p_parasitized is a clear error.
 	os.WriteFile(spath, []byte("score\n0.1\n"), 0o644)
 	errOut.Reset()
