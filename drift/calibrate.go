@@ -2,6 +2,7 @@ package drift
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -38,6 +39,11 @@ const (
 	// MinSlideRows cells on each of MinSlides slides).
 	NullSlides = "slides"
 )
+
+// ErrTooFewSlides says a reference has too few whole slides for the slides
+// null model (see MinSlides, MinSlideRows); it is also an
+// ErrInvalidBaseline.
+var ErrTooFewSlides = errors.New("too few whole slides for the slides null model")
 
 // Limits of a reference the slide null model can use: enough slides for
 // the urn to stand for new slides, and enough cells per slide for a window
@@ -479,8 +485,8 @@ func checkSlideReference(ref *reference) error {
 		}
 	}
 	if n-small < MinSlides {
-		return fmt.Errorf("null %s: the reference has %d slides with at least %d cells (%d smaller ones), want at least %d: build the baseline from whole slides (labels.csv slide column, more cells per slide)",
-			NullSlides, n-small, MinSlideRows, small, MinSlides)
+		return fmt.Errorf("%w: null %s: the reference has %d slides with at least %d cells (%d smaller ones), want at least %d: build the baseline from whole slides (labels.csv slide column, more cells per slide)",
+			ErrTooFewSlides, NullSlides, n-small, MinSlideRows, small, MinSlides)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
@@ -246,8 +247,8 @@ func parseRecords(t *testing.T, format string, out []byte) map[string]classifyRe
 // are classified, and a refusal does not fail the run.
 func TestClassifyRefusesImplausible(t *testing.T) {
 	model, keys := classifyModel(t)
-	if _, err := os.Stat(model + ".plausibility.json"); err != nil {
-		t.Skipf("%s has no plausibility reference beside it: only the size check would run", model)
+	if crop, _, err := drift.LoadBaselinePlausibility(filepath.Join(model, "baseline.json")); err != nil || crop == nil {
+		t.Fatalf("%s: the shipped bundle must carry a plausibility reference (err %v)", model, err)
 	}
 	dir := t.TempDir()
 	junk := map[string]bool{}

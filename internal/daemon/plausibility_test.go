@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/scopewatch/scopewatch/drift"
+	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/config"
 	"github.com/scopewatch/scopewatch/internal/synth"
 )
@@ -42,7 +43,7 @@ func gatedAnalyzer(t *testing.T) *modelAnalyzer {
 	t.Cleanup(func() { a.Close() })
 	ma := a.(*modelAnalyzer)
 	if !ma.gate.HasReference() || !ma.gate.HasFieldReference() {
-		t.Fatalf("the shipped model runs without a plausibility reference (source %q): %s is missing", ma.gate.Source, PlausibilitySidecar(cfg.Model.Path))
+		t.Fatalf("the shipped model runs without a plausibility reference (source %q): its baseline.json lacks one", ma.gate.Source)
 	}
 	return ma
 }
@@ -217,9 +218,24 @@ func TestPlausibilityGateWithoutOrForeignReference(t *testing.T) {
 	if err := os.CopyFS(dir, os.DirFS(root)); err != nil {
 		t.Fatal(err)
 	}
+	// The shipped baseline without its references, re-sealed by a key the
+	// test trusts.
+	var base map[string]any
+	raw, _ := os.ReadFile(filepath.Join(dir, "baseline.json"))
+	if err := json.Unmarshal(raw, &base); err != nil || base["plausibility"] == nil {
+		t.Fatalf("the shipped baseline: %v, plausibility present %v", err, base["plausibility"] != nil)
+	}
+	delete(base, "plausibility")
+	delete(base, "field_plausibility")
+	raw, _ = json.Marshal(base)
+	os.WriteFile(filepath.Join(dir, "baseline.json"), raw, 0o644)
+	fl := newFleet(t)
+	if _, err := inference.SealBundle(dir, fl.priv); err != nil {
+		t.Fatal(err)
+	}
 	cfg := config.Default()
 	cfg.Model.Path = dir
-	cfg.Model.Keys = filepath.Join(repoRoot(t), "models", "keys")
+	cfg.Model.Keys = fl.keys
 	var logs bytes.Buffer
 	a, err := openAnalyzer(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
@@ -232,11 +248,11 @@ func TestPlausibilityGateWithoutOrForeignReference(t *testing.T) {
 	}
 	a.Close()
 
-	ref, err := drift.LoadPlausibilityFile(PlausibilitySidecar(root))
+	crop, field, err := drift.LoadBaselinePlausibility(filepath.Join(root, "baseline.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref.ModelIdentity = strings.Repeat("0", 64)
+	ref := &drift.PlausibilityFile{Schema: drift.PlausibilitySchema, ModelVersion: "2026.11.28-2", ModelIdentity: strings.Repeat("0", 64), Plausibility: crop, Field: field}
 	if err := ref.Save(PlausibilitySidecar(dir)); err != nil {
 		t.Fatal(err)
 	}

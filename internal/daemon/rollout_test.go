@@ -67,17 +67,7 @@ func (f fleet) candidateBundle(t *testing.T, version string, threshold float64) 
 		raw, _ := os.ReadFile(filepath.Join(src, e.Name()))
 		os.WriteFile(filepath.Join(dir, e.Name()), raw, 0o644)
 	}
-	// The shipped bundle keeps its plausibility reference beside it; a
-	// sealed candidate carries it in its baseline, as a retuned one does.
-	var side, base map[string]any
-	raw, _ := os.ReadFile(PlausibilitySidecar(src))
-	json.Unmarshal(raw, &side)
-	raw, _ = os.ReadFile(filepath.Join(dir, "baseline.json"))
-	json.Unmarshal(raw, &base)
-	base["plausibility"], base["field_plausibility"] = side["plausibility"], side["field"]
-	raw, _ = json.Marshal(base)
-	os.WriteFile(filepath.Join(dir, "baseline.json"), raw, 0o644)
-	raw, _ = os.ReadFile(filepath.Join(dir, inference.ManifestFile))
+	raw, _ := os.ReadFile(filepath.Join(dir, inference.ManifestFile))
 	var m map[string]any
 	json.Unmarshal(raw, &m)
 	m["version"], m["threshold"] = version, threshold

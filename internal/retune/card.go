@@ -108,7 +108,11 @@ func (r *run) card(version string, base *drift.Baseline, backboneSHA string) ([]
 	p("## Baseline\n\n")
 	p("`baseline.json` is built from the sealed test split's %d cells with the new model's scores, focus and features, as `scopewatch baseline` builds one", base.TestSize)
 	if base.Detector != nil {
-		p(", detectors calibrated for an expected run time of %d cells without drift (%d simulated streams)", base.Detector.ERT, base.Detector.Sims)
+		how := "cells of all slides mixed"
+		if base.Detector.Null == drift.NullSlides {
+			how = "streams sent slide by slide"
+		}
+		p(", detectors calibrated for an expected run time of %d cells without drift (%d simulated streams, %s)", base.Detector.ERT, base.Detector.Sims, how)
 	}
 	p(".\n\n")
 	if base.Plausibility != nil {

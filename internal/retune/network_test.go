@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/tuning"
 	"gopkg.in/yaml.v3"
@@ -100,9 +101,15 @@ func TestRetuneFineTunesTheNetwork(t *testing.T) {
 		}
 	}
 	// 1,000 crops leave too few held-out cells for a plausibility
-	// reference: the bundle ships without one and says so.
-	if len(dec.Warnings) != 1 || !strings.Contains(dec.Warnings[0], "plausibility") || !bytes.Contains(card, []byte("No plausibility reference")) {
+	// reference, and their slides are too small for the incumbent's
+	// slide-by-slide drift calibration: the bundle ships without the one
+	// and with cells mixed for the other, and says so.
+	if len(dec.Warnings) != 2 || !strings.Contains(dec.Warnings[0], "slide by slide") || !strings.Contains(dec.Warnings[1], "plausibility") ||
+		!bytes.Contains(card, []byte("No plausibility reference")) {
 		t.Errorf("warnings %q", dec.Warnings)
+	}
+	if nb, err := drift.LoadBaseline(filepath.Join(dec.Bundle, "baseline.json")); err != nil || nb.Detector.Null != drift.NullExchangeable {
+		t.Errorf("retuned baseline: %v, want the cells-mixed null model", err)
 	}
 	// The test split was never given to a trial.
 	test := testSamples(t, r.cfg.Out)

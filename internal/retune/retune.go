@@ -954,9 +954,18 @@ func (r *run) baseline(ctx context.Context, version string) (*drift.Baseline, er
 		slides[k] = r.snap.Samples[i].Device + "/" + r.snap.Samples[i].Slide
 	}
 	r.log.Info("retune baseline", "cells", len(test), "sims", cc.Sims)
-	b, err := drift.BuildBaseline(ctx, scores, labels, feats, r.dec.Threshold, drift.BaselineConfig{
+	bc := drift.BaselineConfig{
 		ModelVersion: version, Seed: tuning.HashSeed(r.snap.Hash), ReferencePrevalence: refPrev, Slides: slides, Focus: focus, Detector: cc,
-	})
+	}
+	b, err := drift.BuildBaseline(ctx, scores, labels, feats, r.dec.Threshold, bc)
+	if errors.Is(err, drift.ErrTooFewSlides) {
+		// Feedback samples are a few cells of many slides: the test split
+		// cannot stand for slides sent one at a time. The new baseline mixes
+		// slides instead, and says what that costs.
+		r.dec.Warnings = append(r.dec.Warnings, fmt.Sprintf("drift detectors calibrated with cells of all slides mixed, not slide by slide (%v): on a device's slide-by-slide stream they alarm more often than every %d cells; rebuild the baseline from whole held-out slides (scopewatch baseline --null-model slides)", err, cc.ERT))
+		bc.Detector.Null, bc.Detector.SlideCells = drift.NullExchangeable, [2]int{}
+		b, err = drift.BuildBaseline(ctx, scores, labels, feats, r.dec.Threshold, bc)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("retune: baseline: %w", err)
 	}

@@ -78,9 +78,13 @@ measured by that run.
 - `baseline.json`: this bundle's own scores, metrics, focus and embedding
   references and drift-detector calibration on held-out cells from fresh
   slides, never trained on (the recipe's baseline set, `BASELINE_*` in
-  `models/recipe/Makefile`: many slides with few cells each, at 10 %
+  `models/recipe/Makefile`: whole slides of 250 cells each, at 10 %
   parasitized), computed through ONNX Runtime by `scopewatch baseline`:
-  the drift reference on devices.
+  the drift reference on devices. The detectors are calibrated for
+  streams sent slide by slide (the slides null model, slides of 200-500
+  cells), so the ERT in cells is also a number of slides. The
+  plausibility reference (the gate against images that are not blood
+  cells) is part of it.
 - Decision: parasitized when p(parasitized) >= **{man['threshold']:.6g}**. The
   threshold minimises misclassified cells (FP + FN) on **{op['cells']} red cells
   segmented by the daemon's own pipeline** from validation fields (generator

@@ -5,7 +5,10 @@
 // (which refuses most junk first, so the others' share is otherwise
 // hidden):
 //
-//	go run ./scripts/ood/checks models/default models/default.plausibility.json JUNK_DIR
+//	go run ./scripts/ood/checks models/default models/default/baseline.json JUNK_DIR
+//
+// REFERENCE is a baseline.json with a plausibility reference or a
+// plausibility file (baseline --plausibility-out).
 package main
 
 import (
@@ -40,7 +43,11 @@ func main() {
 	}
 	f, err := drift.LoadPlausibilityFile(os.Args[2])
 	if err != nil {
-		panic(err)
+		crop, field, berr := drift.LoadBaselinePlausibility(os.Args[2])
+		if berr != nil || crop == nil {
+			panic(fmt.Sprintf("%s: neither a plausibility file (%v) nor a baseline with a plausibility reference (%v)", os.Args[2], err, berr))
+		}
+		f = &drift.PlausibilityFile{Plausibility: crop, Field: field}
 	}
 	if !slices.Equal(f.Plausibility.StatNames(), inference.AppearanceNames) {
 		panic(fmt.Sprintf("reference statistics %v are not this build's %v", f.Plausibility.StatNames(), inference.AppearanceNames))
