@@ -308,6 +308,22 @@ func (b *Baseline) Recalibrate(ctx context.Context, cfg CalibrationConfig) (*Bas
 	return &c, nil
 }
 
+// WithCalibration returns a copy of b with the detector thresholds c (from
+// an earlier Recalibrate of this baseline, kept by the caller), checked
+// against b's references.
+func (b *Baseline) WithCalibration(c *Calibration) (*Baseline, error) {
+	if c == nil {
+		return nil, fmt.Errorf("%w: detector: missing", ErrInvalidBaseline)
+	}
+	if err := c.validate(b.Embedding != nil, len(b.Focus) > 0); err != nil {
+		return nil, err
+	}
+	cb := *b
+	cb.fingerprint = ""
+	cb.Detector = c
+	return &cb, nil
+}
+
 func checkInputs(scores []float64, labels []int, features [][]float32, threshold float64) error {
 	if len(scores) < 20 {
 		return fmt.Errorf("%w: %d scores: want at least 20", ErrInvalidBaseline, len(scores))

@@ -3,6 +3,8 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -42,6 +44,7 @@ type calibrationFlags struct {
 	windows, signals   string
 	null               string
 	slideCells         string
+	cacheDir           string
 }
 
 func (c *calibrationFlags) register(fs *flag.FlagSet) {
@@ -51,6 +54,7 @@ func (c *calibrationFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.windows, "windows", "", "comma-separated window sizes (empty: the baseline's)")
 	fs.StringVar(&c.signals, "signals", "", "comma-separated signals to run: scores_cvm, positive_rate, embedding_mmd, focus_cvm (empty: the baseline's)")
 	fs.StringVar(&c.null, "null-model", "", "null model for recalibration: exchangeable, bootstrap or slides (empty: the baseline's)")
+	fs.StringVar(&c.cacheDir, "calibration-cache", defaultCalibrationCache(), "folder of cached recalibrations, by baseline and settings (empty: no cache)")
 	fs.StringVar(&c.slideCells, "slide-cells", "", "MIN,MAX cells per simulated slide of the slides null model (empty: the baseline's; none: each reference slide's own count)")
 }
 
@@ -151,8 +155,88 @@ func prepareBaseline(ctx context.Context, path string, cf *calibrationFlags, hav
 	if !recal {
 		return b, nil
 	}
+	cache := calibrationCache{dir: cf.cacheDir}
+	key := cache.key(b, cfg)
+	if cb, ok := cache.get(b, key); ok {
+		fmt.Fprintf(stderr, "scopewatch drift: thresholds from the calibration cache (%s)\n", cache.path(key))
+		return cb, nil
+	}
 	fmt.Fprintf(stderr, "scopewatch drift: calibrating thresholds (ERT %d, warn %d, windows %v, %d simulated streams)...\n", cfg.ERT, cfg.WarnERT, cfg.Windows, cfg.Sims)
-	return b.Recalibrate(ctx, cfg)
+	cb, err := b.Recalibrate(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := cache.put(key, cb.Detector); err != nil {
+		fmt.Fprintf(stderr, "scopewatch drift: warning: calibration not cached: %v\n", err)
+	}
+	return cb, nil
+}
+
+// calibrationCache keeps recalibrated thresholds as DIR/KEY.json, KEY the
+// sha256 of the baseline and the calibration settings: a recalibration takes
+// seconds to minutes, and the same replay is often run again. An empty dir
+// turns it off.
+type calibrationCache struct{ dir string }
+
+func defaultCalibrationCache() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "scopewatch", "drift")
+}
+
+func (c calibrationCache) key(b *drift.Baseline, cfg drift.CalibrationConfig) string {
+	spec, _ := json.Marshal(cfg)
+	h := sha256.Sum256(append([]byte(b.Fingerprint()+"\n"), spec...))
+	return hex.EncodeToString(h[:])
+}
+
+func (c calibrationCache) path(key string) string { return filepath.Join(c.dir, key+".json") }
+
+func (c calibrationCache) get(b *drift.Baseline, key string) (*drift.Baseline, bool) {
+	if c.dir == "" {
+		return nil, false
+	}
+	raw, err := os.ReadFile(c.path(key))
+	if err != nil {
+		return nil, false
+	}
+	var cal drift.Calibration
+	if err := json.Unmarshal(raw, &cal); err != nil {
+		return nil, false
+	}
+	cb, err := b.WithCalibration(&cal)
+	return cb, err == nil
+}
+
+func (c calibrationCache) put(key string, cal *drift.Calibration) error {
+	if c.dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(cal)
+	if err != nil {
+		return err
+	}
+	// Written whole, then renamed: a concurrent reader sees the old file
+	// or the new one.
+	tmp, err := os.CreateTemp(c.dir, ".cal-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(raw); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), c.path(key))
 }
 
 func runDriftReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {

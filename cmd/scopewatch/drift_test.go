@@ -115,6 +115,28 @@ func TestDriftReplayAndEval(t *testing.T) {
 		}
 	}
 
+	// A recalibration is cached: the same replay again takes the cached
+	// thresholds and gives the same events.
+	cache := filepath.Join(dir, "cache")
+	var first string
+	for i := range 2 {
+		out.Reset()
+		errOut.Reset()
+		args := []string{"drift", "replay", "--baseline", bpath, "--input", spath, "--ert", "400", "--calibration-cache", cache}
+		if code := run(context.Background(), args, &out, &errOut); code != 0 {
+			t.Fatalf("replay --ert 400: exit %d: %s", code, errOut.String())
+		}
+		cached := strings.Contains(errOut.String(), "from the calibration cache")
+		if cached != (i == 1) {
+			t.Fatalf("replay %d: cached %v, stderr %q", i+1, cached, errOut.String())
+		}
+		if i == 0 {
+			first = out.String()
+		} else if out.String() != first {
+			t.Fatalf("cached thresholds gave other events:\n%s\nthen\n%s", first, out.String())
+		}
+	}
+
 	// Slide by slide needs slide ids, in the pool and in the baseline.
 	for _, c := range []struct {
 		args []string

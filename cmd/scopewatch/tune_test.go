@@ -37,7 +37,17 @@ func TestMain(m *testing.M) {
 			os.Exit(fakeTrial())
 		}
 	}
-	os.Exit(m.Run())
+	// Recalibrations are cached under the user's cache folder: the tests
+	// get their own, never the developer's.
+	cache, err := os.MkdirTemp("", "scopewatch-test-cache-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("XDG_CACHE_HOME", cache)
+	code := m.Run()
+	os.RemoveAll(cache)
+	os.Exit(code)
 }
 
 // fakeTrial evaluates Branin at params x, y, after an optional delay (ms).
