@@ -180,6 +180,10 @@ func estimateFrom(c [4]float64, n int) Estimate {
 	return est
 }
 
+// Baseline is the baseline the monitor compares with (its calibrated
+// thresholds included); callers must not change it.
+func (m *Monitor) Baseline() *Baseline { return m.b }
+
 // Index is the number of scores observed since the monitor was made.
 func (m *Monitor) Index() int64 { return m.total }
 

@@ -625,6 +625,11 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback
 	if s.ModelVersion == "" {
 		s.ModelVersion = d.model.ModelVersion()
 	}
+	if d.drift != nil {
+		if b := d.drift.baselineFor(s.ModelVersion); b != nil {
+			s.Estimate = newSlideEstimate(b.EstimateSlide(sl.Scores, d.model.threshold()))
+		}
+	}
 	if !cfg.MQTT.Enabled {
 		return s, nil
 	}

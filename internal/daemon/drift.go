@@ -106,6 +106,18 @@ func newDriftWatch(deps driftDeps, cfg config.Drift) *driftWatch {
 	return &driftWatch{driftDeps: deps, cfg: cfg, loading: true, reloadCh: make(chan struct{}, 1)}
 }
 
+// baselineFor returns the baseline the monitor runs on when it belongs to
+// model (nil otherwise, or while none is loaded). A baseline is not
+// changed once loaded, so the caller may use it without the lock.
+func (w *driftWatch) baselineFor(model string) *drift.Baseline {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mon == nil || w.model != model {
+		return nil
+	}
+	return w.mon.Baseline()
+}
+
 // modelChanged drops the monitor at once (cells of the new model must not
 // reach the old baseline) and asks run to load the new model's baseline.
 // The new monitor starts fresh: the old state belongs to the old model.
@@ -464,7 +476,7 @@ func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.
 	if raw, ok, err := w.store.driftGet(ctx, "calibrated"); err == nil && ok {
 		var c cachedCalibration
 		if json.Unmarshal(raw, &c) == nil && c.Key == key {
-			if cb, err := drift.DecodeBaselineBytes(c.Baseline); err == nil {
+			if cb, err := b.WithCalibration(c.Detector); err == nil {
 				return cb, nil
 			}
 		}
@@ -477,24 +489,27 @@ func (w *driftWatch) calibrated(ctx context.Context, b *drift.Baseline) (*drift.
 		return nil, fmt.Errorf("recalibrate: %w", err)
 	}
 	w.log.Info("drift thresholds calibrated", "seconds", time.Since(start).Seconds())
-	raw, err := json.Marshal(cb)
-	if err == nil {
-		// Only what decodes back is cached (a restart must get the same thresholds).
-		if _, derr := drift.DecodeBaselineBytes(raw); derr == nil {
-			val, _ := json.Marshal(cachedCalibration{Key: key, Baseline: raw})
-			if err := w.store.driftPut(ctx, "calibrated", "", val); err != nil {
-				w.log.Warn("caching the drift calibration failed", "err", err)
+	// Only the thresholds are cached (the rest is the bundle's baseline,
+	// tens of megabytes), and only what decodes back: a restart must get
+	// the same thresholds.
+	if val, err := json.Marshal(cachedCalibration{Key: key, Detector: cb.Detector}); err == nil {
+		var back cachedCalibration
+		if json.Unmarshal(val, &back) == nil {
+			if _, derr := b.WithCalibration(back.Detector); derr == nil {
+				if err := w.store.driftPut(ctx, "calibrated", "", val); err != nil {
+					w.log.Warn("caching the drift calibration failed", "err", err)
+				}
+			} else {
+				w.log.Warn("the recalibrated thresholds do not decode; not cached", "err", derr)
 			}
-		} else {
-			w.log.Warn("the recalibrated baseline does not decode; not cached", "err", derr)
 		}
 	}
 	return cb, nil
 }
 
 type cachedCalibration struct {
-	Key      string          `json:"key"`
-	Baseline json.RawMessage `json:"baseline"`
+	Key      string             `json:"key"`
+	Detector *drift.Calibration `json:"detector"`
 }
 
 // restore loads the saved state when it was saved for this model version

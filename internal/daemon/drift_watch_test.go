@@ -90,6 +90,26 @@ func TestDriftInServe(t *testing.T) {
 		t.Fatalf("after one field: %+v", st)
 	}
 
+	// The slide's label-free estimate: every cell has p = 250/255, above
+	// the threshold, so the expected accuracy is that score's calibrated
+	// probability q, with the binomial standard error of 1600 cells.
+	b, err := drift.LoadBaseline(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := b.Calibration.Apply(250.0 / 255)
+	r, err := http.Get(td.url + "/v1/slides/d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum slideSummary
+	json.NewDecoder(r.Body).Decode(&sum)
+	r.Body.Close()
+	if e := sum.Estimate; e == nil || e.Cells != 1600 || math.Abs(e.Accuracy-q) > 1e-9 || math.Abs(e.AccuracySE-math.Sqrt(1600*q*(1-q))/1600) > 1e-9 ||
+		e.Sensitivity == nil || *e.Sensitivity != 1 {
+		t.Fatalf("slide d1 estimate %+v, want %d cells, accuracy %v (q), sensitivity 1", sum.Estimate, 1600, q)
+	}
+
 	db := openDB(t, td.cfg.Database)
 	countKind := func(kind string) int {
 		var n int

@@ -297,6 +297,9 @@ func (d *Daemon) slideSummaryByID(ctx context.Context, id string) (slideSummary,
 	if err != nil || !ok {
 		return slideSummary{}, ok, err
 	}
+	if sl.Scores, err = d.db.slideScores(ctx, d.db.db, sl.ID); err != nil {
+		return slideSummary{}, false, err
+	}
 	s, _ := d.summarise(sl, sl.StoppingReason)
 	s.State = sl.State
 	return s, true, nil

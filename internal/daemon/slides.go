@@ -5,6 +5,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/internal/config"
 )
 
@@ -29,19 +30,60 @@ type slideSummary struct {
 	Cells        int      `json:"cells"`
 	Infected     int      `json:"infected"`
 	// The parasitemia and its interval are absent when inconclusive.
-	ParasitemiaPct *float64  `json:"parasitemia_pct,omitempty"`
-	CILowPct       *float64  `json:"ci_low_pct,omitempty"`
-	CIHighPct      *float64  `json:"ci_high_pct,omitempty"`
-	CIMethod       string    `json:"ci_method"`
-	CILevel        float64   `json:"ci_level"`
-	StoppingReason string    `json:"stopping_reason,omitempty"`
-	ModelVersion   string    `json:"model_version"`
-	StartedAt      time.Time `json:"started_at"`
-	CompletedAt    time.Time `json:"completed_at,omitempty"`
-	Boot           int64     `json:"boot"`
+	ParasitemiaPct *float64 `json:"parasitemia_pct,omitempty"`
+	CILowPct       *float64 `json:"ci_low_pct,omitempty"`
+	CIHighPct      *float64 `json:"ci_high_pct,omitempty"`
+	CIMethod       string   `json:"ci_method"`
+	CILevel        float64  `json:"ci_level"`
+	StoppingReason string   `json:"stopping_reason,omitempty"`
+	// Estimate is the label-free performance estimate of the slide's
+	// cells, absent without a drift baseline for the model that counted
+	// them.
+	Estimate     *slideEstimate `json:"estimate,omitempty"`
+	ModelVersion string         `json:"model_version"`
+	StartedAt    time.Time      `json:"started_at"`
+	CompletedAt  time.Time      `json:"completed_at,omitempty"`
+	Boot         int64          `json:"boot"`
 }
 
 const resultSchema = "scopewatch.result/v1"
+
+// slideEstimate is drift.SlideEstimate as JSON: what the calibrated
+// probabilities say the slide's accuracy, sensitivity and specificity are,
+// each with its standard error (the spread a slide of this size gives);
+// sensitivity or specificity is absent when the slide has no expected
+// cells of that class.
+type slideEstimate struct {
+	Cells         int      `json:"cells"`
+	Accuracy      float64  `json:"accuracy"`
+	AccuracySE    float64  `json:"accuracy_se"`
+	Sensitivity   *float64 `json:"sensitivity,omitempty"`
+	SensitivitySE *float64 `json:"sensitivity_se,omitempty"`
+	Specificity   *float64 `json:"specificity,omitempty"`
+	SpecificitySE *float64 `json:"specificity_se,omitempty"`
+}
+
+func newSlideEstimate(e drift.SlideEstimate) *slideEstimate {
+	if e.Cells == 0 || math.IsNaN(e.Accuracy) {
+		return nil
+	}
+	finite := func(v float64) *float64 {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil
+		}
+		return &v
+	}
+	out := &slideEstimate{Cells: e.Cells, Accuracy: e.Accuracy, AccuracySE: e.AccuracySE,
+		Sensitivity: finite(e.Sensitivity), SensitivitySE: finite(e.SensitivitySE),
+		Specificity: finite(e.Specificity), SpecificitySE: finite(e.SpecificitySE)}
+	if out.Sensitivity == nil || out.SensitivitySE == nil {
+		out.Sensitivity, out.SensitivitySE = nil, nil
+	}
+	if out.Specificity == nil || out.SpecificitySE == nil {
+		out.Specificity, out.SpecificitySE = nil, nil
+	}
+	return out
+}
 
 // Slide verdicts.
 const (

@@ -272,6 +272,33 @@ type slideRow struct {
 	StoppingReason                string
 	ModelVersion                  string
 	ResultID                      string
+	// Scores are the slide's cells' p(parasitized), for the label-free
+	// estimate; loaded by slideScores, not part of the slides row.
+	Scores []float64
+}
+
+// slideScores reads the scores of a slide's counted cells, in the order
+// they were counted.
+func (s *dbStore) slideScores(ctx context.Context, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, id int64) ([]float64, error) {
+	rows, err := q.QueryContext(ctx, `SELECT p_parasitized FROM cell_predictions WHERE slide_id = ? ORDER BY id`, id)
+	if err != nil {
+		return nil, fmt.Errorf("read slide scores: %w", err)
+	}
+	defer rows.Close()
+	var out []float64
+	for rows.Next() {
+		var p float64
+		if err := rows.Scan(&p); err != nil {
+			return nil, fmt.Errorf("read slide scores: %w", err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read slide scores: %w", err)
+	}
+	return out, nil
 }
 
 func (s *dbStore) getSlide(ctx context.Context, q interface {
@@ -464,6 +491,11 @@ func (s *dbStore) completeTx(ctx context.Context, tx *sql.Tx, sl slideRow, reaso
 	// Unique across devices (with the slide id and instance) and across a
 	// wiped or reinstalled database (the instance is new then).
 	sl.ResultID = fmt.Sprintf("%s-%s-%d", sl.Slide, s.instance, sl.ID)
+	scores, err := s.slideScores(ctx, tx, sl.ID)
+	if err != nil {
+		return slideSummary{}, nil, err
+	}
+	sl.Scores = scores
 	sum, recs := summarise(sl, reason)
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET state = 'complete', completed_at = ?, stopping_reason = ?,
 		parasitemia_pct = ?, ci_low_pct = ?, ci_high_pct = ?, ci_method = ?, result_id = ?, verdict = ? WHERE id = ?`,
