@@ -53,6 +53,22 @@
 // 50 cells; the shipped one has 160 slides of 250 cells), and its ERT,
 // stated in cells, is also a number of slides: ERT / cells per slide.
 //
+// # Between slides
+//
+// SlideTier tests the sequence of completed slides rather than of cells
+// (see slidetier.go): one standardised value per slide and signal
+// (positive rate, mean score, mean log focus, mean projected embedding,
+// each against the spread between the reference slides plus the cell
+// noise of a slide of its size), clipped, summed by a CUSUM per signal
+// whose limit is calibrated on leave-one-out reference slides to an ERT in
+// slides. It is evaluated by `drift eval --slide-tier` and not yet run by
+// the daemon. Measured on the shipped baseline it holds its ERT and catches
+// a prevalence change of every slide within three slides, but the model's
+// own outputs barely move under stain, brightness or blur shifts the model
+// copes with (stain +20° moved no signal by more than one between-slide
+// standard deviation), so telling those apart needs slide-level colour and
+// light statistics, which the baseline does not keep yet.
+//
 // # Focus
 //
 // A microscope drifting out of focus is something operators must hear about

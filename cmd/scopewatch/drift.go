@@ -9,8 +9,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -354,6 +356,8 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	each := fs.Bool("each", false, "also calibrate and run each signal alone at the same ERT")
 	seed := fs.Uint64("seed", 1, "seed of the evaluation streams")
 	jsonOut := fs.Bool("json", false, "print JSON instead of tables")
+	slideTier := fs.Bool("slide-tier", false, "evaluate the between-slide tier instead (one summary per slide, CUSUM over slides): drift-free run length in slides, and for each shift its detection within 5 slides when every slide shifts and when one slide does")
+	slideERT := fs.Int("slide-ert", 200, "the between-slide tier's expected run time without drift, in slides")
 	var shifts, prevalences listFlag
 	fs.Var(&shifts, "shift", "NAME=FILE.csv of shifted cells (repeatable)")
 	fs.Var(&prevalences, "prevalence", "prevalence shift: parasitized fraction of the shifted stream, drawn by label from the drift-free pool (repeatable)")
@@ -397,6 +401,9 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		haveFocus = haveFocus && r.Focus != nil
 		shiftRows[name] = r
 		names = append(names, name)
+	}
+	if *slideTier {
+		return evalSlideTier(base, nullRows, shiftRows, names, *slideERT, *runs, *seed, *jsonOut, stdout, stderr)
 	}
 	b, err := prepareBaseline(ctx, *basePath, &cf, haveFeatures, haveFocus, stderr)
 	if err != nil {
@@ -564,6 +571,54 @@ func runDriftEval(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	return nil
+}
+
+// evalSlideTier is drift eval --slide-tier.
+func evalSlideTier(b *drift.Baseline, nullRows *drift.EvalRows, shiftRows map[string]*drift.EvalRows, names []string, ert, runs int, seed uint64, jsonOut bool, stdout, stderr io.Writer) error {
+	fmt.Fprintf(stderr, "scopewatch drift eval: calibrating the between-slide tier (ERT %d slides)...\n", ert)
+	t, err := drift.NewSlideTier(b, drift.SlideTierConfig{ERT: ert, Seed: seed})
+	if err != nil {
+		return err
+	}
+	null, err := b.SlideSummaries(nullRows)
+	if err != nil {
+		return fmt.Errorf("-null: %w", err)
+	}
+	type row struct {
+		Shift  string                `json:"shift"`
+		Mode   string                `json:"mode"`
+		Result drift.SlideTierResult `json:"result"`
+	}
+	rows := []row{{Shift: "none", Mode: "drift-free", Result: t.EvalSlideTier(null, nil, runs, 0, 0, 0, seed)}}
+	for _, name := range names {
+		sh, err := b.SlideSummaries(shiftRows[name])
+		if err != nil {
+			return fmt.Errorf("shift %s: %w", name, err)
+		}
+		rows = append(rows,
+			row{Shift: name, Mode: "every slide", Result: t.EvalSlideTier(null, sh, runs, 8, 20, 5, seed+1)},
+			row{Shift: name, Mode: "one slide", Result: t.EvalSlideTier(null, sh, runs, 8, 1, 1, seed+2)})
+	}
+	if jsonOut {
+		return json.NewEncoder(stdout).Encode(map[string]any{"signals": t.Signals(), "slide_tier": rows})
+	}
+	fmt.Fprintf(stdout, "between-slide tier: %d null slides, signals %v, ERT %d slides\n", len(null), t.Signals(), ert)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "shift\tmode\truns\tmean run (slides)\tcensored\tfalse before onset\tdetected\twithin 5 slides (one: on it)\tmean delay\tfirst signal\t\n")
+	for _, r := range rows {
+		res := r.Result
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%d\t%d\t%d\t%.1f%%\t%.2f\t%s\t\n", r.Shift, r.Mode, res.Runs, res.MeanRun, res.Censored, res.FalseEarly, res.Detected,
+			100*float64(res.Within)/float64(max(res.Runs, 1)), res.MeanDelay, formatSlideCounts(res.BySignal))
+	}
+	return tw.Flush()
+}
+
+func formatSlideCounts(m map[string]int) string {
+	var parts []string
+	for _, s := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s:%d", s, m[s]))
+	}
+	return strings.Join(parts, " ")
 }
 
 func warnTarget(b *drift.Baseline, _ string, alarmERT int) int {
