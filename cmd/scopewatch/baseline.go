@@ -188,7 +188,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		keepFoc = nil
 	}
 	if *scoreOnly {
-		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF); err != nil {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF, keepA); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s: %d cells (%d failed)\n", *csvOut, len(keepS), failed)
@@ -228,7 +228,7 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		printPlausibility(stdout, "field cells", fieldRef)
 	}
 	if *csvOut != "" {
-		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF); err != nil {
+		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF, keepA); err != nil {
 			return err
 		}
 	}
@@ -393,7 +393,10 @@ func readTestLabels(dir string) ([]string, []int, []string, error) {
 // writeScoresCSV writes p_parasitized, truth, slide, focus (when given) and
 // f0..fN for drift replay/eval, scores at full precision (rounding would tie
 // scores near 1 that the baseline keeps apart).
-func writeScoresCSV(path string, scores []float64, labels []int, slides []string, focus []float64, feats [][]float32) error {
+// writeScoresCSV writes the test set's rows; appearance values (the
+// plausibility gate's statistics) go in columns a_NAME, which drift's CSV
+// reader ignores, for slide-level analyses of colour and light.
+func writeScoresCSV(path string, scores []float64, labels []int, slides []string, focus []float64, feats [][]float32, appear [][]float64) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -402,6 +405,14 @@ func writeScoresCSV(path string, scores []float64, labels []int, slides []string
 	head := []string{"p_parasitized", "truth", "slide"}
 	if focus != nil {
 		head = append(head, "focus")
+	}
+	if len(appear) != len(scores) || len(appear) == 0 || len(appear[0]) != len(inference.AppearanceNames) {
+		appear = nil
+	}
+	if appear != nil {
+		for _, n := range inference.AppearanceNames {
+			head = append(head, "a_"+n)
+		}
 	}
 	if feats != nil {
 		for j := range feats[0] {
@@ -418,6 +429,11 @@ func writeScoresCSV(path string, scores []float64, labels []int, slides []string
 		rec = append(rec[:0], strconv.FormatFloat(s, 'g', -1, 64), strconv.Itoa(labels[i]), sl)
 		if focus != nil {
 			rec = append(rec, strconv.FormatFloat(focus[i], 'g', -1, 64))
+		}
+		if appear != nil {
+			for _, v := range appear[i] {
+				rec = append(rec, strconv.FormatFloat(v, 'g', -1, 64))
+			}
 		}
 		if feats != nil {
 			for _, v := range feats[i] {
