@@ -392,8 +392,7 @@ func readTestLabels(dir string) ([]string, []int, []string, error) {
 
 // writeScoresCSV writes p_parasitized, truth, slide, focus (when given) and
 // f0..fN for drift replay/eval, scores at full precision (rounding would tie
-// scores near 1 that the baseline keeps apart).
-// writeScoresCSV writes the test set's rows; appearance values (the
+// scores near 1 that the baseline keeps apart). Appearance values (the
 // plausibility gate's statistics) go in columns a_NAME, which drift's CSV
 // reader ignores, for slide-level analyses of colour and light.
 func writeScoresCSV(path string, scores []float64, labels []int, slides []string, focus []float64, feats [][]float32, appear [][]float64) error {
