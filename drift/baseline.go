@@ -63,6 +63,10 @@ type Baseline struct {
 	// cuts from whole fields, which look different from crops (their own
 	// border, scale and neighbours): absent, field cells go unchecked.
 	FieldPlausibility *Plausibility `json:"field_plausibility,omitempty"`
+	// SlideQuality is the reference of the per-slide quality gate (stain,
+	// brightness, sharpness, framing of whole slides); absent in
+	// baselines made without appearance statistics or whole slides.
+	SlideQuality *SlideQuality `json:"slide_quality,omitempty"`
 
 	Descriptive []DescriptiveThreshold `json:"descriptive"`
 	Detector    *Calibration           `json:"detector"`
@@ -118,13 +122,19 @@ type BaselineConfig struct {
 	// Slides, which it then requires).
 	Appearance      [][]float64
 	AppearanceNames []string
+	// NoPlausibility uses Appearance for the slide quality gate only.
+	NoPlausibility bool
 	// PlausibilityFeatures are the features the gate uses (nil: the
 	// features given to BuildBaseline, which may be nil when the embedding
 	// signal is off).
 	PlausibilityFeatures [][]float32
 	Plausibility         PlausibilityConfig
-	Seed                 uint64
-	Detector             CalibrationConfig
+	// SlideQuality configures the per-slide quality gate, made from
+	// Appearance and Slides when the test set has at least 20 slides of
+	// 20 or more cells.
+	SlideQuality SlideQualityConfig
+	Seed         uint64
+	Detector     CalibrationConfig
 }
 
 // BuildBaseline computes the baseline from the test set's scores, labels
@@ -270,8 +280,18 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 		if pf == nil {
 			pf = features
 		}
-		b.Plausibility, err = BuildPlausibility(cfg.AppearanceNames, cfg.Appearance, pf, cfg.Slides, scores, threshold, pc)
-		if err != nil {
+		if !cfg.NoPlausibility {
+			b.Plausibility, err = BuildPlausibility(cfg.AppearanceNames, cfg.Appearance, pf, cfg.Slides, scores, threshold, pc)
+			if err != nil {
+				return nil, err
+			}
+		}
+		// The quality gate needs whole slides; a test set of a few slides
+		// goes without it rather than failing the baseline.
+		b.SlideQuality, err = BuildSlideQuality(cfg.AppearanceNames, cfg.Appearance, cfg.Slides, cfg.SlideQuality)
+		if errors.Is(err, ErrNoSlideQuality) {
+			b.SlideQuality = nil
+		} else if err != nil {
 			return nil, err
 		}
 	}
@@ -565,6 +585,11 @@ func (b *Baseline) validate() error {
 			continue
 		}
 		if err := p.validate(); err != nil {
+			return err
+		}
+	}
+	if b.SlideQuality != nil {
+		if err := b.SlideQuality.validate(); err != nil {
 			return err
 		}
 	}

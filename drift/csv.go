@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -20,7 +21,8 @@ var ErrBadCSV = errors.New("bad score CSV")
 // column is filled (an image that failed to classify) is skipped. An
 // optional slide column names each cell's slide, and an optional focus
 // column each crop's focus (a finite number >= 0; the focus signal needs it).
-// At most maxRows rows are read (0: no limit).
+// Columns a_NAME are image statistics (EvalRows.Appearance, finite
+// numbers). At most maxRows rows are read (0: no limit).
 func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 	cr := csv.NewReader(r)
 	cr.ReuseRecord = true
@@ -31,6 +33,8 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 	}
 	pCol, lCol, eCol, sCol, fCol := -1, -1, -1, -1, -1
 	feat := map[int]int{} // feature index -> column
+	var aCols []int
+	var aNames []string
 	for i, h := range head {
 		h = strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))
 		switch {
@@ -44,6 +48,11 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 			sCol = i
 		case h == "focus":
 			fCol = i
+		case len(h) > 2 && strings.HasPrefix(h, "a_"):
+			if slices.Contains(aNames, h[2:]) {
+				return nil, fmt.Errorf("%w: header: column %s appears twice", ErrBadCSV, h)
+			}
+			aCols, aNames = append(aCols, i), append(aNames, h[2:])
 		case len(h) > 1 && h[0] == 'f':
 			if k, err := strconv.Atoi(h[1:]); err == nil && k >= 0 && strconv.Itoa(k) == h[1:] {
 				if _, dup := feat[k]; dup {
@@ -61,7 +70,7 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 			return nil, fmt.Errorf("%w: header: feature columns must be f0..f%d without gaps; f%d is missing", ErrBadCSV, len(feat)-1, k)
 		}
 	}
-	rows := &EvalRows{}
+	rows := &EvalRows{AppearanceNames: aNames}
 	if lCol >= 0 {
 		rows.Labels = []int{}
 	}
@@ -116,6 +125,17 @@ func ReadCSV(r io.Reader, maxRows int) (*EvalRows, error) {
 				f[k] = float32(v)
 			}
 			rows.Features = append(rows.Features, f)
+		}
+		if len(aCols) > 0 {
+			a := make([]float64, len(aCols))
+			for k, c := range aCols {
+				v, err := strconv.ParseFloat(strings.TrimSpace(rec[c]), 64)
+				if err != nil || !finite(v) {
+					return nil, fmt.Errorf("%w: line %d: a_%s %q: want a finite number", ErrBadCSV, line, aNames[k], rec[c])
+				}
+				a[k] = v
+			}
+			rows.Appearance = append(rows.Appearance, a)
 		}
 	}
 	if len(rows.Scores) == 0 {

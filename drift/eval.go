@@ -16,6 +16,11 @@ type EvalRows struct {
 	Features [][]float32
 	Slides   []string  // optional slide id per row
 	Focus    []float64 // optional focus per row (needed by a detector with the focus signal)
+	// Appearance holds optional image statistics per row (columns a_NAME
+	// of the CSV), named by AppearanceNames: what the slide quality gate
+	// reads.
+	Appearance      [][]float64
+	AppearanceNames []string
 
 	z   [][]float32
 	phi [][]float64

@@ -5,6 +5,8 @@ import (
 	"image/color"
 	"math"
 	"testing"
+
+	"github.com/scopewatch/scopewatch/internal/synth"
 )
 
 // Appearance reads the statistics back in 8-bit RGB whatever the layout and
@@ -76,10 +78,14 @@ func TestAppearanceOfKnownImages(t *testing.T) {
 				if math.Abs(a.Saturation-tc.saturation) > 0.001 {
 					t.Fatalf("saturation %v, want %v", a.Saturation, tc.saturation)
 				}
+				// A flat disc has no detail at either scale.
+				if math.Abs(a.Sharpness) > 0.01 {
+					t.Fatalf("sharpness %v of a flat disc, want 0", a.Sharpness)
+				}
 				if got := p.Focus(in); a.Focus != got {
 					t.Fatalf("focus %v, Focus says %v", a.Focus, got)
 				}
-				if v := a.Values(); len(v) != len(AppearanceNames) || v[0] != a.Background || v[len(v)-1] != a.Focus {
+				if v := a.Values(); len(v) != len(AppearanceNames) || v[0] != a.Background || v[len(v)-2] != a.Focus || v[len(v)-1] != a.Sharpness {
 					t.Fatalf("Values %v do not follow AppearanceNames %v", v, AppearanceNames)
 				}
 			})
@@ -119,5 +125,64 @@ func TestAppearanceStdFollowsTexture(t *testing.T) {
 		if math.Abs(a.Std[k]-50) > 0.01 || math.Abs(a.Mean[k]-150) > 0.01 {
 			t.Fatalf("checkerboard: mean %v std %v, want 150 and 50", a.Mean, a.Std)
 		}
+	}
+}
+
+// TestSharpnessFallsWithBlurNotWithNoise renders the same cells with added
+// defocus and added sensor noise. Focus rises with noise as much as it
+// falls with blur, so a noisy blurred slide can read as a sharp one;
+// sharpness must fall with every blur step (in the median and for most
+// cells) and stay low when noise is added to a blurred cell. The added
+// noise (0.01 in quadrature with the slide's own 0.004..0.012) keeps
+// within what nominal slides have; at 0.02 (5 grey levels) the noise
+// dominates both scales and sharpness reads nominal again, a limit of
+// the measure.
+func TestSharpnessFallsWithBlurNotWithNoise(t *testing.T) {
+	p, err := NewPreprocessor(recipeSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	measure := func(k synth.Knobs) (sharp, focus []float64) {
+		for i := range n {
+			pix, w, h := synthCropBGR(31, k, i)
+			dst := make([]float32, p.Size())
+			if err := p.BGR(dst, pix, w, h); err != nil {
+				t.Fatal(err)
+			}
+			a := p.Appearance(dst)
+			sharp, focus = append(sharp, a.Sharpness), append(focus, a.Focus)
+		}
+		return sharp, focus
+	}
+	blurs := []float64{0, 1, 2}
+	sharp := make([][]float64, len(blurs))
+	for bi, b := range blurs {
+		sharp[bi], _ = measure(synth.Knobs{Blur: b})
+	}
+	for bi := 1; bi < len(blurs); bi++ {
+		m0, m1 := median(sharp[bi-1]), median(sharp[bi])
+		if !(m1 < m0) {
+			t.Errorf("median sharpness %.3f at blur %v, %.3f at blur %v: want it to fall", m0, blurs[bi-1], m1, blurs[bi])
+		}
+		var lower int
+		for i := range n {
+			if sharp[bi][i] < sharp[bi-1][i] {
+				lower++
+			}
+		}
+		if lower < n*9/10 {
+			t.Errorf("blur %v -> %v: sharpness fell for %d of %d cells; want at least 90%%", blurs[bi-1], blurs[bi], lower, n)
+		}
+	}
+	_, focusBlur := measure(synth.Knobs{Blur: 2})
+	sharpNoisy, focusNoisy := measure(synth.Knobs{Blur: 2, Noise: 0.01})
+	_, focus0 := measure(synth.Knobs{})
+	if !(median(focusNoisy) > median(focusBlur)) {
+		t.Errorf("focus %.1f blurred, %.1f blurred and noisy: the test expects noise to raise focus", median(focusBlur), median(focusNoisy))
+	}
+	if got, sharp0 := median(sharpNoisy), median(sharp[0]); !(got < (sharp0+median(sharp[2]))/2) {
+		t.Errorf("sharpness of blurred noisy cells %.3f, blurred %.3f, nominal %.3f: noise brought it back towards nominal (focus %.1f, nominal %.1f)",
+			got, median(sharp[2]), sharp0, median(focusNoisy), median(focus0))
 	}
 }

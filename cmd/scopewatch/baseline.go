@@ -212,6 +212,9 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		// The gate uses the features even when the embedding signal is off.
 		bc.Appearance, bc.AppearanceNames, bc.PlausibilityFeatures = keepA, inference.AppearanceNames, plausFeat
 		bc.Plausibility = drift.PlausibilityConfig{FalseRejection: *falseRej}
+	} else if slides != nil {
+		// The slide quality gate reads the same statistics, by slide.
+		bc.Appearance, bc.AppearanceNames, bc.NoPlausibility = keepA, inference.AppearanceNames, true
 	}
 	b, err := drift.BuildBaseline(ctx, keepS, keepL, keepF, sc.Threshold(), bc)
 	if err != nil {
@@ -226,6 +229,16 @@ func runBaseline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	if fieldRef != nil {
 		printPlausibility(stdout, "field cells", fieldRef)
+	}
+	if q := b.SlideQuality; q != nil {
+		var names []string
+		for _, c := range q.Checks {
+			names = append(names, c.Name)
+		}
+		fmt.Fprintf(stdout, "slide quality gate: %d slides, %d cells; checks %s; target %.2g%% of nominal slides flagged, %.1f%% of the reference slides flagged leaving each out\n",
+			q.Slides, q.Cells, strings.Join(names, ", "), 100*q.FalseFlag, 100*q.ReferenceFlagged)
+	} else if slides != nil {
+		fmt.Fprintf(stdout, "slide quality gate: none (it needs at least 20 slides of %d or more cells)\n", drift.MinQualityCells)
 	}
 	if *csvOut != "" {
 		if err := writeScoresCSV(*csvOut, keepS, keepL, keepSl, keepFoc, keepF, keepA); err != nil {

@@ -21,20 +21,23 @@ import (
 )
 
 func runDrift(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "replay" && args[0] != "eval" && args[0] != "build") {
+	if len(args) == 0 || (args[0] != "replay" && args[0] != "eval" && args[0] != "build" && args[0] != "quality") {
 		fmt.Fprintln(stderr, "usage: scopewatch drift replay --baseline FILE --input FILE.csv [--ert N]")
 		fmt.Fprintln(stderr, "       scopewatch drift build --input TEST.csv --threshold T --out FILE")
 		fmt.Fprintln(stderr, "       scopewatch drift eval --baseline FILE [--null FILE.csv] [--shift NAME=FILE.csv]... [--prevalence P]...")
+		fmt.Fprintln(stderr, "       scopewatch drift quality --input FILE.csv (--baseline FILE | --reference REF.csv)")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}
-		return fmt.Errorf("%w: want 'drift replay', 'drift eval' or 'drift build'", errUsage)
+		return fmt.Errorf("%w: want 'drift replay', 'drift eval', 'drift build' or 'drift quality'", errUsage)
 	}
 	switch args[0] {
 	case "replay":
 		return runDriftReplay(ctx, args[1:], stdout, stderr)
 	case "build":
 		return runDriftBuild(ctx, args[1:], stdout, stderr)
+	case "quality":
+		return runDriftQuality(ctx, args[1:], stdout, stderr)
 	}
 	return runDriftEval(ctx, args[1:], stdout, stderr)
 }

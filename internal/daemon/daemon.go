@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,10 @@ type cellResult struct {
 	// Focus is the crop's sharpness (inference.Result.Focus) for the focus
 	// drift detector.
 	Focus float64
+	// Appearance is a crop's inference.Appearance.Values, for the slide
+	// quality gate (nil for field cells: the gate's reference is made of
+	// crops).
+	Appearance []float64
 }
 
 // analysis is what the model made of one image.
@@ -594,7 +599,7 @@ func (d *Daemon) process(j job) (r jobResult) {
 	d.log.Debug("image processed", "slide", j.slide, "image", j.name, "kind", an.Kind, "cells", len(an.Cells), "infected", infected,
 		"ms", d.now().Sub(start).Milliseconds())
 	if stored.Completed != nil {
-		d.slideCompleted(*stored.Completed)
+		d.slideCompleted(ctx, *stored.Completed)
 	}
 	return jobResult{an: an, stored: stored}
 }
@@ -628,6 +633,18 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback
 	if d.drift != nil {
 		if b := d.drift.baselineFor(s.ModelVersion); b != nil {
 			s.Estimate = newSlideEstimate(b.EstimateSlide(sl.Scores, d.model.threshold()))
+			if b.SlideQuality != nil {
+				s.Quality = judgeQuality(b.SlideQuality, sl)
+				for _, f := range s.Quality.Flags {
+					// The count stands (the cells passed the plausibility
+					// gate), with the caveat that the slide is unlike any
+					// the model was validated on.
+					s.Reasons = append(s.Reasons, f.Message)
+					if s.Verdict == verdictOK {
+						s.Verdict = verdictFlagged
+					}
+				}
+			}
 		}
 	}
 	if !cfg.MQTT.Enabled {
@@ -643,9 +660,17 @@ func (d *Daemon) summarise(sl slideRow, reason string) (slideSummary, []feedback
 	return s, []feedback.Record{{ID: "result/" + s.ID, Kind: feedback.KindResult, Topic: d.topic(mqttconn.KindResult), Payload: payload, QoS: 1}}
 }
 
-func (d *Daemon) slideCompleted(s slideSummary) {
+func (d *Daemon) slideCompleted(ctx context.Context, s slideSummary) {
 	if d.ro != nil {
 		d.ro.slideDone(s.Slide, s.Cells)
+	}
+	if q := s.Quality; q != nil && len(q.Flags) > 0 {
+		var msgs []string
+		for _, f := range q.Flags {
+			msgs = append(msgs, f.Message)
+			d.metrics.qualityFlags.WithLabelValues(f.Check).Inc()
+		}
+		d.alert(ctx, "slide_quality", strings.Join(msgs, "; "))
 	}
 	d.metrics.slides.WithLabelValues(s.StoppingReason).Inc()
 	d.metrics.verdicts.WithLabelValues(s.Verdict).Inc()
@@ -668,7 +693,7 @@ func (d *Daemon) completeSlide(ctx context.Context, slide, reason string) (slide
 		return s, false, err
 	}
 	if ok {
-		d.slideCompleted(s)
+		d.slideCompleted(ctx, s)
 	}
 	return s, ok, nil
 }

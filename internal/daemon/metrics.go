@@ -21,6 +21,7 @@ type serveMetrics struct {
 	implausible         *prometheus.CounterVec
 	httpErrors          *prometheus.CounterVec
 	alerts              *prometheus.CounterVec
+	qualityFlags        *prometheus.CounterVec
 	analyzeSeconds      *prometheus.HistogramVec
 	processSeconds      *prometheus.HistogramVec
 	queueWait           prometheus.Histogram
@@ -80,6 +81,8 @@ func newServeMetrics() *serveMetrics {
 			Help: "HTTP requests answered with an error, by reason."}, []string{"reason"}),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_alerts_total",
 			Help: "Alerts raised, by kind."}, []string{"kind"}),
+		qualityFlags: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "scopewatch_slide_quality_flags_total",
+			Help: "Completed slides flagged by the slide quality gate, by check (stain, brightness, sharpness, framing)."}, []string{"check"}),
 		analyzeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "scopewatch_analyze_seconds",
 			Help: "Decode, segmentation and classification time per image, by kind.", Buckets: latency}, []string{"kind"}),
 		processSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "scopewatch_process_seconds",
@@ -139,7 +142,7 @@ func newServeMetrics() *serveMetrics {
 		Help: "1 for the model rollout's current stage (idle, downloading, validating, shadow, promoted, refused, rolled_back) and the version it concerns."}, []string{"stage", "version"})
 	m.shadowCells = prometheus.NewCounter(prometheus.CounterOpts{Name: "scopewatch_shadow_cells_total",
 		Help: "Cells a candidate model classified in shadow beside the serving model."})
-	m.reg.MustRegister(m.images, m.implausible, m.cells, m.slides, m.verdicts, m.inboxOldest, m.inboxStuck, m.errors, m.httpErrors, m.alerts, m.analyzeSeconds, m.processSeconds,
+	m.reg.MustRegister(m.images, m.implausible, m.cells, m.slides, m.verdicts, m.inboxOldest, m.inboxStuck, m.errors, m.httpErrors, m.alerts, m.qualityFlags, m.analyzeSeconds, m.processSeconds,
 		m.queueWait, m.queueDepth, m.mqttConnected, m.duplicateIdentity, m.mqttConnectFailures, m.mqttDisconnects, m.modelInfo,
 		m.dbBytes, m.diskFree,
 		m.driftEvents, m.driftLastStatistic, m.driftLastThreshold, m.driftStatistic, m.driftThreshold,

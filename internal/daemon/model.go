@@ -221,6 +221,7 @@ func (a *modelAnalyzer) Analyze(ctx context.Context, data []byte, kind string) (
 	}
 	c := cell(image.Rect(0, 0, w, h), res[0].PParasitized, thr)
 	c.Focus = res[0].Focus
+	c.Appearance = res[0].Appearance.Values()
 	if a.keepFeatures {
 		c.Features = res[0].Features
 	}

@@ -39,14 +39,46 @@ type slideSummary struct {
 	// Estimate is the label-free performance estimate of the slide's
 	// cells, absent without a drift baseline for the model that counted
 	// them.
-	Estimate     *slideEstimate `json:"estimate,omitempty"`
-	ModelVersion string         `json:"model_version"`
-	StartedAt    time.Time      `json:"started_at"`
-	CompletedAt  time.Time      `json:"completed_at,omitempty"`
-	Boot         int64          `json:"boot"`
+	Estimate *slideEstimate `json:"estimate,omitempty"`
+	// Quality is the slide quality gate's finding, absent without a
+	// reference for the model that counted the slide.
+	Quality      *slideQuality `json:"quality,omitempty"`
+	ModelVersion string        `json:"model_version"`
+	StartedAt    time.Time     `json:"started_at"`
+	CompletedAt  time.Time     `json:"completed_at,omitempty"`
+	Boot         int64         `json:"boot"`
 }
 
 const resultSchema = "scopewatch.result/v1"
+
+// slideQuality is the slide quality gate's finding: whether the slide's
+// stain, brightness, sharpness and framing were judged against the
+// reference slides (NotJudged says why not) and which checks it failed.
+// A failed check is an operator's matter, reported with the slide and in
+// an alert; it does not touch the drift monitor.
+type slideQuality struct {
+	Judged    bool                `json:"judged"`
+	NotJudged string              `json:"not_judged,omitempty"`
+	Cells     int                 `json:"cells"`
+	Flags     []drift.QualityFlag `json:"flags,omitempty"`
+}
+
+// judgeQuality runs the gate q on a completed slide.
+func judgeQuality(q *drift.SlideQuality, sl slideRow) *slideQuality {
+	out := &slideQuality{Cells: sl.Appearance.Cells}
+	switch {
+	case sl.Fields > 0:
+		out.NotJudged = "a slide of fields: the reference is made of crops"
+	case sl.Appearance.Cells < drift.MinQualityCells:
+		out.NotJudged = fmt.Sprintf("%d crops measured; the gate needs at least %d", sl.Appearance.Cells, drift.MinQualityCells)
+	default:
+		out.Flags, out.Judged = q.Check(sl.Slide, sl.Appearance)
+		if !out.Judged {
+			out.NotJudged = "the crops lack the statistics the reference reads"
+		}
+	}
+	return out
+}
 
 // slideEstimate is drift.SlideEstimate as JSON: what the calibrated
 // probabilities say the slide's accuracy, sensitivity and specificity are,

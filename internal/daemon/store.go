@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +13,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/scopewatch/scopewatch/drift"
 	"github.com/scopewatch/scopewatch/feedback"
+	"github.com/scopewatch/scopewatch/inference"
 	"github.com/scopewatch/scopewatch/internal/store"
 )
 
@@ -118,6 +121,10 @@ ALTER TABLE slides ADD COLUMN fields INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE slides ADD COLUMN sparse_fields INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE slides ADD COLUMN flagged TEXT NOT NULL DEFAULT '';
 ALTER TABLE slides ADD COLUMN verdict TEXT;
+`}, {SQL: `
+-- Running sums of the crops' appearance statistics (drift.SlideAppearance
+-- as JSON), for the slide quality gate at completion.
+ALTER TABLE slides ADD COLUMN appearance TEXT NOT NULL DEFAULT '';
 `}},
 }
 
@@ -275,6 +282,9 @@ type slideRow struct {
 	// Scores are the slide's cells' p(parasitized), for the label-free
 	// estimate; loaded by slideScores, not part of the slides row.
 	Scores []float64
+	// Appearance sums the crops' appearance statistics, for the slide
+	// quality gate.
+	Appearance drift.SlideAppearance
 }
 
 // slideScores reads the scores of a slide's counted cells, in the order
@@ -308,10 +318,11 @@ func (s *dbStore) getSlide(ctx context.Context, q interface {
 	var created, last int64
 	var completed sql.NullInt64
 	var reason, model, rid sql.NullString
+	var appearance string
 	err := q.QueryRowContext(ctx, `SELECT id, slide, state, images, cells, infected, created_at, last_image_at,
-		completed_at, stopping_reason, model_version, result_id, refused, fields, sparse_fields, flagged FROM slides WHERE slide = ?`, slide).
+		completed_at, stopping_reason, model_version, result_id, refused, fields, sparse_fields, flagged, appearance FROM slides WHERE slide = ?`, slide).
 		Scan(&r.ID, &r.Slide, &r.State, &r.Images, &r.Cells, &r.Infected, &created, &last, &completed, &reason, &model, &rid,
-			&r.Refused, &r.Fields, &r.SparseFields, &r.Flagged)
+			&r.Refused, &r.Fields, &r.SparseFields, &r.Flagged, &appearance)
 	if errors.Is(err, sql.ErrNoRows) {
 		return slideRow{}, false, nil
 	}
@@ -324,6 +335,13 @@ func (s *dbStore) getSlide(ctx context.Context, q interface {
 		r.CompletedAt = time.UnixMilli(completed.Int64).UTC()
 	}
 	r.StoppingReason, r.ModelVersion, r.ResultID = reason.String, model.String, rid.String
+	if appearance != "" {
+		// Written by this package only; a damaged value loses the gate for
+		// this slide, not the slide.
+		if err := json.Unmarshal([]byte(appearance), &r.Appearance); err != nil {
+			r.Appearance = drift.SlideAppearance{}
+		}
+	}
 	return r, true, nil
 }
 
@@ -404,6 +422,10 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 		}
 		stmt.Close()
 	}
+	appearance, err := addAppearance(&sl.Appearance, rec.Cells)
+	if err != nil {
+		return storedImage{}, fmt.Errorf("store image: %w", err)
+	}
 	field, sparse := 0, 0
 	if rec.Kind == "field" {
 		field = 1
@@ -413,8 +435,8 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE slides SET images = images + 1, cells = cells + ?, infected = infected + ?,
 		last_image_at = ?, model_version = ?, fields = fields + ?, sparse_fields = sparse_fields + ?,
-		flagged = CASE WHEN flagged = '' THEN ? ELSE flagged END WHERE id = ?`,
-		len(rec.Cells), infected, now, rec.ModelVersion, field, sparse, rec.Flagged, sl.ID); err != nil {
+		flagged = CASE WHEN flagged = '' THEN ? ELSE flagged END, appearance = ? WHERE id = ?`,
+		len(rec.Cells), infected, now, rec.ModelVersion, field, sparse, rec.Flagged, appearance, sl.ID); err != nil {
 		return storedImage{}, fmt.Errorf("store image: update slide: %w", err)
 	}
 	sl.Fields += field
@@ -448,6 +470,24 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 	}
 	committed()
 	return out, nil
+}
+
+// addAppearance adds the cells' appearance statistics (those measured) to
+// a and returns the column's new value.
+func addAppearance(a *drift.SlideAppearance, cells []cellResult) (string, error) {
+	for _, c := range cells {
+		if c.Appearance != nil {
+			a.Add(inference.AppearanceNames, c.Appearance)
+		}
+	}
+	if a.Cells == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		return "", fmt.Errorf("slide appearance: %w", err)
+	}
+	return string(b), nil
 }
 
 // recordRefused counts an image of slide that was refused before it could
