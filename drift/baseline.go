@@ -288,7 +288,17 @@ func BuildBaseline(ctx context.Context, scores []float64, labels []int, features
 		}
 		// The quality gate needs whole slides; a test set of a few slides
 		// goes without it rather than failing the baseline.
-		b.SlideQuality, err = BuildSlideQuality(cfg.AppearanceNames, cfg.Appearance, cfg.Slides, cfg.SlideQuality)
+		// Only cells the model calls uninfected describe a slide's stain,
+		// light and focus: parasites change a cell's colour, so that a
+		// heavily infected slide would otherwise look badly stained.
+		var qs [][]float64
+		var qsl []string
+		for i, s := range scores {
+			if s < threshold {
+				qs, qsl = append(qs, cfg.Appearance[i]), append(qsl, cfg.Slides[i])
+			}
+		}
+		b.SlideQuality, err = BuildSlideQuality(cfg.AppearanceNames, qs, qsl, cfg.SlideQuality)
 		if errors.Is(err, ErrNoSlideQuality) {
 			b.SlideQuality = nil
 		} else if err != nil {

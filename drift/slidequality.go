@@ -407,7 +407,8 @@ func (q *SlideQuality) validate() error {
 }
 
 // SlideAppearance accumulates a slide's appearance statistics, cell by
-// cell, for the gate: only sums are kept (of the values and of log(1 +
+// cell, for the gate (of the cells predicted uninfected, as the reference
+// is made: parasites change a cell's colour): only sums are kept (of the values and of log(1 +
 // value), which log-read checks use), so that it can be stored with the
 // slide and resumed after a restart.
 type SlideAppearance struct {

@@ -14,7 +14,8 @@ const driftQualityUsage = `usage: scopewatch drift quality --input FILE.csv (--b
 
 Runs the per-slide quality gate on every slide of a CSV of classified cells
 (scopewatch baseline --score-only --csv writes one, with the slide column
-and the a_NAME appearance columns the gate reads): which slides' stain,
+and the a_NAME appearance columns the gate reads; of cells scored below
+the threshold, as the reference is made): which slides' stain,
 brightness, sharpness or framing lie outside the spread between the
 reference slides. The reference is the baseline's, or one made from a
 CSV of nominal slides (--reference) to try the gate before a baseline has
@@ -40,6 +41,7 @@ func runDriftQuality(ctx context.Context, args []string, stdout, stderr io.Write
 	basePath := fs.String("baseline", "", "baseline.json whose slide quality reference to use")
 	refPath := fs.String("reference", "", "CSV of nominal slides to make the reference from instead")
 	falseFlag := fs.Float64("false-flag", 0, "with --reference: target share of nominal slides flagged (0: the default 0.005)")
+	threshold := fs.Float64("threshold", 0, "decision threshold: the gate reads cells scored below it (0: the baseline's, or 0.5 with --reference)")
 	jsonOut := fs.Bool("json", false, "print one JSON object instead of text")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -48,10 +50,14 @@ func runDriftQuality(ctx context.Context, args []string, stdout, stderr io.Write
 		return fmt.Errorf("%w: want --input and one of --baseline or --reference", errUsage)
 	}
 	var q *drift.SlideQuality
+	thr := *threshold
 	if *basePath != "" {
 		b, err := drift.LoadBaseline(*basePath)
 		if err != nil {
 			return err
+		}
+		if thr == 0 {
+			thr = b.Threshold
 		}
 		if q = b.SlideQuality; q == nil {
 			return fmt.Errorf("%s has no slide quality reference (made without appearance statistics or whole slides); make one with --reference", *basePath)
@@ -64,7 +70,17 @@ func runDriftQuality(ctx context.Context, args []string, stdout, stderr io.Write
 		if ref.Slides == nil || ref.Appearance == nil {
 			return fmt.Errorf("%s: the reference needs a slide column and a_NAME appearance columns (scopewatch baseline --score-only --csv writes them)", *refPath)
 		}
-		if q, err = drift.BuildSlideQuality(ref.AppearanceNames, ref.Appearance, ref.Slides, drift.SlideQualityConfig{FalseFlag: *falseFlag}); err != nil {
+		if thr == 0 {
+			thr = 0.5
+		}
+		var stats [][]float64
+		var slides []string
+		for i, p := range ref.Scores {
+			if p < thr {
+				stats, slides = append(stats, ref.Appearance[i]), append(slides, ref.Slides[i])
+			}
+		}
+		if q, err = drift.BuildSlideQuality(ref.AppearanceNames, stats, slides, drift.SlideQualityConfig{FalseFlag: *falseFlag}); err != nil {
 			return fmt.Errorf("%s: %w", *refPath, err)
 		}
 	}
@@ -84,7 +100,9 @@ func runDriftQuality(ctx context.Context, args []string, stdout, stderr io.Write
 			bySlide[s] = a
 			order = append(order, s)
 		}
-		a.Add(rows.AppearanceNames, rows.Appearance[i])
+		if rows.Scores[i] < thr {
+			a.Add(rows.AppearanceNames, rows.Appearance[i])
+		}
 	}
 	slices.Sort(order)
 	sum := qualitySummary{Slides: len(order), ByCheck: map[string]int{}, Flags: map[string][]drift.QualityFlag{}, Reference: q}

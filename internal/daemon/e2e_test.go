@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -444,4 +445,83 @@ func TestServeRefusesBadConfig(t *testing.T) {
 			t.Errorf("config %q: exit %v, output %q; want exit 1 naming %s", c.yaml, err, out, c.want)
 		}
 	}
+}
+
+// TestServeSlideQualityGate: the real binary and model on two slides of
+// crops cut from the same synth slide, one as made and one blurred by
+// sigma 2 px; half their cells are parasitized (the reference's slides
+// a tenth), which the gate must not take for a stain problem. The blurred slide's result is flagged by the quality gate's
+// sharpness check, with the reason and a slide_quality alert; the sharp
+// one is judged and passes. The drift monitor is not what flags it.
+func TestServeSlideQualityGate(t *testing.T) {
+	requireDefaultModel(t)
+	port, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	p := startServe(t, state, e2eConfig(t, state, "tcp://127.0.0.1:1", port, "slides:\n  idle_timeout: 0s\n"), port)
+	// The gate's reference comes with the drift baseline, loaded (and
+	// perhaps recalibrated) after the start.
+	testutil.Eventually(t, 5*time.Minute, func() bool {
+		resp, err := http.Get(p.url + "/v1/drift")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st driftStatus
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Active
+	}, "drift baseline loaded")
+	inbox := filepath.Join(state, "inbox")
+	const seed, n = 8201, 60
+	for _, sl := range []struct {
+		name string
+		k    synth.Knobs
+	}{{"sharp", synth.Knobs{}}, {"blurred", synth.Knobs{Blur: 2}}} {
+		for i := range n {
+			s := synth.CellAt(seed, sl.k, n, i)
+			writeAtomically(t, filepath.Join(inbox, sl.name, s.Name+".png"), encodePNG(t, s.Image))
+		}
+		writeAtomically(t, filepath.Join(inbox, sl.name, ".done"), nil)
+	}
+	db := openDB(t, p.dbPath())
+	testutil.Eventually(t, 2*time.Minute, func() bool {
+		var c int
+		db.QueryRow(`SELECT COUNT(*) FROM slides WHERE state = 'complete'`).Scan(&c)
+		return c == 2
+	}, "both slides complete")
+	get := func(slide string) slideSummary {
+		resp, err := http.Get(p.url + "/v1/slides/" + slide)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var s slideSummary
+		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	sharp, blurred := get("sharp"), get("blurred")
+	if q := sharp.Quality; q == nil || !q.Judged || q.Cells != sharp.Cells-sharp.Infected || len(q.Flags) != 0 {
+		t.Fatalf("sharp slide: quality %+v (verdict %s), want judged on its %d uninfected cells, no flags", q, sharp.Verdict, sharp.Cells-sharp.Infected)
+	}
+	q := blurred.Quality
+	if q == nil || !q.Judged || len(q.Flags) != 1 || q.Flags[0].Check != "sharpness" {
+		t.Fatalf("blurred slide: quality %+v, want one sharpness flag", q)
+	}
+	// 60 cells are below slides.min_cells, so both verdicts are
+	// inconclusive already; the gate's finding is among the reasons.
+	if blurred.Verdict == verdictOK || !slices.ContainsFunc(blurred.Reasons, func(r string) bool { return strings.Contains(r, "refocus") }) {
+		t.Fatalf("blurred slide: verdict %s, reasons %q; want not ok, with the gate's reason", blurred.Verdict, blurred.Reasons)
+	}
+	if slices.ContainsFunc(sharp.Reasons, func(r string) bool { return strings.Contains(r, "reference slides") }) {
+		t.Fatalf("sharp slide: reasons %q name the quality gate", sharp.Reasons)
+	}
+	var alerts int
+	db.QueryRow(`SELECT COUNT(*) FROM events WHERE kind = 'slide_quality' AND detail LIKE '%slide blurred:%'`).Scan(&alerts)
+	if alerts != 1 {
+		t.Fatalf("%d slide_quality events for the blurred slide, want 1", alerts)
+	}
+	t.Logf("blurred slide: %s", q.Flags[0].Message)
 }

@@ -476,7 +476,10 @@ func (s *dbStore) recordImage(ctx context.Context, rec imageRecord, target int, 
 // a and returns the column's new value.
 func addAppearance(a *drift.SlideAppearance, cells []cellResult) (string, error) {
 	for _, c := range cells {
-		if c.Appearance != nil {
+		// Uninfected cells only, as the reference is made: parasites
+		// change a cell's colour, and a heavily infected slide is not a
+		// badly stained one.
+		if c.Appearance != nil && !c.Parasitized {
 			a.Add(inference.AppearanceNames, c.Appearance)
 		}
 	}
